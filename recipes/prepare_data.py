@@ -1,0 +1,35 @@
+"""Prepare corpora: normalize, filter, dedup, decontaminate, score, tokenize into Megatron datasets.
+
+    python recipes/prepare_data.py data=demo                      # every source of the registry
+    python recipes/prepare_data.py data=demo sources=[he_tanakh]  # one source
+    python recipes/prepare_data.py data=demo dry_run=true         # validate inputs, write nothing
+    python recipes/prepare_data.py data=mine shard=3/8            # one shard of each source
+    python recipes/prepare_data.py data=mine shard=0/8 merge_only=true
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hebatron_nemo.config import register_configs  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
+def main(cfg) -> None:
+    from hebatron_nemo.cli import clean_errors
+    from hebatron_nemo.data.prepare import prepare
+    from hebatron_nemo.data.summary import print_prepare_summary
+
+    with clean_errors():
+        manifests = prepare(cfg)
+        if not cfg.dry_run:
+            print_prepare_summary(cfg, manifests)
+
+
+if __name__ == "__main__":
+    main()
