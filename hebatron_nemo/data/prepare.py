@@ -55,12 +55,17 @@ def parse_shard(spec: str) -> tuple[int, int]:
     return i, n
 
 
+def holdout_draw(doc_id: str, salt: str) -> float:
+    """A number in [0, 1) from a salted hash of a document id: the document's hold-out lottery ticket."""
+    digest = hashlib.sha256(f"{salt}:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def holdout_split(doc_id: str, holdout) -> str:
     """`train`, `valid` or `test` for a document, from a salted hash of its id (stable across shards)."""
     if not holdout.valid and not holdout.test:
         return "train"
-    digest = hashlib.sha256(f"{holdout.salt}:{doc_id}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    u = holdout_draw(doc_id, holdout.salt)
     if u < holdout.test:
         return "test"
     if u < holdout.test + holdout.valid:
@@ -237,9 +242,11 @@ def prepare_shard(ctx: SourceContext, shard: tuple[int, int], batch_docs: int = 
         raise DataError(f"source {ctx.name!r} shard {i}/{n} has no documents", path=ctx.path)
 
     for s in SPLITS:
-        writers[s].commit()
+        # megatron-core cannot open an empty .bin (mmap of 0 bytes): an empty split has no files
+        writers[s].commit() if writers[s].documents else writers[s].abort()
         _write_table(out / f"{s}.docs.parquet", rows[s])
-        np.save(out / f"{s}.minhash.npy", np.array(sigs[s], dtype=np.uint64).reshape(-1, nd.num_perm if minhasher else 0))
+        width = nd.num_perm if minhasher else 0
+        np.save(out / f"{s}.minhash.npy", np.array(sigs[s], dtype=np.uint64).reshape(len(sigs[s]), width))
     manifest = {"kind": "shard", "source": ctx.name, "shard": [i, n], "fingerprint": fingerprint,
                 "identity": identity, "report": report.to_dict(),
                 "splits": {s: {"documents": writers[s].documents, "tokens": writers[s].tokens} for s in SPLITS},
@@ -375,21 +382,30 @@ def merge_source(ctx: SourceContext, n_shards: int, earlier_sources: list[str], 
         drop(dup_mask, "near_dup")
     report.kept_docs = int(keep.sum())
     report.kept_chars = int(cols["n_chars"][keep].sum())
+    dest = _top_up_holdout(cols, keep, ctx.src.holdout)
 
-    datasets = {(i, s): IndexedDataset(str(ctx.shard_dir(i, n_shards) / s)) for i in range(n_shards) for s in SPLITS}
+    datasets: dict = {}
+
+    def dataset(shard: int, split: str):
+        if (shard, split) not in datasets:
+            datasets[(shard, split)] = IndexedDataset(str(ctx.shard_dir(shard, n_shards) / split))
+        return datasets[(shard, split)]
+
     dtype = optimal_dtype(ctx.tokenizer.vocab_size)
     splits_out = {}
     for s_idx, s in enumerate(SPLITS):
-        sel = np.flatnonzero(keep & (cols["split"] == s_idx))
+        sel = np.flatnonzero(keep & (dest == s_idx))
         prefix = str(ctx.out_dir / s)
         writer = AtomicIndexedWriter(prefix, dtype)
         try:
             for j in sel:
-                writer.add(datasets[(int(cols["shard"][j]), s)][int(cols["local"][j])])
-            writer.commit()
+                writer.add(dataset(int(cols["shard"][j]), SPLITS[int(cols["split"][j])])[int(cols["local"][j])])
+            writer.commit() if len(sel) else writer.abort()
         except BaseException:
             writer.abort()
             raise
+        if not len(sel):
+            prefix = None  # nothing to read: megatron-core cannot open an empty dataset
         table = {c: cols[c][sel].tolist() for c in DOC_COLUMNS}
         _write_table(ctx.out_dir / f"{s}.signals.parquet", table)
         lengths = cols["n_tokens"][sel] + (1 if ctx.tokenizer.append_eod else 0)
@@ -421,6 +437,25 @@ def merge_source(ctx: SourceContext, n_shards: int, earlier_sources: list[str], 
     }
     write_json_atomic(final_path, manifest)
     return manifest
+
+
+def _top_up_holdout(cols: dict, keep: np.ndarray, holdout) -> np.ndarray:
+    """Destination split per document: the hash-drawn split, except that a held-out split with a
+    non-zero fraction but fewer than `holdout.min_docs` documents takes the training documents with the
+    lowest draws (still deterministic and independent of shard count). Train keeps at least half."""
+    dest = cols["split"].copy()
+    kept = np.flatnonzero(keep)
+    budget = len(kept) // 2 - int((dest[kept] != 0).sum())
+    for s_idx, frac in ((2, holdout.test), (1, holdout.valid)):
+        short = holdout.min_docs - int((dest[kept] == s_idx).sum())
+        if frac <= 0 or short <= 0 or budget < short:
+            continue
+        train = kept[dest[kept] == 0]
+        draws = np.array([holdout_draw(d, holdout.salt) for d in cols["doc_id"][train]])
+        moved = train[np.argsort(draws, kind="stable")[:short]]
+        dest[moved] = s_idx
+        budget -= short
+    return dest
 
 
 def validate_passthrough(ctx_cfg, name: str) -> dict:

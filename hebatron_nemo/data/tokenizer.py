@@ -96,3 +96,22 @@ def train_byte_level_bpe(texts: Iterable[str], out_dir: str, vocab_size: int, mi
 def read_train_fingerprint(out_dir: str) -> dict | None:
     f = Path(out_dir) / "train_fingerprint.json"
     return json.loads(f.read_text()) if f.exists() else None
+
+
+class MegatronTokenizerView:
+    """What megatron-core's datasets read from a tokenizer (`GPTDatasetConfig.tokenizer`): the vocabulary
+    size (token dtype), EOD (document boundaries), pad and eos, and an identity for cache names.
+
+    A duck type rather than a `MegatronTokenizerBase` subclass: that class moved between megatron-core
+    0.16 and 0.19, and the datasets only read these attributes."""
+
+    def __init__(self, tokenizer: LocalTokenizer, pad_token: str = "<pad>"):
+        self.vocab_size = tokenizer.vocab_size
+        self.eod = tokenizer.eod
+        self.eos = tokenizer.eod
+        pad = tokenizer.tok.token_to_id(pad_token)
+        if pad is None or pad == self.eod:
+            raise ConfigError(f"tokenizer at {tokenizer.path!r} needs a pad token {pad_token!r} distinct from EOD")
+        self.pad = pad
+        self.unique_identifiers = {"class": "hebatron_nemo.LocalTokenizer",
+                                   "tokenizer_json_sha256": tokenizer.identity()["tokenizer_json_sha256"]}

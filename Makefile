@@ -1,0 +1,36 @@
+# The two commands a user needs:  `make demo`  and  `make test`.  Both build the environments first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV = $(shell scripts/env.sh cpu)
+COMPAT = $(shell scripts/env.sh compat)
+PY = $(VENV)/bin/python
+export HEBATRON_WORK ?= $(CURDIR)/work
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+export HF_DATASETS_OFFLINE = 1
+PYTEST_ARGS ?=
+
+.PHONY: help env demo test test-fast lock clean-work
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+env:  ## build (once) the CPU environment and the compatibility layer, outside the clone
+	@echo "cpu env:      $(VENV)"; echo "compat layer: $(COMPAT)"
+
+demo: env  ## install the demo corpora and prepare them (later stages extend this to the whole pipeline)
+	$(PY) recipes/install_demo_corpora.py
+	$(PY) recipes/prepare_data.py data=demo
+
+test: env  ## the whole CPU test suite (slow end-to-end tests included; GPU tests skip without CUDA)
+	HEBATRON_COMPAT_DIR=$(COMPAT) $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-fast: env  ## the fast tier only
+	HEBATRON_COMPAT_DIR=$(COMPAT) $(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+
+lock:  ## regenerate requirements/cpu.lock from requirements/cpu.in in a scratch environment
+	scripts/lock.sh
+
+clean-work:  ## remove generated corpora, datasets and runs (work/)
+	rm -rf work

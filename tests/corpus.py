@@ -1,0 +1,84 @@
+"""Small synthetic-but-real-language corpora for tests, and a config builder for `prepare`.
+
+The sentences are written for this project (no third-party text); documents are drawn from them
+with a seeded RNG so every test sees the same corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+HEBREW = [
+    "הרכבת לירושלים יצאה באיחור של עשר דקות בגלל עבודות על המסילה.",
+    "בבוקר שתינו קפה במרפסת והסתכלנו על הים שהיה שקט במיוחד.",
+    "המורה ביקשה מהתלמידים לכתוב חיבור קצר על הטיול השנתי לגליל.",
+    "ועדת הכספים של הכנסת דנה היום בהצעת התקציב לשנה הבאה.",
+    "בית המשפט העליון קבע כי יש לפרסם את נימוקי ההחלטה במלואם.",
+    "החוקרים מצאו שהשינוי באקלים משפיע על נדידת הציפורים מעל הארץ.",
+    "אחרי הגשם הראשון כל השבילים בפארק התמלאו בשלוליות ובעלים.",
+    "הספרייה העירונית פתחה אגף חדש לספרי ילדים ולקריאה משפחתית.",
+    "סבתא שלי מכינה מרק עוף עם קניידלך בכל ערב שבת.",
+    "המהנדסת הציגה תוכנית לשיפור מערכת המים בשכונות הצפוניות.",
+    "הקבוצה ניצחה במשחק האחרון של העונה והעפילה לגמר הגביע.",
+    "לפי התחזית צפוי מזג אוויר חם ויבש עד סוף השבוע.",
+    "צה\"ל הודיע על תרגיל גדול בצפון שיימשך שלושה ימים.",
+    "הוא קנה ג'ינס חדש בקניון ושכח את הקבלה בקופה.",
+    "ההרצאה עסקה בתולדות השפה העברית מימי המקרא ועד ימינו.",
+    "בשוק מחנה יהודה אפשר למצוא תבלינים מכל קצוות העולם.",
+]
+
+ENGLISH = [
+    "The morning train to the coast was crowded with students and tourists.",
+    "She wrote the report in a single afternoon and sent it before dinner.",
+    "Rain fell all night, and by dawn the river had risen over its banks.",
+    "The committee postponed its decision until the budget figures were final.",
+    "A small bakery on the corner sells bread that is still warm at seven.",
+    "Engineers tested the bridge with heavy trucks before opening it to traffic.",
+    "The library keeps old maps in a cool room away from the sunlight.",
+    "He learned to play the violin from his grandmother when he was nine.",
+    "Scientists measured the temperature of the lake every week for a year.",
+    "The museum opened a new wing dedicated to ancient glass and pottery.",
+]
+
+
+def make_docs(sentences: list[str], n_docs: int, seed: int, min_sent: int = 2, max_sent: int = 6,
+              prefix: str = "doc") -> list[dict]:
+    rng = random.Random(seed)
+    return [{"id": f"{prefix}-{i}", "text": " ".join(rng.choice(sentences) for _ in range(rng.randint(min_sent, max_sent)))}
+            for i in range(n_docs)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path
+
+
+def prepare_config(tmp: Path, source_map: dict, tokenizer_dir: Path | None = None, **overrides):
+    """A validated PrepareConfig (the same schema Hydra composes) for sources written under `tmp/raw`."""
+    from hebatron_nemo.config import PrepareConfig
+
+    base = OmegaConf.structured(PrepareConfig)
+    cfg = {
+        "paths": {"work": str(tmp)},
+        "data": {"name": "test", "raw_dir": str(tmp / "raw"), "output_dir": str(tmp / "out"), "sources": source_map,
+                 "near_dedup": {"num_perm": 32}},
+        "tokenizer": {"name": "test_bpe", "path": str(tokenizer_dir or tmp / "tok"),
+                      "train": {"enabled": tokenizer_dir is None, "vocab_size": 400, "min_frequency": 1}},
+        "progress": False,
+    }
+    merged = OmegaConf.merge(base, cfg)
+    for key, value in overrides.items():
+        OmegaConf.update(merged, key, value, merge=True)
+    return merged
+
+
+def source(path: str, language: str = "he", role: str = "pretrain", **kw) -> dict:
+    return {"language": language, "register": "test", "role": role, "path": path, "id_field": "id",
+            "licence": "test text written for this project", **kw}

@@ -1,0 +1,283 @@
+"""The prepare stage end to end on small corpora: outputs, read-back through megatron-core, sharding,
+idempotence, filters and their report, and interrupted runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from corpus import ENGLISH, HEBREW, make_docs, prepare_config, source, write_jsonl
+
+from hebatron_nemo.data.indexed import files_sha256
+from hebatron_nemo.data.prepare import SPLITS, prepare
+from hebatron_nemo.data.tokenizer import LocalTokenizer
+from hebatron_nemo.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _quiet(*_a, **_k):
+    pass
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    raw = tmp_path / "raw"
+    write_jsonl(raw / "he.jsonl", make_docs(HEBREW, 120, seed=1, prefix="he"))
+    write_jsonl(raw / "en.jsonl", make_docs(ENGLISH, 80, seed=2, prefix="en"))
+    sources = {"he_news": source("he.jsonl"), "en_anchor": source("en.jsonl", language="en", role="anchor")}
+    return tmp_path, sources
+
+
+def _read_all(prefix: str) -> list[list[int]]:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(prefix)
+    return [ds[i].tolist() for i in range(len(ds))]
+
+
+def test_outputs_read_back_with_megatron_indexed_dataset(corpus):
+    tmp, sources = corpus
+    cfg = prepare_config(tmp, sources, **{"data.near_dedup.enabled": False, "data.exact_dedup.enabled": False})
+    manifests = prepare(cfg, log=_quiet)
+    tok = LocalTokenizer(str(tmp / "tok"))
+    signals_rows = []
+    for name in sources:
+        m = manifests[name]
+        assert m["kind"] == "source"
+        assert sum(m["splits"][s]["documents"] for s in SPLITS) == m["report"]["kept_docs"]
+        import pyarrow.parquet as pq
+
+        raw = {json.loads(line)["id"]: json.loads(line)["text"]
+               for line in open(tmp / "raw" / sources[name]["path"], encoding="utf-8")}
+        for split in SPLITS:
+            prefix = m["splits"][split]["prefix"]
+            docs = _read_all(prefix)
+            table = pq.read_table(prefix + ".signals.parquet").to_pydict()
+            assert len(docs) == len(table["doc_id"]) == m["splits"][split]["documents"]
+            # the tokens of document k are the tokenizer's ids of that document's (normalized) text + EOD
+            expected = tok.encode_documents([" ".join(raw[d].split()) for d in table["doc_id"]])
+            assert docs == expected
+            assert all(d[-1] == tok.eod for d in docs)
+            assert sum(map(len, docs)) == m["splits"][split]["tokens"]
+            assert table["ordinal"] == sorted(table["ordinal"])  # original corpus order is kept
+            signals_rows += list(zip(table["n_tokens"], (len(d) - 1 for d in docs)))
+    assert all(a == b for a, b in signals_rows)
+    assert manifests["he_news"]["splits"]["train"]["tokens_per_word"] > 1.0
+    assert manifests["he_news"]["dtype"] == "uint16"
+
+
+def test_gpt_dataset_reads_identical_token_ids(corpus):
+    """megatron-core's GPTDataset (through its builder) sees exactly the tokens we wrote."""
+    import torch.distributed as dist
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    tmp, sources = corpus
+    manifests = prepare(prepare_config(tmp, sources), log=_quiet)
+    prefix = manifests["he_news"]["splits"]["train"]["prefix"]
+    stream = np.concatenate([np.array(d) for d in _read_all(prefix)])
+    tok = LocalTokenizer(str(tmp / "tok"))
+
+    from hebatron_nemo.data.tokenizer import MegatronTokenizerView
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29533")
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    seq = 32
+    config = GPTDatasetConfig(random_seed=1, sequence_length=seq, blend=([prefix], None), split="100,0,0",
+                              path_to_cache=str(tmp / "cache"), tokenizer=MegatronTokenizerView(tok), reset_position_ids=False,
+                              reset_attention_mask=False, eod_mask_loss=False, mid_level_dataset_surplus=0.005)
+    n = (len(stream) - 1) // seq
+    train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [n, None, None], lambda: True, config).build()
+    # With one epoch, the samples cover the (shuffled) documents; every sample is a contiguous window
+    # of the concatenation of documents in the dataset's document order.
+    doc_order = train.document_index
+    docs = _read_all(prefix)
+    concat = np.concatenate([np.array(docs[d]) for d in doc_order])
+    for i in range(min(n, 20)):
+        j = train.shuffle_index[i]
+        doc_idx_first, offset_first = train.sample_index[j]
+        start = sum(len(docs[d]) for d in doc_order[:doc_idx_first]) + offset_first
+        sample = train[i]
+        np.testing.assert_array_equal(sample["tokens"].numpy(), concat[start:start + seq])
+
+
+def test_shards_merge_to_the_unsharded_result(corpus):
+    tmp, sources = corpus
+    whole = prepare(prepare_config(tmp / "one", sources, **{"data.raw_dir": str(tmp / "raw")}), log=_quiet)
+    tok_dir = tmp / "one" / "tok"
+    for i in range(2):
+        prepare(prepare_config(tmp / "two", sources, tok_dir, **{"data.raw_dir": str(tmp / "raw"), "shard": f"{i}/2"}),
+                log=_quiet)
+    # before the merge nothing final exists
+    assert not (tmp / "two" / "out" / "he_news" / "manifest.json").exists()
+    merged = prepare(prepare_config(tmp / "two", sources, tok_dir,
+                                    **{"data.raw_dir": str(tmp / "raw"), "shard": "0/2", "merge_only": True}), log=_quiet)
+    for name in sources:
+        for split in SPLITS:
+            a, b = whole[name]["splits"][split]["prefix"], merged[name]["splits"][split]["prefix"]
+            assert files_sha256(a) == files_sha256(b), (name, split)
+        assert whole[name]["report"] == merged[name]["report"]
+
+
+def test_merge_refuses_missing_shards(corpus):
+    tmp, sources = corpus
+    prepare(prepare_config(tmp, sources, **{"shard": "0/3"}), log=_quiet)
+    with pytest.raises(ConfigError, match=r"shards \[1, 2\] of 3 are not complete"):
+        prepare(prepare_config(tmp, sources, **{"shard": "0/3", "merge_only": True}), log=_quiet)
+
+
+def test_rerun_is_idempotent_and_detects_changed_input(corpus):
+    tmp, sources = corpus
+    cfg = prepare_config(tmp, sources)
+    first = prepare(cfg, log=_quiet)
+    bin_path = Path(first["he_news"]["splits"]["train"]["prefix"] + ".bin")
+    mtime = bin_path.stat().st_mtime_ns
+    lines = []
+    second = prepare(cfg, log=lines.append)
+    assert second["he_news"]["fingerprint"] == first["he_news"]["fingerprint"]
+    assert bin_path.stat().st_mtime_ns == mtime
+    assert any("up to date" in line for line in lines)
+    # editing the corpus changes the fingerprint and redoes the work
+    with open(tmp / "raw" / "he.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "new", "text": "מסמך חדש לגמרי שנוסף לקורפוס אחרי ההכנה הראשונה שלו."}, ensure_ascii=False) + "\n")
+    third = prepare(cfg, log=_quiet)
+    assert third["he_news"]["fingerprint"] != first["he_news"]["fingerprint"]
+    assert third["he_news"]["report"]["seen_docs"] == first["he_news"]["report"]["seen_docs"] + 1
+
+
+def test_filters_dedup_decontamination_and_their_report(tmp_path):
+    raw = tmp_path / "raw"
+    base = make_docs(HEBREW, 60, seed=3, min_sent=3, max_sent=5, prefix="he")
+    rows = list(base)
+    rows.append({"id": "exact-dup", "text": base[5]["text"]})  # exact duplicate (after whitespace normalization)
+    rows.append({"id": "ws-dup", "text": "  " + base[6]["text"].replace(" ", "   ") + "\u200f"})
+    near = base[7]["text"].split()
+    rows.append({"id": "near-dup", "text": " ".join(near[:-1] + ["שונה"])})  # one word changed
+    rows.append({"id": "short", "text": "קצר מדי"})
+    rows.append({"id": "english", "text": "This sentence is English and should fail the Hebrew ratio filter entirely."})
+    contaminated = "המשפט הזה מופיע בסט ההערכה שלנו ולכן אסור לו להופיע באימון בכלל"
+    rows.append({"id": "contaminated", "text": base[9]["text"] + " " + contaminated})
+    write_jsonl(raw / "he.jsonl", rows)
+    write_jsonl(raw / "en.jsonl", [{"id": "x-src", "text": base[10]["text"]}]
+                + make_docs(ENGLISH, 30, seed=4, prefix="en"))
+    write_jsonl(raw / "eval.jsonl", [{"id": "e1", "question": contaminated}])
+    sources = {"he_news": source("he.jsonl"), "en_anchor": source("en.jsonl", language="en", role="anchor")}
+    cfg = prepare_config(tmp_path, sources, **{
+        "data.decontamination.eval_files": [{"path": "eval.jsonl", "fields": ["question"]}],
+        "data.decontamination.ngram": 6, "data.near_dedup.threshold": 0.7})
+    m = prepare(cfg, log=_quiet)
+    he = m["he_news"]["report"]["removed_docs"]
+    assert he["min_chars"] + he["min_words"] == 1
+    assert he["min_hebrew_ratio"] == 1
+    assert he["decontaminated"] == 1
+    assert he["exact_dup_in_source"] == 2
+    assert he["near_dup"] >= 1
+    # the English source repeats a Hebrew document: it is dropped there, as a cross-source duplicate
+    assert m["en_anchor"]["report"]["removed_docs"]["exact_dup_across_sources"] == 1
+    assert m["en_anchor"]["dedup_against"] == ["he_news"]
+    import pyarrow.parquet as pq
+
+    kept_ids = set()
+    for split in SPLITS:
+        kept_ids |= set(pq.read_table(m["he_news"]["splits"][split]["prefix"] + ".signals.parquet")
+                        .column("doc_id").to_pylist())
+    assert not kept_ids & {"exact-dup", "ws-dup", "short", "english", "contaminated", "near-dup"}
+    assert {"he-5", "he-6", "he-7"} <= kept_ids  # the first occurrence wins
+
+
+def test_holdout_is_stable_and_disjoint(corpus):
+    tmp, sources = corpus
+    sources["he_news"]["holdout"] = {"valid": 0.1, "test": 0.1}
+    m = prepare(prepare_config(tmp, sources), log=_quiet)["he_news"]
+    import pyarrow.parquet as pq
+
+    ids = {s: set(pq.read_table(m["splits"][s]["prefix"] + ".signals.parquet").column("doc_id").to_pylist())
+           for s in SPLITS}
+    assert ids["valid"] and ids["test"]
+    assert not (ids["train"] & ids["valid"]) and not (ids["train"] & ids["test"]) and not (ids["valid"] & ids["test"])
+    from hebatron_nemo.data.prepare import holdout_split
+    from omegaconf import OmegaConf
+    from hebatron_nemo.config import HoldoutConfig
+
+    h = OmegaConf.structured(HoldoutConfig(valid=0.1, test=0.1))
+    assert all(holdout_split(d, h) == "valid" for d in ids["valid"])
+
+
+def test_big_vocabulary_writes_int32(tmp_path):
+    """Nemotron's 131,072-token vocabulary needs int32 token ids in the .bin (megatron-core's rule)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted({w for s in HEBREW for w in s.split()})
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({w: i + 4 for i, w in enumerate(words)})
+    for i in range(len(vocab), 70_000):
+        vocab[f"filler{i}"] = i
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    write_jsonl(tmp_path / "raw" / "he.jsonl", make_docs(HEBREW, 20, seed=5, prefix="he"))
+    m = prepare(prepare_config(tmp_path, {"he": source("he.jsonl")}, tmp_path / "tok"), log=_quiet)["he"]
+    assert m["dtype"] == "int32"
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(m["splits"]["train"]["prefix"])
+    assert ds.index.dtype == np.int32
+    assert ds[0][-1] == 2 and max(ds[0][:-1]) < 4 + len(words)
+
+
+def test_unknown_source_and_missing_path_fail_before_work(corpus):
+    tmp, sources = corpus
+    with pytest.raises(ConfigError, match=r"unknown source 'he_nwes' in sources.*he_news"):
+        prepare(prepare_config(tmp, sources, **{"sources": ["he_nwes"]}), log=_quiet)
+    sources["he_news"]["path"] = "missing.jsonl"
+    with pytest.raises(ConfigError, match=r"data.sources.he_news.path: .*missing.jsonl"):
+        prepare(prepare_config(tmp, sources), log=_quiet)
+    assert not (tmp / "tok").exists()  # nothing was trained or written
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from corpus import prepare_config, source
+    from hebatron_nemo.data import prepare as P
+    from hebatron_nemo.data.tokenizer import LocalTokenizer
+    calls = 0
+    original = LocalTokenizer.encode_documents
+    def dying(self, texts):
+        global calls
+        calls += 1
+        if calls == {die_at}:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, texts)
+    LocalTokenizer.encode_documents = dying
+    cfg = prepare_config(__import__("pathlib").Path({tmp!r}), {{"he_news": source("he.jsonl")}}, batch_docs=16)
+    P.prepare(cfg, log=lambda *a: None)
+""")
+
+
+@pytest.mark.parametrize("die_at", [3, 8])
+def test_killed_run_leaves_no_complete_looking_output(corpus, die_at):
+    """SIGKILL in the middle of tokenizing (3) or of the last batch before the merge (8): no `.bin/.idx`
+    pair and no manifest under a final name; a rerun completes."""
+    tmp, sources = corpus
+    script = KILL_SCRIPT.format(tests=str(REPO / "tests"), tmp=str(tmp), die_at=die_at)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    out = tmp / "out" / "he_news"
+    finals = [p for p in out.rglob("*") if p.suffix in (".bin", ".idx") and ".tmp-" not in p.name]
+    pairs = {p.with_suffix("") for p in finals if p.suffix == ".idx" and p.with_suffix(".bin").exists()}
+    assert not (out / "manifest.json").exists()
+    assert not pairs, pairs
+    m = prepare(prepare_config(tmp, {"he_news": sources["he_news"]}, batch_docs=16), log=_quiet)["he_news"]
+    assert m["report"]["seen_docs"] == 120
