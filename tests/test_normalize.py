@@ -19,7 +19,7 @@ from hebatron_nemo.data.normalize import (
     count_words,
     hebrew_letter_ratio,
 )
-from hebatron_nemo.errors import ConfigError, HebatronError
+from hebatron_nemo.errors import ConfigError
 
 # Genesis 1:1, pointed, with cantillation and a sof pasuq.
 GENESIS_1_1 = "בְּרֵאשִׁ֖ית בָּרָ֣א אֱלֹהִ֑ים אֵ֥ת הַשָּׁמַ֖יִם וְאֵ֥ת הָאָֽרֶץ׃"
@@ -321,8 +321,8 @@ def test_identity_fields_and_stability():
     assert a["name"] == "hebatron_nemo.HebrewNormalizer"
     assert a["version"] == NORMALIZER_VERSION and isinstance(a["version"], int)
     assert a["config"] == dataclasses.asdict(NormalizeConfig(strip_niqqud=True))
-    assert len(a["hash"]) == 16 and int(a["hash"], 16) >= 0
-    json.dumps(a)
+    assert len(a["hash"]) == 16 and set(a["hash"]) <= set("0123456789abcdef")
+    assert json.loads(json.dumps(a)) == a
 
 
 def test_identity_hash_changes_with_every_field():
@@ -376,7 +376,6 @@ def test_normalizer_revalidates_a_mutated_config():
     cfg.punctuation = "latin"
     with pytest.raises(ConfigError, match="punctuation"):
         HebrewNormalizer(cfg)
-    assert issubclass(ConfigError, HebatronError)
 
 
 def test_normalizer_rejects_a_non_config():

@@ -1,0 +1,135 @@
+"""The Hydra config tree: it composes, typos fail at compose time naming the key, and the recipes turn
+bad input into one clear error line (exit code 2) before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from hebatron_nemo.config import register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = str(REPO / "conf")
+
+
+@pytest.fixture(autouse=True)
+def _store():
+    register_configs()
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="prepare", overrides=overrides)
+
+
+def test_demo_registry_composes_with_every_field_typed():
+    cfg = _compose(["paths.work=/tmp/w"])
+    assert cfg.data.name == "demo" and cfg.tokenizer.name == "demo_bpe"
+    assert cfg.data.raw_dir == "/tmp/w/corpora/demo"
+    roles = {n: s.role for n, s in cfg.data.sources.items()}
+    assert {"pretrain", "anchor", "sft", "eval"} <= set(roles.values())
+    phases = {s.phase for s in cfg.data.sources.values()}
+    assert {"formal", "colloquial", "long_context", "anchor"} <= phases
+    for name, src in cfg.data.sources.items():
+        assert src.licence and src.language in ("he", "en", "he-en"), name
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # nothing left MISSING
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.fliters.min_chars=5", "fliters"),
+    ("data.sources.he_tanakh.langauge=he", "langauge"),
+    ("tokenizer.train.vocab=100", "vocab"),
+    ("shards=2/4", "shards"),
+])
+def test_typo_in_override_fails_at_compose_naming_the_key(override, key):
+    with pytest.raises(ConfigCompositionException) as e:
+        _compose([override])
+    assert key in str(e.value) + str(e.value.__cause__)
+
+
+def test_wrong_type_fails_at_compose():
+    with pytest.raises(ConfigCompositionException) as e:
+        _compose(["data.filters.min_chars=many"])
+    assert "min_chars" in str(e.value) + str(e.value.__cause__)
+
+
+def test_unknown_registry_fails_listing_the_choices():
+    with pytest.raises(Exception) as e:
+        _compose(["data=nonexistent"])
+    assert "demo" in str(e.value)
+
+
+def _run_prepare(tmp_path, registry_yaml: str, *extra):
+    conf = tmp_path / "conf" / "data"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "broken.yaml").write_text(textwrap.dedent(registry_yaml), encoding="utf-8")
+    return subprocess.run([sys.executable, "recipes/prepare_data.py", "--config-dir", str(tmp_path / "conf"),
+                           "data=broken", f"paths.work={tmp_path}", "progress=false", *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+REGISTRY = """
+    defaults: [data_schema]
+    name: broken
+    raw_dir: {raw}
+    output_dir: {out}
+    sources:
+      he_web: {{language: he, register: web, path: he.jsonl, licence: test}}
+"""
+
+
+def test_cli_invalid_utf8_names_file_and_line_and_writes_nothing(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    good = '{"text": "שורה תקינה בעברית עם מספיק מילים בשביל הסינון"}\n'.encode()
+    (raw / "he.jsonl").write_bytes(good + good + b'{"text": "\xd7\x90 broken \xff here"}\n' + good)
+    proc = _run_prepare(tmp_path, REGISTRY.format(raw=raw, out=tmp_path / "out"), "dry_run=true")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "he.jsonl:3" in last and "UTF-8" in last
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_missing_field_and_malformed_json(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "he.jsonl").write_text('{"text": "אחת שתיים שלוש ארבע חמש שש"}\n{"body": "x"}\n', encoding="utf-8")
+    proc = _run_prepare(tmp_path, REGISTRY.format(raw=raw, out=tmp_path / "out"))
+    assert proc.returncode == 2
+    assert "he.jsonl:2" in proc.stderr and "'text'" in proc.stderr
+    (raw / "he.jsonl").write_text('{"text": "תקין לגמרי"}\n{"text": "חסר סוגר"\n', encoding="utf-8")
+    proc = _run_prepare(tmp_path, REGISTRY.format(raw=raw, out=tmp_path / "out2"))
+    assert proc.returncode == 2 and "he.jsonl:2" in proc.stderr and "JSON" in proc.stderr
+    assert not list((tmp_path / "out2").rglob("*.idx")) if (tmp_path / "out2").exists() else True
+
+
+def test_cli_empty_file_and_missing_path(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "he.jsonl").write_bytes(b"")
+    proc = _run_prepare(tmp_path, REGISTRY.format(raw=raw, out=tmp_path / "out"), "dry_run=true")
+    assert proc.returncode == 2 and "he.jsonl" in proc.stderr and "empty" in proc.stderr
+    proc = _run_prepare(tmp_path, REGISTRY.format(raw=tmp_path / "nowhere", out=tmp_path / "out"))
+    assert proc.returncode == 2 and "data.sources.he_web.path" in proc.stderr and "nowhere" in proc.stderr
+
+
+def test_cli_bad_override_is_a_hydra_error_naming_the_key(tmp_path):
+    proc = subprocess.run([sys.executable, "recipes/prepare_data.py", f"paths.work={tmp_path}",
+                           "data.normalize.strip_nikud=true"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "strip_nikud" in proc.stderr
+
+
+def test_help_explains_the_recipe():
+    proc = subprocess.run([sys.executable, "recipes/prepare_data.py", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0
+    assert "data: demo" in proc.stdout or "data=demo" in proc.stdout or "data:" in proc.stdout
+    assert "shard" in proc.stdout
