@@ -281,3 +281,38 @@ def test_killed_run_leaves_no_complete_looking_output(corpus, die_at):
     assert not pairs, pairs
     m = prepare(prepare_config(tmp, {"he_news": sources["he_news"]}, batch_docs=16), log=_quiet)["he_news"]
     assert m["report"]["seen_docs"] == 120
+
+
+def test_external_duplicate_list_and_in_process_ceiling(corpus):
+    """Beyond `max_docs` the run says to use NeMo Curator / datatrove; their id list is accepted."""
+    tmp, sources = corpus
+    with pytest.raises(ConfigError, match=r"NeMo Curator.*remove_ids_file"):
+        prepare(prepare_config(tmp, {"he_news": sources["he_news"]}, **{"data.near_dedup.max_docs": 10}), log=_quiet)
+    ids = tmp / "curator_duplicates.jsonl"
+    ids.write_text('{"id": "he-3"}\n{"id": "he-4"}\n', encoding="utf-8")
+    m = prepare(prepare_config(tmp, {"he_news": sources["he_news"]},
+                               **{"data.near_dedup.max_docs": 10, "data.near_dedup.remove_ids_file": str(ids),
+                                  "data.exact_dedup.enabled": False}), log=_quiet)["he_news"]
+    assert m["report"]["removed_docs"]["external_dup_list"] == 2
+    assert m["report"]["kept_docs"] == 118, m["report"]
+
+
+def test_reference_model_perplexity_signal(corpus):
+    """With `data.signals.reference_model`, each document gets its perplexity under that local model."""
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    tmp, sources = corpus
+    prepare(prepare_config(tmp, {"he_news": sources["he_news"]}), log=_quiet)  # trains the tokenizer
+    ref = tmp / "ref_model"
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=400, n_embd=32, n_layer=1, n_head=2, n_positions=512))
+    model.save_pretrained(ref)
+    PreTrainedTokenizerFast.from_pretrained(str(tmp / "tok")).save_pretrained(ref)
+    m = prepare(prepare_config(tmp, {"he_news": sources["he_news"]}, tmp / "tok",
+                               **{"data.signals.reference_model": str(ref), "data.output_dir": str(tmp / "out2")}),
+                log=_quiet)["he_news"]
+    ppl = pq.read_table(m["splits"]["train"]["prefix"] + ".signals.parquet").column("perplexity").to_numpy()
+    assert np.isfinite(ppl).all() and (ppl > 1).all()
+    assert 200 < np.median(ppl) < 1000  # an untrained model is near-uniform over its 400 tokens

@@ -121,6 +121,7 @@ class SourceContext:
             "normalizer": self.normalizer.identity(),
             "filters": self.filters,
             "holdout": OmegaConf.to_container(self.src.holdout),
+            "exact_dedup_in_shard": bool(self.data.exact_dedup.enabled),
             "decontamination": self.decontaminator.identity() if self.decontaminator else None,
             "minhash": {"num_perm": nd.num_perm, "shingle_words": nd.shingle_words, "seed": nd.seed}
             if nd.enabled else None,
