@@ -169,6 +169,89 @@ class PrepareConfig:
     progress: bool = True  # progress bars
 
 
+ORDERS = ("easy_to_hard", "reversed", "shuffled", "none")
+
+
+@dataclass
+class SelectConfig:
+    """Take only a band of a source's documents, ranked by a difficulty signal of the data layer."""
+
+    signal: str = MISSING  # a column of <split>.signals.parquet: n_chars, n_tokens, compression_ratio, ...
+    quantile: List[float] = field(default_factory=lambda: [0.0, 1.0])  # [lo, hi): the band of the ranking
+
+
+@dataclass
+class SegmentConfig:
+    """One run segment: one sequence length, one training job (the next loads its checkpoint)."""
+
+    name: str = MISSING
+    seq_length: int = MISSING  # tokens per sample
+    global_batch: int = MISSING  # samples per optimizer step (curriculum + anchor)
+    micro_batch: int = 1  # samples per forward pass on one data-parallel rank
+    data_parallel_size: int = 1  # the global batch must divide by data_parallel_size x micro_batch
+
+
+@dataclass
+class PhaseConfig:
+    """One curriculum phase: a budget of curriculum (non-anchor) tokens and a source mixture."""
+
+    name: str = MISSING
+    segment: str = MISSING  # the SegmentConfig.name it trains in
+    tokens: float = MISSING  # curriculum tokens (anchor tokens come on top, at the anchor share)
+    sources: Dict[str, float] = field(default_factory=dict)  # source -> weight (normalized per phase)
+    select: Dict[str, SelectConfig] = field(default_factory=dict)  # source -> difficulty band
+    description: str = ""
+
+
+@dataclass
+class CurriculumConfig:
+    """Phases in easy-to-hard order, grouped by segment (`conf/curriculum/<name>.yaml`)."""
+
+    name: str = MISSING
+    order: str = "easy_to_hard"  # easy_to_hard | reversed | shuffled | none: permutes phases within a segment
+    order_seed: int = 1  # the permutation of order=shuffled
+    seed: int = 1234  # sample order of every stream: a function of (seed, source, segment, epoch) only
+    max_epochs: int = 4  # each stream is indexed at up to this many epochs; more is an infeasible plan
+    transition_batches: int = 0  # linear blend over this many steps each side of a phase boundary
+    segments: List[SegmentConfig] = field(default_factory=list)
+    phases: List[PhaseConfig] = field(default_factory=list)
+    segment_doc_shares: Dict[str, List[float]] = field(default_factory=dict)  # source -> share of its docs per segment using it
+    long_context_min_fraction: float = 0.5  # warn when a longer-sequence phase gets fewer tokens from docs longer than its seq
+
+
+@dataclass
+class AnchorConfig:
+    """The anti-forgetting anchor: replay of English data in every global batch, outside the curriculum."""
+
+    share: float = 0.0  # fraction of every global batch; round(share x global_batch) samples exactly
+    sources: Dict[str, float] = field(default_factory=dict)  # anchor source -> weight
+    allow_rounding: bool = False  # accept |effective - share| above `tolerance`
+    tolerance: float = 0.005
+    period: int = 10_000  # anchor slots per repeat of the anchor source pattern (weight resolution 1/period)
+
+
+@dataclass
+class ComputeConfig:
+    """For the plan's time estimate only."""
+
+    tokens_per_second_per_gpu: float = 4000.0  # the Hebatron team's Megatron-Bridge figure on H200 (unit unstated)
+    gpus: int = 64
+
+
+@dataclass
+class PlanConfig:
+    """`recipes/plan.py`: the CPT data plan (no training)."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    run_dir: str = MISSING  # plan.json, plan.png, plan.txt go here
+    cache_dir: str = MISSING  # megatron-core index caches of every stream and epoch
+    build_caches: bool = True  # build the caches now, so training ranks only load them
+
+
 @dataclass
 class InstallDemoConfig:
     """`recipes/install_demo_corpora.py`: writes the demo corpora from installed packages."""
@@ -185,5 +268,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="prepare_schema", node=PrepareConfig)
     cs.store(name="install_demo_schema", node=InstallDemoConfig)
+    cs.store(name="plan_schema", node=PlanConfig)
+    cs.store(group="curriculum", name="curriculum_schema", node=CurriculumConfig)
+    cs.store(group="anchor", name="anchor_schema", node=AnchorConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="tokenizer", name="tokenizer_schema", node=TokenizerConfig)

@@ -1,0 +1,314 @@
+"""The curriculum mixture with its anchor stream, as a dataset indexed by global sample index.
+
+`SegmentIndex` maps a global sample index of one segment to (stream, cursor, is_anchor, phase) from
+a few arrays built from the plan: a pure function, no iterator state, so resuming at consumed samples
+N is reading index N (Megatron-Bridge's `single` sampler does exactly that).
+
+- Anchor samples sit at fixed positions of every global batch (`plan.anchor_positions`); anchor slot j
+  of a segment reads the anchor pattern at j mod period, so what the anchor delivers depends on the
+  anchor config and the slot number only: never on the curriculum.
+- Curriculum slots follow the phases in their realized order; within a phase the chairman order keeps
+  every prefix within one sample of the phase's weights; cursors continue per stream across phases.
+
+`CurriculumDataset` adds the tokens: stream cursor c reads sample c mod samples_per_epoch of epoch
+c // samples_per_epoch, a megatron-core `GPTDataset` over the stream's documents with a seed of
+(seed, source, segment, band, epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from hebatron_nemo.curriculum.apportion import chairman_order
+from hebatron_nemo.curriculum.plan import SourceData, _seed, docs_hash, stream_documents
+from hebatron_nemo.errors import ConfigError
+
+
+class SegmentIndex:
+    """Global sample index -> (stream id, cursor, is_anchor, phase order index) for one segment."""
+
+    def __init__(self, plan: dict, segment: int):
+        seg = plan["segments"][segment]
+        self.segment = segment
+        self.start, self.num_samples = seg["start_sample"], seg["num_samples"]
+        self.end = self.start + self.num_samples
+        self.global_batch = gb = seg["global_batch"]
+        self.anchor_per_batch = a = seg["anchor_per_batch"]
+        self.curriculum_per_batch = gb - a
+        phases = [p for p in plan["phases"] if p["segment"] == segment]
+        self.phase_ids = np.array([p["order_index"] for p in phases], dtype=np.int64)
+        self.phase_end_batch = np.cumsum([p["batches"] for p in phases])
+
+        # Position inside a global batch -> anchor ordinal (>= 0) or -(curriculum ordinal + 1).
+        slot = np.empty(gb, dtype=np.int64)
+        anchor_pos = set(seg["anchor_positions"])
+        ai = ci = 0
+        for pos in range(gb):
+            if pos in anchor_pos:
+                slot[pos] = ai
+                ai += 1
+            else:
+                slot[pos] = -(ci + 1)
+                ci += 1
+        self.slot = slot
+
+        # Curriculum: phase by phase in realized order, cursors continuing per stream.
+        sids = sorted({int(s) for p in phases for s in p["counts"]})
+        local = {s: i for i, s in enumerate(sids)}
+        self.stream_ids = np.array(sids, dtype=np.int16)
+        base = np.zeros(len(sids), dtype=np.int64)
+        srcs, curs = [], []
+        for p in phases:
+            counts = np.zeros(len(sids), dtype=np.int64)
+            for s, n in p["counts"].items():
+                counts[local[int(s)]] = n
+            o, c = chairman_order(counts, base)
+            srcs.append(o)
+            curs.append(c)
+        self.cur_src = np.concatenate(srcs) if srcs else np.zeros(0, np.int16)
+        self.cur_cursor = np.concatenate(curs) if curs else np.zeros(0, np.uint32)
+        tb = int(plan["curriculum"].get("transition_batches", 0))
+        if tb > 0 and len(phases) > 1:
+            self._apply_transitions(phases, tb)
+
+        # Anchor: one period of the pattern, repeated.
+        pattern = seg["anchor_pattern"]
+        self.period = seg["anchor_period"]
+        if pattern:
+            pids = [int(s) for s in pattern]
+            pcounts = np.array([pattern[str(s)] for s in pids], dtype=np.int64)
+            o, c = chairman_order(pcounts)
+            self.anc_src = np.array(pids, dtype=np.int16)[o]
+            self.anc_cursor = c.astype(np.int64)
+            self.anc_per_period = np.zeros(max(pids) + 1, dtype=np.int64)
+            self.anc_per_period[pids] = pcounts
+        else:
+            self.anc_src = np.zeros(0, np.int16)
+
+    def _apply_transitions(self, phases: list, tb: int) -> None:
+        """Linear transitions: over `tb` batches each side of a boundary, the mix moves linearly from
+        one phase's weights to the next. Per-stream totals over the two phases are unchanged (the ramp's
+        integral equals the step's), so budgets and the consumed sample sets stay exact."""
+        per = self.curriculum_per_batch
+        ends = np.cumsum([p["batches"] for p in phases]) * per
+        starts = np.concatenate([[0], ends[:-1]])
+        S = len(self.stream_ids)
+        for j in range(len(phases) - 1):
+            b = int(ends[j])
+            half = min(tb * per, b - int(starts[j]), int(ends[j + 1]) - b)
+            if half <= 0:
+                continue
+            lo, hi = b - half, b + half
+            window = self.cur_src[lo:hi].astype(np.int64)
+            w0 = np.bincount(window[:half], minlength=S) / half
+            w1 = np.bincount(window[half:], minlength=S) / half
+            blocks = min(64, 2 * half)
+            edges = np.linspace(0, 2 * half, blocks + 1).round().astype(np.int64)
+            # cumulative target of the ramp at each block edge, rounded so totals stay exact
+            x = edges / (2 * half)
+            target = np.outer(x * (1 - x / 2), w0) * 2 * half + np.outer(x * x / 2, w1) * 2 * half
+            target[-1] = np.bincount(window, minlength=S)
+            cum = np.floor(target + 0.5).astype(np.int64)
+            cum = np.maximum.accumulate(cum, axis=0)
+            base = np.zeros(S, dtype=np.int64)
+            cursor_base = np.array([self.cur_cursor[lo:hi][window == s].min() if (window == s).any() else 0
+                                    for s in range(S)], dtype=np.int64)
+            new_src, new_cur = [], []
+            for e in range(blocks):
+                counts = cum[e + 1] - cum[e]
+                n = int(counts.sum())
+                want = int(edges[e + 1] - edges[e])
+                if n != want:  # rounding moved a sample across a block edge: fix the largest count
+                    counts[int(np.argmax(counts))] += want - n
+                o, c = chairman_order(counts, base)
+                new_src.append(o)
+                new_cur.append(c.astype(np.int64) + cursor_base[o])
+            self.cur_src[lo:hi] = np.concatenate(new_src)
+            self.cur_cursor[lo:hi] = np.concatenate(new_cur).astype(np.uint32)
+
+    def _check(self, g: int) -> None:
+        if not self.start <= g < self.end:
+            raise IndexError(f"sample index {g} is outside segment {self.segment} [{self.start}, {self.end})")
+
+    def locate(self, g: int) -> tuple[int, int, bool, int]:
+        """(stream id, cursor in that stream, is_anchor, phase order index) of global sample g."""
+        g = int(g)
+        self._check(g)
+        batch, pos = divmod(g - self.start, self.global_batch)
+        phase = int(self.phase_ids[int(np.searchsorted(self.phase_end_batch, batch, side="right"))])
+        s = int(self.slot[pos])
+        if s >= 0:
+            j = batch * self.anchor_per_batch + s
+            q, r = divmod(j, self.period)
+            sid = int(self.anc_src[r])
+            return sid, q * int(self.anc_per_period[sid]) + int(self.anc_cursor[r]), True, phase
+        c = batch * self.curriculum_per_batch - s - 1
+        return int(self.stream_ids[self.cur_src[c]]), int(self.cur_cursor[c]), False, phase
+
+    def locate_batch(self, g: np.ndarray):
+        """Vectorized `locate` over an array of global indices: (stream ids, cursors, is_anchor, phases)."""
+        g = np.asarray(g, dtype=np.int64)
+        if g.size and (g.min() < self.start or g.max() >= self.end):
+            bad = g[(g < self.start) | (g >= self.end)][0]
+            raise IndexError(f"sample index {bad} is outside segment {self.segment} [{self.start}, {self.end})")
+        batch, pos = np.divmod(g - self.start, self.global_batch)
+        phase = self.phase_ids[np.searchsorted(self.phase_end_batch, batch, side="right")]
+        s = self.slot[pos]
+        is_anchor = s >= 0
+        sid = np.empty(g.shape, dtype=np.int64)
+        cursor = np.empty(g.shape, dtype=np.int64)
+        if is_anchor.any():
+            j = batch[is_anchor] * self.anchor_per_batch + s[is_anchor]
+            q, r = np.divmod(j, self.period)
+            a_sid = self.anc_src[r].astype(np.int64)
+            sid[is_anchor] = a_sid
+            cursor[is_anchor] = q * self.anc_per_period[a_sid] + self.anc_cursor[r]
+        cm = ~is_anchor
+        if cm.any():
+            c = batch[cm] * self.curriculum_per_batch - s[cm] - 1
+            sid[cm] = self.stream_ids[self.cur_src[c]]
+            cursor[cm] = self.cur_cursor[c]
+        return sid, cursor, is_anchor, phase
+
+
+class _TokenizerView:
+    """megatron-core's datasets read these attributes of a tokenizer (see data/tokenizer.py)."""
+
+    def __init__(self, info: dict):
+        self.vocab_size, self.eod, self.eos, self.pad = info["vocab_size"], info["eod"], info["eod"], info["pad"]
+        self.unique_identifiers = {"class": "hebatron_nemo.LocalTokenizer", "sha256": info["tokenizer_json_sha256"]}
+
+
+def stream_cache_dir(cache_dir: str, stream: dict, seq_length: int) -> str:
+    key = hashlib.sha256(repr((stream["key"], stream["source_fingerprint"], stream["docs_sha256"], stream["seed"],
+                               seq_length)).encode()).hexdigest()[:16]
+    return str(Path(cache_dir) / f"{stream['key'].replace('/', '_')}-{key}")
+
+
+class StreamSamples:
+    """The samples of one stream, epoch after epoch (megatron-core GPTDatasets built lazily)."""
+
+    def __init__(self, plan: dict, stream: dict, cache_dir: str):
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        self.plan, self.stream, self.cache_dir = plan, stream, cache_dir
+        self.seq_length = plan["segments"][stream["segment"]]["seq_length"]
+        self.spe = stream["samples_per_epoch"]
+        self.indexed = IndexedDataset(stream["prefix"])
+        self._docs = None
+        self.epochs: dict[int, object] = {}
+
+    @property
+    def docs(self) -> np.ndarray:
+        if self._docs is None:
+            st = self.stream
+            lengths = np.asarray(self.indexed.sequence_lengths, dtype=np.int64)  # one sequence per document
+            src = SourceData(st["source"], st["prefix"], st["source_fingerprint"], lengths,
+                             st["prefix"] + ".signals.parquet")
+            docs = stream_documents(src, st["seed"], tuple(st["doc_range"]), st["band"])
+            if docs_hash(docs) != st["docs_sha256"]:
+                raise ConfigError(f"stream {st['key']}: its documents changed since the plan was made "
+                                  f"({st['prefix']}); rerun recipes/plan.py")
+            self._docs = docs
+        return self._docs
+
+    def epoch(self, e: int):
+        if e not in self.epochs:
+            from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+            from megatron.core.datasets.utils import Split
+
+            st = self.stream
+            cfg = GPTDatasetConfig(
+                random_seed=_seed("epoch", st["seed"], st["source"], st["segment"], repr(st["band"]), e),
+                sequence_length=self.seq_length, blend=([st["prefix"]], None), split="100,0,0",
+                path_to_cache=stream_cache_dir(self.cache_dir, st, self.seq_length),
+                tokenizer=_TokenizerView(self.plan["tokenizer"]), reset_position_ids=False,
+                reset_attention_mask=False, eod_mask_loss=False, mmap_bin_files=True)
+            ds = GPTDataset(self.indexed, st["prefix"], self.docs, None, Split.train, cfg)
+            if len(ds) != self.spe:
+                raise RuntimeError(f"stream {st['key']} epoch {e}: GPTDataset has {len(ds)} samples, the plan "
+                                   f"expected {self.spe}")
+            self.epochs[e] = ds
+        return self.epochs[e]
+
+    def __getitem__(self, cursor: int):
+        e, local = divmod(int(cursor), self.spe)
+        return self.epoch(e)[local]
+
+
+class CurriculumDataset:
+    """One segment's samples by global index: megatron-core GPTDataset samples plus `source_id`,
+    `stream_id`, `phase_id`, `is_anchor` and `index`. `len()` is the segment's end index, so a sampler
+    that starts at the consumed-sample count (the previous segments' samples) walks exactly this segment."""
+
+    def __init__(self, plan: dict, segment: int, cache_dir: str):
+        self.plan, self.segment_index = plan, segment
+        self.index = SegmentIndex(plan, segment)
+        self.cache_dir = cache_dir
+        self.source_names = sorted(plan["sources"])
+        self._streams: dict[int, StreamSamples] = {}
+
+    def stream(self, sid: int) -> StreamSamples:
+        if sid not in self._streams:
+            self._streams[sid] = StreamSamples(self.plan, self.plan["streams"][sid], self.cache_dir)
+        return self._streams[sid]
+
+    def __len__(self) -> int:
+        return self.index.end
+
+    def __getitem__(self, g: int) -> dict:
+        import torch
+
+        sid, cursor, is_anchor, phase = self.index.locate(g)
+        sample = dict(self.stream(sid)[cursor])
+        st = self.plan["streams"][sid]
+        sample["source_id"] = torch.tensor(self.source_names.index(st["source"]), dtype=torch.long)
+        sample["stream_id"] = torch.tensor(sid, dtype=torch.long)
+        sample["phase_id"] = torch.tensor(phase, dtype=torch.long)
+        sample["is_anchor"] = torch.tensor(bool(is_anchor))
+        sample["index"] = torch.tensor(int(g), dtype=torch.long)
+        return sample
+
+
+def build_caches(plan: dict, cache_dir: str, progress: bool = False, log=print) -> dict:
+    """Builds every stream's GPTDataset index caches for the epochs the plan needs; returns their
+    sha256 per stream so training ranks can verify they load what the plan built."""
+    out = {}
+    for st in plan["streams"]:
+        ss = StreamSamples(plan, st, cache_dir)
+        for e in range(st["epochs_indexed"]):
+            ss.epoch(e)
+        d = Path(stream_cache_dir(cache_dir, st, ss.seq_length))
+        files = {}
+        for f in sorted(d.glob("*.npy")):
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+            files[f.name] = h.hexdigest()[:20]
+        out[st["key"]] = {"dir": str(d), "files": files}
+        if progress:
+            log(f"  cache {st['key']}: {st['epochs_indexed']} epoch(s), {len(files)} files")
+    return out
+
+
+def ensure_caches(plan: dict, cache_dir: str) -> None:
+    """On training ranks: the plan built the caches; if they are missing, rank 0 builds them while the
+    other ranks wait at a barrier (the fallback the plan's cache step avoids)."""
+    import torch.distributed as dist
+
+    missing = [k for k, v in plan.get("caches", {}).items() if not all((Path(v["dir"]) / f).exists() for f in v["files"])]
+    if not missing and plan.get("caches"):
+        return
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_rank() == 0:
+            build_caches(plan, cache_dir)
+        dist.barrier()
+    else:
+        build_caches(plan, cache_dir)
+
+
+__all__ = ["SegmentIndex", "CurriculumDataset", "StreamSamples", "build_caches", "ensure_caches"]

@@ -1,0 +1,32 @@
+"""`recipes/plan.py`: build, print, save and cache a plan."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hebatron_nemo.curriculum.plan import build_plan
+from hebatron_nemo.curriculum.report import plot_plan, print_plan
+from hebatron_nemo.curriculum.schemas import validate
+from hebatron_nemo.data.indexed import quiet_megatron, write_json_atomic
+
+
+def make_plan(cfg, log=print) -> dict:
+    """Validates and computes the plan, prints it, builds the index caches, writes plan.json + plan.png."""
+    quiet_megatron()
+    plan = build_plan(cfg, log=log)
+    print_plan(plan)
+    run_dir = Path(str(cfg.run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.build_caches:
+        from hebatron_nemo.curriculum.mixture import build_caches
+
+        t0 = time.time()
+        plan["caches"] = build_caches(plan, str(cfg.cache_dir))
+        log(f"index caches: {len(plan['caches'])} streams built in {time.time() - t0:.1f}s -> {cfg.cache_dir}")
+    plan["cache_dir"] = str(cfg.cache_dir)
+    validate(plan, "plan")
+    write_json_atomic(run_dir / "plan.json", plan)
+    plot_plan(plan, run_dir / "plan.png")
+    log(f"plan: {run_dir / 'plan.json'} (fingerprint {plan['fingerprint']}), plot: {run_dir / 'plan.png'}")
+    return plan

@@ -1,0 +1,25 @@
+"""The CPT data plan, before training: python recipes/plan.py experiment=tiny_cpu [overrides]."""
+
+import sys
+from pathlib import Path
+
+import hydra
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hebatron_nemo.config import register_configs  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(config_path="../conf", config_name="plan", version_base="1.3")
+def main(cfg) -> None:
+    from hebatron_nemo.cli import clean_errors
+    from hebatron_nemo.curriculum.runplan import make_plan
+
+    with clean_errors():
+        make_plan(cfg)
+
+
+if __name__ == "__main__":
+    main()
