@@ -82,3 +82,52 @@ def prepare_config(tmp: Path, source_map: dict, tokenizer_dir: Path | None = Non
 def source(path: str, language: str = "he", role: str = "pretrain", **kw) -> dict:
     return {"language": language, "register": "test", "role": role, "path": path, "id_field": "id",
             "licence": "test text written for this project", **kw}
+
+
+def synthetic_prepared(out_dir: Path, docs_per_source: dict[str, int], seed: int = 0, vocab: int = 1000,
+                       mean_len: int = 120) -> None:
+    """Writes prepared sources as `prepare` would (train .bin/.idx, signals, manifest) from random
+    token documents: fast fixtures for the plan and mixture tests."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hebatron_nemo.data.indexed import AtomicIndexedWriter, write_json_atomic
+
+    rng = np.random.default_rng(seed)
+    for name, n in docs_per_source.items():
+        d = Path(out_dir) / name
+        w = AtomicIndexedWriter(str(d / "train"), np.uint16)
+        lengths = rng.integers(max(2, mean_len // 4), mean_len * 2, size=n)
+        for i, L in enumerate(lengths):
+            ids = rng.integers(10, vocab, size=int(L)).astype(np.uint16)
+            ids[-1] = 2  # EOD
+            w.add(ids)
+        w.commit()
+        pq.write_table(pa.table({
+            "ordinal": np.arange(n), "doc_id": [f"{name}-{i}" for i in range(n)],
+            "n_tokens": lengths - 1, "compression_ratio": rng.random(n) * 3 + 1,
+            "n_chars": lengths * 3}), d / "train.signals.parquet")
+        write_json_atomic(d / "manifest.json", {
+            "kind": "source", "source": name, "fingerprint": f"fp-{name}-{seed}",
+            "splits": {"train": {"prefix": str(d / "train"), "documents": int(n), "tokens": int(lengths.sum())}},
+            "tokenizer": {"path": "/nonexistent", "tokenizer_json_sha256": "synthetic", "vocab_size": vocab,
+                          "eod": 2, "bos": None, "append_eod": True}})
+
+
+def plan_config(tmp: Path, sources: list[str], phases: list[dict], segments: list[dict], anchor: dict | None = None,
+                **curriculum):
+    """A validated PlanConfig over synthetic sources registered as pretrain (he_*) or anchor (en_*)."""
+    from hebatron_nemo.config import PlanConfig
+
+    reg = {s: {"language": "en" if s.startswith("en") else "he", "register": "test",
+               "role": "anchor" if s.startswith("en") else "pretrain", "path": f"{s}.jsonl", "licence": "test"}
+           for s in sources}
+    cfg = OmegaConf.merge(OmegaConf.structured(PlanConfig), {
+        "paths": {"work": str(tmp)},
+        "data": {"name": "synthetic", "raw_dir": str(tmp / "raw"), "output_dir": str(tmp / "data"), "sources": reg},
+        "curriculum": {"name": "test", "segments": segments, "phases": phases, **curriculum},
+        "anchor": anchor or {"share": 0.0, "sources": {}},
+        "run_dir": str(tmp / "run"), "cache_dir": str(tmp / "cache"),
+    })
+    return cfg

@@ -248,7 +248,7 @@ class CurriculumDataset:
         self.plan, self.segment_index = plan, segment
         self.index = SegmentIndex(plan, segment)
         self.cache_dir = cache_dir
-        self.source_names = sorted(plan["sources"])
+        self.source_names = plan["source_names"]
         self._streams: dict[int, StreamSamples] = {}
 
     def stream(self, sid: int) -> StreamSamples:

@@ -307,7 +307,14 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
         index[key] = len(streams) - 1
         return index[key]
 
-    # Phases in declared order first: budgets -> batches -> exact per-stream counts.
+    # Anchor streams first, then curriculum streams in declared phase order: a change to a later
+    # phase only appends stream ids, so earlier samples keep their ids too.
+    if anchor.share > 0:
+        for k in range(len(cur.segments)):
+            for s, w in _check_weights(anchor.sources, "anchor.sources").items():
+                stream_for(s, k, None, "anchor")
+
+    # Phases in declared order: budgets -> batches -> exact per-stream counts.
     declared = []
     for i, p in enumerate(cur.phases):
         k = seg_names.index(p.segment)
@@ -418,6 +425,7 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
         "anchor": {"share": float(anchor.share), "sources": dict(anchor.sources) if anchor.share > 0 else {},
                    "period": anchor.period, "allow_rounding": bool(anchor.allow_rounding)},
         "segments": segments, "phases": phases, "streams": streams,
+        "source_names": list(data.sources),  # source_id = position in the registry (stable across plans)
         "sources": {n: {"prefix": s.prefix, "fingerprint": s.fingerprint, "documents": int(len(s.doc_lengths)),
                         "tokens": int(s.doc_lengths.sum())} for n, s in sources.items()},
     }
