@@ -1,0 +1,1 @@
+"""Training backends behind one interface: `local` (CPU, PyTorch) and `megatron_bridge` (cluster)."""

@@ -1,0 +1,161 @@
+"""Contracts between the plan and the training loops: the ledger, metrics lines, and the resume check.
+
+- `Ledger`: realized samples and loss tokens per phase and source, counted from what the loss saw
+  (rows of a batch and their `loss_mask`), next to the plan's figures; `ledger.json` (schema
+  `hebatron_nemo/schemas/ledger.schema.json`). Its counts are a dense array so data-parallel ranks
+  can sum them with one all-reduce.
+- `MetricsWriter`: appends `metrics.jsonl` lines that match `metrics.schema.json`.
+- `check_resume`: refuses to continue a run whose started or completed phases changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hebatron_nemo.curriculum.schemas import validate
+from hebatron_nemo.data.indexed import read_json, write_json_atomic
+from hebatron_nemo.errors import ConfigError
+
+LEDGER_SCHEMA_VERSION = 1
+
+
+def planned_samples(plan: dict) -> dict[str, dict[str, int]]:
+    """phase name -> source -> planned samples (curriculum counts exactly; the anchor's per-phase split
+    by its pattern, rounded)."""
+    out: dict[str, dict[str, int]] = {}
+    for p in plan["phases"]:
+        seg = plan["segments"][p["segment"]]
+        row: dict[str, int] = {}
+        for sid, n in p["counts"].items():
+            src = plan["streams"][int(sid)]["source"]
+            row[src] = row.get(src, 0) + n
+        for sid, c in seg["anchor_pattern"].items():
+            src = plan["streams"][int(sid)]["source"]
+            row[src] = row.get(src, 0) + int(round(p["anchor_samples"] * c / seg["anchor_period"]))
+        out[p["name"]] = row
+    return out
+
+
+class Ledger:
+    """Counts [phase, source] samples and loss tokens from the batches the training loop consumed."""
+
+    def __init__(self, plan: dict):
+        self.plan = plan
+        self.phases = [p["name"] for p in plan["phases"]]  # indexed by phase_id = order_index
+        self.sources = list(plan["source_names"])
+        self.counts = np.zeros((len(self.phases), len(self.sources), 3), dtype=np.int64)  # samples, loss tokens, anchor
+
+    def update(self, source_id, phase_id, is_anchor, loss_mask) -> None:
+        """Adds one (micro-)batch: tensors or arrays of shape [b] (ids, flags) and [b, seq] (loss_mask)."""
+        src = np.asarray(_np(source_id), dtype=np.int64).reshape(-1)
+        ph = np.asarray(_np(phase_id), dtype=np.int64).reshape(-1)
+        anc = np.asarray(_np(is_anchor), dtype=bool).reshape(-1)
+        tokens = (np.asarray(_np(loss_mask)).reshape(len(src), -1) > 0).sum(axis=1)
+        np.add.at(self.counts[:, :, 0], (ph, src), 1)
+        np.add.at(self.counts[:, :, 1], (ph, src), tokens)
+        np.add.at(self.counts[:, :, 2], (ph, src), anc.astype(np.int64))
+
+    def to_dict(self, consumed_samples: int) -> dict:
+        planned = planned_samples(self.plan)
+        phases = {}
+        for i, p in enumerate(self.plan["phases"]):
+            c = self.counts[i]
+            phases[p["name"]] = {
+                "samples": {s: int(c[j, 0]) for j, s in enumerate(self.sources) if c[j, 0]},
+                "loss_tokens": {s: int(c[j, 1]) for j, s in enumerate(self.sources) if c[j, 0]},
+                "anchor_samples": int(c[:, 2].sum()),
+                "anchor_by_source": {s: int(c[j, 2]) for j, s in enumerate(self.sources) if c[j, 2]},
+                "planned_samples": planned[p["name"]],
+                "complete": consumed_samples >= p["end_sample"],
+            }
+        tot = self.counts.sum(axis=0)
+        return {"schema_version": LEDGER_SCHEMA_VERSION, "plan_fingerprint": self.plan["fingerprint"],
+                "consumed_samples": int(consumed_samples), "phases": phases,
+                "totals": {"samples": {s: int(tot[j, 0]) for j, s in enumerate(self.sources) if tot[j, 0]},
+                           "loss_tokens": {s: int(tot[j, 1]) for j, s in enumerate(self.sources) if tot[j, 0]}}}
+
+    def save(self, path: str | Path, consumed_samples: int) -> dict:
+        d = self.to_dict(consumed_samples)
+        validate(d, "ledger")
+        write_json_atomic(path, d)
+        return d
+
+    def load_state(self, d: dict) -> None:
+        """Restores counts from a saved ledger (a resumed run keeps counting where it stopped).
+        Phases are matched by name, so a resume with changed future phases keeps the history."""
+        for name, row in d["phases"].items():
+            if name not in self.phases:
+                continue
+            i = self.phases.index(name)
+            for s, n in row["samples"].items():
+                j = self.sources.index(s)
+                self.counts[i, j] = (n, row["loss_tokens"].get(s, 0), row["anchor_by_source"].get(s, 0))
+
+
+def _np(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x
+
+
+class MetricsWriter:
+    """Appends metrics lines (flushed each write, so a killed run keeps what it logged)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        record = {"time": time.time(), **record}
+        validate(record, "metrics")
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def check_resume(saved_plan: dict, new_plan: dict, consumed_samples: int, allow_future_changes: bool = False) -> list[str]:
+    """Raises ConfigError when a run cannot continue under `new_plan`; returns notes otherwise.
+
+    A phase that has started (its first sample was consumed) must keep its fingerprint: its data,
+    mixture weights, counts, position and anchor are history. Changes to phases that have not started
+    are refused too, unless `allow_future_changes` is set."""
+    if saved_plan["fingerprint"] == new_plan["fingerprint"]:
+        return []
+    new_by_name = {p["name"]: p for p in new_plan["phases"]}
+    notes = []
+    for p in saved_plan["phases"]:
+        if p["start_sample"] >= consumed_samples:
+            continue
+        state = "completed" if consumed_samples >= p["end_sample"] else "in progress"
+        q = new_by_name.get(p["name"])
+        if q is None:
+            raise ConfigError(f"cannot resume: phase {p['name']!r} ({state}, samples [{p['start_sample']:,}, "
+                              f"{p['end_sample']:,})) is missing from the new plan")
+        if q["fingerprint"] != p["fingerprint"]:
+            raise ConfigError(f"cannot resume: phase {p['name']!r} ({state}, samples [{p['start_sample']:,}, "
+                              f"{p['end_sample']:,})) changed: its data, mixture weights, budget or position differ "
+                              f"(fingerprint {p['fingerprint']} -> {q['fingerprint']}). Restore its config, or "
+                              "start a new run")
+    old_fp = {p["name"]: p["fingerprint"] for p in saved_plan["phases"]}
+    future = [q["name"] for q in new_plan["phases"]
+              if q["start_sample"] >= consumed_samples and old_fp.get(q["name"]) != q["fingerprint"]]
+    future += [n for n in old_fp if n not in new_by_name]
+    future = future or ["(segment layout or anchor)"]
+    if not allow_future_changes:
+        raise ConfigError(f"cannot resume: the plan changed (fingerprint {saved_plan['fingerprint']} -> "
+                          f"{new_plan['fingerprint']}) in phases that have not started ({', '.join(future)}). "
+                          "Set resume.allow_future_changes=true to accept changes to future phases")
+    notes.append(f"resuming at sample {consumed_samples:,} with changed future phases: {', '.join(future)}")
+    return notes
+
+
+def load_plan(path: str | Path) -> dict:
+    plan = read_json(path)
+    if plan is None:
+        raise ConfigError(f"no plan at {path}: run `python recipes/plan.py experiment=...` first")
+    validate(plan, "plan")
+    return plan
