@@ -19,9 +19,10 @@ help:  ## list the targets
 env:  ## build (once) the CPU environment and the compatibility layer, outside the clone
 	@echo "cpu env:      $(VENV)"; echo "compat layer: $(COMPAT)"
 
-demo: env  ## install the demo corpora and prepare them (later stages extend this to the whole pipeline)
+demo: env  ## install the demo corpora, prepare them, and plan the tiny CPT (later stages extend this)
 	$(PY) recipes/install_demo_corpora.py
 	$(PY) recipes/prepare_data.py data=demo
+	$(PY) recipes/plan.py experiment=tiny_cpu
 
 test: env  ## the whole CPU test suite (slow end-to-end tests included; GPU tests skip without CUDA)
 	HEBATRON_COMPAT_DIR=$(COMPAT) $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)

@@ -133,3 +133,30 @@ def test_help_explains_the_recipe():
     assert proc.returncode == 0
     assert "data: demo" in proc.stdout or "data=demo" in proc.stdout or "data:" in proc.stdout
     assert "shard" in proc.stdout
+
+
+def _compose_plan(overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="plan", overrides=overrides)
+
+
+def test_plan_experiment_composes_and_arms_are_plain_overrides():
+    cfg = _compose_plan(["experiment=tiny_cpu", "paths.work=/tmp/w"])
+    assert cfg.curriculum.name == "tiny" and cfg.anchor.share == 0.25
+    assert [p.name for p in cfg.curriculum.phases] == ["formal", "colloquial", "long_context"]
+    assert len({s.seq_length for s in cfg.curriculum.segments}) == 2
+    for seg in cfg.curriculum.segments:  # the anchor count of every batch is integral
+        assert (cfg.anchor.share * seg.global_batch).is_integer()
+    arm = _compose_plan(["experiment=tiny_cpu", "curriculum.order=reversed", "anchor=none"])
+    assert arm.curriculum.order == "reversed" and arm.anchor.share == 0.0
+    assert "reversed" in arm.run_dir and "anchor0.0" in arm.run_dir
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("override, key", [("curriculum.phases.0.tokenz=5", "tokenz"),
+                                           ("anchor.shar=0.1", "shar"),
+                                           ("curriculum.segments.0.seq_len=64", "seq_len")])
+def test_plan_typos_fail_at_compose(override, key):
+    with pytest.raises(ConfigCompositionException) as e:
+        _compose_plan(["experiment=tiny_cpu", override])
+    assert key in str(e.value) + str(e.value.__cause__)

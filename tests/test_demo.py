@@ -51,6 +51,14 @@ def test_demo_install_and_prepare_end_to_end(tmp_path):
     long_tokens = sum(t for edge, t in zip(hist["bin_lower_edges"], hist["tokens"]) if edge >= 512)
     assert long_tokens > 0.9 * tokenized["he_long"]["splits"]["train"]["tokens"]
     assert summary["pairs_train"]["documents"] > 10_000
+    # the tiny CPT plan over the prepared demo: two segments, three phases, 25% anchor, caches built
+    proc = subprocess.run([sys.executable, "recipes/plan.py", "experiment=tiny_cpu"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = json.loads(next((tmp_path / "runs").glob("tiny-easy_to_hard-*/plan.json")).read_text())
+    assert [p["name"] for p in plan["phases"]] == ["formal", "colloquial", "long_context"]
+    assert {s["anchor_share_effective"] for s in plan["segments"]} == {0.25} and not plan["warnings"]
+    assert set(plan["caches"]) == {s["key"] for s in plan["streams"]}
     # a second run finds everything up to date
     proc = subprocess.run([sys.executable, "recipes/prepare_data.py", "data=demo", "progress=false"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)

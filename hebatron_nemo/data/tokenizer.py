@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from itertools import chain
 from pathlib import Path
 from typing import Iterable
+
+import numpy as np
 
 from hebatron_nemo.errors import ConfigError
 
@@ -34,24 +38,200 @@ class LocalTokenizer:
             raise ConfigError(f"tokenizer.add_bos is set but {bos_token!r} is not in the vocabulary of {file}")
         self.append_eod = append_eod
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
-        self._sha = hashlib.sha256(file.read_bytes()).hexdigest()
+        raw = file.read_bytes()
+        self._sha = hashlib.sha256(raw).hexdigest()
+        self._memo = ChunkMemoEncoder(self.tok) if ChunkMemoEncoder.supports(json.loads(raw)) else None
 
     def encode_documents(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each document as Megatron's preprocessing writes them (optional BOS, EOD)."""
-        encodings = self.tok.encode_batch(texts, add_special_tokens=False)
-        out = []
-        for enc in encodings:
-            ids = enc.ids
-            if self.bos is not None:
-                ids = [self.bos] + ids
-            if self.append_eod:
-                ids = ids + [self.eod]
-            out.append(ids)
+        """Token ids of each document as Megatron's preprocessing writes them (optional BOS, EOD).
+
+        The ids are exactly `self.tok.encode(text, add_special_tokens=False).ids` (what Megatron's
+        `tools/preprocess_data.py` gets from the same tokenizer.json); GPT-2 style byte-level BPEs take
+        the memoized path of `ChunkMemoEncoder`, others HF's batch encoder without offsets."""
+        if self._memo is not None:
+            out = self._memo.encode(texts)
+        else:
+            out = [enc.ids for enc in _encode_batch(self.tok, texts)]
+        if self.bos is not None:
+            out = [[self.bos] + ids for ids in out]
+        if self.append_eod:
+            eod = self.eod
+            for ids in out:
+                ids.append(eod)
         return out
 
     def identity(self) -> dict:
         return {"path": self.path, "tokenizer_json_sha256": self._sha, "vocab_size": self.vocab_size,
                 "eod": self.eod, "bos": self.bos, "append_eod": self.append_eod}
+
+
+def _encode_batch(tok, texts: list[str]) -> list:
+    """HF `encode_batch` without special tokens; the variant that skips character offsets (which
+    nothing here reads, and which cost about a third of the time) where the installed version has it."""
+    fast = getattr(tok, "encode_batch_fast", None)
+    return (fast or tok.encode_batch)(texts, add_special_tokens=False)
+
+
+# GPT-2's pre-tokenizer regex, the one `pre_tokenizers.ByteLevel(use_regex=True)` applies (with Oniguruma).
+GPT2_PRETOKENIZE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+# Split points of a text into chunks that the GPT-2 pre-tokenizer never spans: before a space that is
+# followed by an ASCII letter or digit or a Hebrew letter (all \p{L} or \p{N} in every Unicode version).
+# There the alternative ` ?\p{L}+` / ` ?\p{N}+` starts a new pre-token at the space: no earlier
+# pre-token can end with that space (letter, digit, punctuation and contraction runs do not take
+# spaces; `\s+(?!\S)` may not end right before a non-space; `\s+` is only tried for a single
+# whitespace character that `\s+(?!\S)` refused, i.e. one followed by a non-space). The only
+# lookahead, `(?!\S)`, holds at the end of a chunk both in place (a space follows) and alone (end of
+# text), so each chunk pre-tokenizes, alone, into exactly the pre-tokens it has inside the text.
+_CHUNK_SPLIT = re.compile(r"(?= [0-9A-Za-z\u05d0-\u05ea])")
+
+# Probes that tell apart, for one character, the four classes the GPT-2 regex distinguishes
+# (whitespace, \p{L}, \p{N}, other): the three "x{c}x" forms give one pre-token for exactly one class.
+_PROBES = ("a{c}a", "1{c}1", "!{c}!", " {c}a", "a{c} ", "{c}{c}", "'{c}", "{c}'s", "\n{c}", " {c}")
+
+
+class ChunkMemoEncoder:
+    """Exact, memoized token ids for GPT-2 style byte-level BPE tokenizers (no normalizer, a
+    `ByteLevel(use_regex=True)` pre-tokenizer, BPE without dropout, no padding or truncation).
+
+    BPE never merges across pre-tokens, so a document's ids are the concatenation of the ids of its
+    pre-tokens, each encoded alone. Natural text repeats words, so most of them have been seen:
+
+    1. each document is cut into chunks (`_CHUNK_SPLIT`: " word" pieces) whose ids are memoized;
+    2. a chunk not seen yet is cut into pre-tokens with the GPT-2 regex (the `regex` module), whose ids
+       are memoized too; only never-seen pre-tokens go through the HF tokenizer.
+
+    Step 2 relies on `regex` and Oniguruma classifying each character the same way (whitespace,
+    letter, number, other): every character met is first checked against the tokenizer's own
+    pre-tokenizer (`_PROBES`); a chunk with a character that fails, or any text when `regex` is not
+    installed, is encoded by the tokenizer as a whole (still exact by step 1). A document containing
+    the text of an added (special) token is encoded by the tokenizer as a whole, since those are
+    split out before pre-tokenization. Memory is bounded: the memo is cleared past `max_chunks`.
+    """
+
+    def __init__(self, tok, max_chunks: int = 2_000_000):
+        self.tok = tok
+        self.max_chunks = max_chunks
+        added = [t.content for t in tok.get_added_tokens_decoder().values()]
+        self._added = re.compile("|".join(re.escape(a) for a in sorted(added, key=len, reverse=True))) \
+            if added else None
+        try:
+            import regex
+        except ImportError:  # step 2 off: chunks are encoded by the tokenizer
+            regex = None
+        self._pretok = regex.compile(GPT2_PRETOKENIZE) if regex else None
+        self._safe: set[str] = set()
+        self._unsafe: set[str] = set()
+        self._reset()
+
+    @staticmethod
+    def supports(spec: dict) -> bool:
+        """Whether a tokenizer.json (parsed) has the structure this encoder is exact for."""
+        pre = spec.get("pre_tokenizer") or {}
+        model = spec.get("model") or {}
+        return (spec.get("normalizer") is None and spec.get("truncation") is None
+                and spec.get("padding") is None
+                and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+                and not pre.get("add_prefix_space", False)
+                and model.get("type") == "BPE" and not model.get("dropout"))
+
+    def _reset(self) -> None:
+        self._index: dict[str, int] = {}  # chunk -> row of the tables below
+        self._starts = np.zeros(0, np.int64)  # row -> first id in _flat
+        self._lens = np.zeros(0, np.int64)  # row -> number of ids
+        self._flat = np.zeros(0, np.int64)
+        self._used = 0  # ids stored in _flat
+        self._pieces: dict[str, list[int]] = {}  # pre-token -> ids
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        out: list = [None] * len(texts)
+        whole, docs, chunked = [], [], []
+        added = self._added
+        for i, text in enumerate(texts):
+            if added is not None and added.search(text):
+                whole.append(i)
+            else:
+                docs.append(i)
+                chunked.append(_CHUNK_SPLIT.split(text))
+        if whole:
+            for i, enc in zip(whole, _encode_batch(self.tok, [texts[i] for i in whole])):
+                out[i] = enc.ids
+        if not docs:
+            return out
+        if len(self._index) > self.max_chunks:
+            self._reset()
+        index = self._index
+        new = set(chain.from_iterable(chunked))
+        new.difference_update(index)
+        if new:
+            self._add_chunks(list(new))
+        rows = np.fromiter(map(index.__getitem__, chain.from_iterable(chunked)), np.int64)
+        lens = self._lens[rows]
+        starts = self._starts[rows]
+        ends = np.cumsum(lens)
+        # positions in _flat of every id of the batch, chunk after chunk
+        pos = np.repeat(starts - (ends - lens), lens) + np.arange(int(ends[-1]) if len(ends) else 0)
+        ids = self._flat[pos]
+        n_chunks = np.fromiter(map(len, chunked), np.int64, count=len(chunked))
+        chunk_end = np.cumsum(n_chunks) - 1
+        doc_end = ends[chunk_end]
+        doc_start = np.concatenate(([0], doc_end[:-1]))
+        for i, a, b in zip(docs, doc_start.tolist(), doc_end.tolist()):
+            out[i] = ids[a:b].tolist()
+        return out
+
+    def _add_chunks(self, chunks: list[str]) -> None:
+        encoded = self._encode_chunks(chunks)
+        lens = np.fromiter(map(len, encoded), np.int64, count=len(encoded))
+        flat = np.fromiter(chain.from_iterable(encoded), np.int64, count=int(lens.sum()))
+        need = self._used + len(flat)
+        if need > len(self._flat):
+            grown = np.zeros(max(need, 2 * len(self._flat), 1 << 16), np.int64)
+            grown[: self._used] = self._flat[: self._used]
+            self._flat = grown
+        self._flat[self._used: need] = flat
+        base = len(self._index)
+        self._starts = np.concatenate((self._starts, self._used + np.cumsum(lens) - lens))
+        self._lens = np.concatenate((self._lens, lens))
+        self._used = need
+        self._index.update(zip(chunks, range(base, base + len(chunks))))
+
+    def _encode_chunks(self, chunks: list[str]) -> list[list[int]]:
+        """Ids of each chunk encoded alone."""
+        if self._pretok is None:
+            return [enc.ids for enc in _encode_batch(self.tok, chunks)]
+        seen = set("".join(chunks))
+        for c in seen - self._safe - self._unsafe:
+            (self._safe if self._same_pretokens(c) else self._unsafe).add(c)
+        findall = self._pretok.findall
+        split = [findall(ch) for ch in chunks]
+        whole = []
+        if not self._unsafe.isdisjoint(seen):
+            whole = [j for j, ch in enumerate(chunks) if not self._unsafe.isdisjoint(ch)]
+        bad = set(whole)
+        pieces = self._pieces
+        new = {p for j, ps in enumerate(split) if j not in bad for p in ps}
+        new.difference_update(pieces)
+        if new:
+            new = list(new)
+            pieces.update(zip(new, (enc.ids for enc in _encode_batch(self.tok, new))))
+        get = pieces.__getitem__
+        out = [list(chain.from_iterable(map(get, ps))) for ps in split]
+        if whole:
+            for j, enc in zip(whole, _encode_batch(self.tok, [chunks[j] for j in whole])):
+                out[j] = enc.ids
+        return out
+
+    def _same_pretokens(self, c: str) -> bool:
+        """Whether the regex and the tokenizer's pre-tokenizer split every probe around `c` alike."""
+        pre = self.tok.pre_tokenizer
+        for probe in _PROBES:
+            text = probe.format(c=c)
+            ours = [m.span() for m in self._pretok.finditer(text)]
+            theirs = [span for _, span in pre.pre_tokenize_str(text)]
+            if ours != theirs:
+                return False
+        return True
 
 
 def set_tokenizer_threads(workers: int) -> None:
