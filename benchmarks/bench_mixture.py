@@ -242,9 +242,17 @@ def machine_info() -> dict:
         mem = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal"))
     except (OSError, StopIteration):
         pass
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "hebatron_nemo/curriculum"],
+                                    capture_output=True, text=True).stdout.strip())
+    except OSError:
+        commit, dirty = None, None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu": cpu, "mem_bytes": mem,
             "python": platform.python_version(), "numpy": np.__version__, "megatron_core": mcore,
-            "platform": platform.platform()}
+            "platform": platform.platform(), "repo_commit": commit, "curriculum_dirty": dirty,
+            "loadavg_1m_at_start": load, "repo": str(REPO)}
 
 
 FIGURES = [  # (label, key, higher is better)

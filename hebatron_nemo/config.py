@@ -169,6 +169,38 @@ class PrepareConfig:
     progress: bool = True  # progress bars
 
 
+@dataclass
+class ModelConfig:
+    """A Nemotron-H architecture (`conf/model/<name>.yaml`); field names follow transformers' NemotronHConfig."""
+
+    name: str = MISSING
+    pattern: str = MISSING  # layer letters: M Mamba-2, E MoE, * attention, - MLP
+    hidden_size: int = MISSING
+    vocab_size: int = 4096  # replaced by the tokenizer's vocabulary size when a model is built for data
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    mamba_num_heads: int = 8
+    mamba_head_dim: int = 32
+    ssm_state_size: int = 32
+    n_groups: int = 1
+    chunk_size: int = 64
+    conv_kernel: int = 4
+    expand: int = 2
+    n_routed_experts: int = 8
+    num_experts_per_tok: int = 2
+    moe_intermediate_size: int = 128
+    moe_shared_expert_intermediate_size: int = 256
+    routed_scaling_factor: float = 2.5
+    n_group: int = 1
+    topk_group: int = 1
+    norm_topk_prob: bool = True
+    intermediate_size: int = 256  # the `-` (dense MLP) layers
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    extra: Dict[str, Any] = field(default_factory=dict)  # any other NemotronHConfig field
+
+
 ORDERS = ("easy_to_hard", "reversed", "shuffled", "none")
 
 
@@ -253,6 +285,109 @@ class PlanConfig:
 
 
 @dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule: warmup, then warmup-stable-decay (WSD) over the whole CPT,
+    measured in training tokens (curriculum + anchor), with no re-warm at phase or segment boundaries
+    unless `rewarm_each_segment`."""
+
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_fraction: float = 0.02  # of all CPT tokens
+    decay_fraction: float = 0.2  # the last part of the tokens decays linearly from lr to min_lr
+    rewarm_each_segment: bool = False
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = 1.0  # max global gradient norm (0 = off)
+
+
+@dataclass
+class RouterConfig:
+    """MoE balancing (megatron-core's formulas; see backends/local/router.py)."""
+
+    seq_aux_loss_coeff: float = 1e-4  # Nemotron-3 Nano's value; the Hebatron team raised it against collapse
+    bias_update_rate: float = 1e-3  # aux-loss-free expert-bias update per step (0 = frozen bias)
+    log_every: int = 10  # steps between router-health lines (per-layer load entropy)
+
+
+@dataclass
+class EarlyStopConfig:
+    """Stop a run whose watched loss rises early (the Hebatron team's failed runs looked like this)."""
+
+    enabled: bool = False
+    metric: str = "eval/anchor_loss"  # a key of the eval values
+    patience: int = 3  # consecutive evals above best + min_rise
+    min_rise: float = 0.05
+    within_fraction: float = 0.3  # only in the first part of the run
+
+
+@dataclass
+class EvalConfig:
+    """The cheap in-loop eval: English anchor and per-phase Hebrew validation loss, and a small
+    multiple-choice log-likelihood pack per language built from held-out documents."""
+
+    every_steps: int = 50
+    seq_length: int = 128  # one length for every eval, so the numbers compare across segments
+    samples_per_set: int = 16
+    mc_questions: int = 24  # per language
+    mc_choices: int = 4
+    mc_context_tokens: int = 48
+    mc_continuation_tokens: int = 16
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+
+
+@dataclass
+class CheckpointConfig:
+    """Atomic checkpoints (temp folder, then rename); forced at every phase and segment end."""
+
+    every_steps: int = 100
+    keep_last: int = 2  # periodic checkpoints kept; phase/segment-end ones are always kept
+    resume: bool = True  # continue from the latest complete checkpoint of run_dir
+    allow_future_changes: bool = False  # accept a changed plan for phases that have not started
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: bool = True  # WANDB_MODE=offline unless set otherwise
+    wandb_project: str = "hebatron"
+    progress: bool = True
+    log_every: int = 1
+
+
+@dataclass
+class BaseModelConfig:
+    """Stage 0 (CPU demo only): a base pretrained mostly on English, so CPT has something to forget."""
+
+    sources: Dict[str, float] = field(default_factory=dict)
+    tokens: float = 400_000
+    seq_length: int = 128
+    global_batch: int = 16
+    micro_batch: int = 8
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    dir: str = MISSING  # cached at <dir>/<config hash>
+
+
+@dataclass
+class TrainConfig(PlanConfig):
+    """`recipes/cpt.py`: the plan's CPT, trained by the local backend (or handed to Megatron-Bridge)."""
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    base: BaseModelConfig = field(default_factory=BaseModelConfig)
+    seed: int = 1234
+    threads: int = 2  # torch CPU threads per process
+    max_steps: Optional[int] = None  # stop after this many steps (testing); the plan is unchanged
+
+
+@dataclass
 class InstallDemoConfig:
     """`recipes/install_demo_corpora.py`: writes the demo corpora from installed packages."""
 
@@ -269,7 +404,9 @@ def register_configs() -> None:
     cs.store(name="prepare_schema", node=PrepareConfig)
     cs.store(name="install_demo_schema", node=InstallDemoConfig)
     cs.store(name="plan_schema", node=PlanConfig)
+    cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="curriculum", name="curriculum_schema", node=CurriculumConfig)
     cs.store(group="anchor", name="anchor_schema", node=AnchorConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="tokenizer", name="tokenizer_schema", node=TokenizerConfig)

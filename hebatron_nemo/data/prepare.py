@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -130,6 +130,16 @@ class SourceContext:
         }
 
 
+@dataclass(frozen=True)
+class _Holdout:
+    """`HoldoutConfig` as a plain object, for `holdout_split` in the per-document loop."""
+
+    valid: float
+    test: float
+    min_docs: int
+    salt: str
+
+
 def _batched(it: Iterable, n: int) -> Iterator[list]:
     batch = []
     for x in it:
@@ -186,6 +196,11 @@ def prepare_shard(ctx: SourceContext, shard: tuple[int, int], batch_docs: int = 
         bar.start()
         task = bar.add_task(f"{ctx.name} {i}/{n}", total=math.ceil(total / n) if total else None)
     t0 = time.time()
+    # plain values: OmegaConf attribute access costs microseconds, and this loop runs per document
+    exact_dedup = bool(ctx.data.exact_dedup.enabled)
+    holdout = _Holdout(**OmegaConf.to_container(ctx.src.holdout))
+    eod_tokens = 1 if ctx.tokenizer.append_eod else 0
+    decontaminator, doc_filter = ctx.decontaminator, ctx.doc_filter
     try:
         docs = iter_documents(ctx.path, ctx.src.format, ctx.src.text_field, ctx.src.id_field, shard=(i, n))
         for batch in _batched(docs, batch_docs):
@@ -194,11 +209,11 @@ def prepare_shard(ctx: SourceContext, shard: tuple[int, int], batch_docs: int = 
             for doc, text in zip(batch, texts):
                 report.seen_docs += 1
                 report.seen_chars += len(doc.text)
-                reason = ctx.doc_filter.reason(text)
-                if reason is None and ctx.decontaminator and ctx.decontaminator.is_contaminated(text):
+                reason = doc_filter.reason(text)
+                if reason is None and decontaminator and decontaminator.is_contaminated(text):
                     reason = "decontaminated"
                 h = text_hash(text) if reason is None else 0
-                if reason is None and ctx.data.exact_dedup.enabled:
+                if reason is None and exact_dedup:
                     if h in seen_hashes:
                         reason = "exact_dup_in_source"
                     seen_hashes.add(h)
@@ -210,10 +225,10 @@ def prepare_shard(ctx: SourceContext, shard: tuple[int, int], batch_docs: int = 
                 ids_list = ctx.tokenizer.encode_documents([t for _, t, _ in kept])
                 perplexities = ppl([t for _, t, _ in kept]) if ppl else [float("nan")] * len(kept)
                 for (doc, text, h), ids, p in zip(kept, ids_list, perplexities):
-                    split = holdout_split(doc.doc_id, ctx.src.holdout)
+                    split = holdout_split(doc.doc_id, holdout)
                     writers[split].add(ids)
                     n_words = count_words(text)
-                    n_tokens = len(ids) - (1 if ctx.tokenizer.append_eod else 0)
+                    n_tokens = len(ids) - eod_tokens
                     r = rows[split]
                     r["ordinal"].append(doc.ordinal)
                     r["doc_id"].append(doc.doc_id)

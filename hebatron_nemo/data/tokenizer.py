@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import re
-from itertools import chain
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Iterable
 
@@ -84,10 +84,67 @@ GPT2_PRETOKENIZE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N
 # lookahead, `(?!\S)`, holds at the end of a chunk both in place (a space follows) and alone (end of
 # text), so each chunk pre-tokenizes, alone, into exactly the pre-tokens it has inside the text.
 _CHUNK_SPLIT = re.compile(r"(?= [0-9A-Za-z\u05d0-\u05ea])")
+_CHUNK_START = re.compile(r" [0-9A-Za-z\u05d0-\u05ea]")
 
 # Probes that tell apart, for one character, the four classes the GPT-2 regex distinguishes
 # (whitespace, \p{L}, \p{N}, other): the three "x{c}x" forms give one pre-token for exactly one class.
 _PROBES = ("a{c}a", "1{c}1", "!{c}!", " {c}a", "a{c} ", "{c}{c}", "'{c}", "{c}'s", "\n{c}", " {c}")
+
+
+class _IdTable:
+    """Memoized ids of strings: a dict from string to row, and the ids of all rows back to back."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+        self.starts = np.zeros(0, np.int64)  # row -> first id in `flat`
+        self.lens = np.zeros(0, np.int64)  # row -> number of ids
+        self.flat = np.zeros(1 << 16, np.int32)
+        self.used = 0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def rows(self, keys: list[str], encode) -> np.ndarray:
+        """The row of each key; keys not seen yet are encoded (`encode(list) -> (flat ids, lens)`) first."""
+        index = self.index
+        rows = np.fromiter(map(index.get, keys, repeat(-1)), np.int64, count=len(keys))
+        miss = np.flatnonzero(rows < 0)
+        if len(miss):
+            missing = list(map(keys.__getitem__, miss.tolist()))
+            new = list(dict.fromkeys(missing))
+            self.add(new, *encode(new))
+            rows[miss] = np.fromiter(map(index.__getitem__, missing), np.int64, count=len(missing))
+        return rows
+
+    def add(self, keys: list[str], flat: np.ndarray, lens: np.ndarray) -> None:
+        need = self.used + len(flat)
+        if need > len(self.flat):
+            grown = np.zeros(max(need, 2 * len(self.flat)), np.int32)
+            grown[: self.used] = self.flat[: self.used]
+            self.flat = grown
+        self.flat[self.used: need] = flat
+        self.starts = np.concatenate((self.starts, self.used + np.cumsum(lens) - lens))
+        self.lens = np.concatenate((self.lens, lens))
+        self.used = need
+        base = len(self.index)
+        self.index.update(zip(keys, range(base, base + len(keys))))
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of the rows one after another, and the number of ids of each."""
+        lens = self.lens[rows]
+        return self.flat[_ranges(self.starts[rows], lens)], lens
+
+
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """`concatenate([arange(s, s + n) for s, n in zip(starts, lens)])`, vectorized."""
+    ends = np.cumsum(lens)
+    total = int(ends[-1]) if len(ends) else 0
+    return np.repeat(starts - (ends - lens), lens) + np.arange(total)
+
+
+def _flatten(encoded: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lens = np.fromiter(map(len, encoded), np.int64, count=len(encoded))
+    return np.fromiter(chain.from_iterable(encoded), np.int32, count=int(lens.sum())), lens
 
 
 class ChunkMemoEncoder:
@@ -136,12 +193,8 @@ class ChunkMemoEncoder:
                 and model.get("type") == "BPE" and not model.get("dropout"))
 
     def _reset(self) -> None:
-        self._index: dict[str, int] = {}  # chunk -> row of the tables below
-        self._starts = np.zeros(0, np.int64)  # row -> first id in _flat
-        self._lens = np.zeros(0, np.int64)  # row -> number of ids
-        self._flat = np.zeros(0, np.int64)
-        self._used = 0  # ids stored in _flat
-        self._pieces: dict[str, list[int]] = {}  # pre-token -> ids
+        self._chunks = _IdTable()
+        self._pieces = _IdTable()
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         out: list = [None] * len(texts)
@@ -158,69 +211,60 @@ class ChunkMemoEncoder:
                 out[i] = enc.ids
         if not docs:
             return out
-        if len(self._index) > self.max_chunks:
+        if len(self._chunks) + len(self._pieces) > self.max_chunks:
             self._reset()
-        index = self._index
-        new = set(chain.from_iterable(chunked))
-        new.difference_update(index)
-        if new:
-            self._add_chunks(list(new))
-        rows = np.fromiter(map(index.__getitem__, chain.from_iterable(chunked)), np.int64)
-        lens = self._lens[rows]
-        starts = self._starts[rows]
-        ends = np.cumsum(lens)
-        # positions in _flat of every id of the batch, chunk after chunk
-        pos = np.repeat(starts - (ends - lens), lens) + np.arange(int(ends[-1]) if len(ends) else 0)
-        ids = self._flat[pos]
+        rows = self._chunks.rows(list(chain.from_iterable(chunked)), self._encode_chunks)
+        ids, lens = self._chunks.gather(rows)
         n_chunks = np.fromiter(map(len, chunked), np.int64, count=len(chunked))
-        chunk_end = np.cumsum(n_chunks) - 1
-        doc_end = ends[chunk_end]
-        doc_start = np.concatenate(([0], doc_end[:-1]))
-        for i, a, b in zip(docs, doc_start.tolist(), doc_end.tolist()):
+        doc_end = np.cumsum(lens)[np.cumsum(n_chunks) - 1].tolist()
+        for i, a, b in zip(docs, [0] + doc_end[:-1], doc_end):
             out[i] = ids[a:b].tolist()
         return out
 
-    def _add_chunks(self, chunks: list[str]) -> None:
-        encoded = self._encode_chunks(chunks)
-        lens = np.fromiter(map(len, encoded), np.int64, count=len(encoded))
-        flat = np.fromiter(chain.from_iterable(encoded), np.int64, count=int(lens.sum()))
-        need = self._used + len(flat)
-        if need > len(self._flat):
-            grown = np.zeros(max(need, 2 * len(self._flat), 1 << 16), np.int64)
-            grown[: self._used] = self._flat[: self._used]
-            self._flat = grown
-        self._flat[self._used: need] = flat
-        base = len(self._index)
-        self._starts = np.concatenate((self._starts, self._used + np.cumsum(lens) - lens))
-        self._lens = np.concatenate((self._lens, lens))
-        self._used = need
-        self._index.update(zip(chunks, range(base, base + len(chunks))))
+    def _encode_tokenizer(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return _flatten([enc.ids for enc in _encode_batch(self.tok, texts)])
 
-    def _encode_chunks(self, chunks: list[str]) -> list[list[int]]:
-        """Ids of each chunk encoded alone."""
+    def _encode_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of the chunks, each encoded alone, one after another, and their number per chunk."""
         if self._pretok is None:
-            return [enc.ids for enc in _encode_batch(self.tok, chunks)]
+            return self._encode_tokenizer(chunks)
         seen = set("".join(chunks))
         for c in seen - self._safe - self._unsafe:
             (self._safe if self._same_pretokens(c) else self._unsafe).add(c)
+        unsafe = self._unsafe
+        whole = [j for j, ch in enumerate(chunks) if not unsafe.isdisjoint(ch)] if not unsafe.isdisjoint(seen) else []
+        # A chunk that starts at a split point (" " + letter or digit) may follow any other: those are
+        # pre-tokenized together in one pass; the others (a document's first chunk) one by one.
+        skip = set(whole)
+        lead = [j for j, ch in enumerate(chunks) if j not in skip and not _CHUNK_START.match(ch)]
+        skip.update(lead)
+        rest = [j for j in range(len(chunks)) if j not in skip] if skip else list(range(len(chunks)))
+        rest_chunks = [chunks[j] for j in rest] if skip else chunks
         findall = self._pretok.findall
-        split = [findall(ch) for ch in chunks]
-        whole = []
-        if not self._unsafe.isdisjoint(seen):
-            whole = [j for j, ch in enumerate(chunks) if not self._unsafe.isdisjoint(ch)]
-        bad = set(whole)
-        pieces = self._pieces
-        new = {p for j, ps in enumerate(split) if j not in bad for p in ps}
-        new.difference_update(pieces)
-        if new:
-            new = list(new)
-            pieces.update(zip(new, (enc.ids for enc in _encode_batch(self.tok, new))))
-        get = pieces.__getitem__
-        out = [list(chain.from_iterable(map(get, ps))) for ps in split]
+        lead_pieces = [findall(chunks[j]) for j in lead]
+        rest_pieces = findall("".join(rest_chunks))
+        pieces = list(chain.from_iterable(lead_pieces))
+        pieces += rest_pieces
+        # pieces per chunk (order lead + rest); for the rest, by matching cumulative lengths
+        piece_end = np.cumsum(np.fromiter(map(len, rest_pieces), np.int64, count=len(rest_pieces)))
+        chunk_end = np.cumsum(np.fromiter(map(len, rest_chunks), np.int64, count=len(rest_chunks)))
+        n_pieces = np.concatenate((np.fromiter(map(len, lead_pieces), np.int64, count=len(lead_pieces)),
+                                   np.diff(np.searchsorted(piece_end, chunk_end, side="right"), prepend=0)))
+        flat, piece_lens = self._pieces.gather(self._pieces.rows(pieces, self._encode_tokenizer))
+        cum = np.concatenate(([0], np.cumsum(piece_lens)))
+        lens = np.diff(cum[np.concatenate(([0], np.cumsum(n_pieces)))])
+        order = lead + rest
         if whole:
-            for j, enc in zip(whole, _encode_batch(self.tok, [chunks[j] for j in whole])):
-                out[j] = enc.ids
-        return out
+            flat_w, lens_w = self._encode_tokenizer([chunks[j] for j in whole])
+            order += whole
+            flat, lens = np.concatenate((flat, flat_w)), np.concatenate((lens, lens_w))
+        if not skip:
+            return flat, lens
+        # back to the order of `chunks`
+        inv = np.empty(len(order), np.int64)
+        inv[np.asarray(order, np.int64)] = np.arange(len(order))
+        starts = np.cumsum(lens) - lens
+        return flat[_ranges(starts[inv], lens[inv])], lens[inv]
 
     def _same_pretokens(self, c: str) -> bool:
         """Whether the regex and the tokenizer's pre-tokenizer split every probe around `c` alike."""

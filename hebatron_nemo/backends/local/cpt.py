@@ -1,0 +1,125 @@
+"""Stage 0 (the CPU demo's base model) and continued pretraining with the local backend."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+
+from hebatron_nemo.backends.local import distributed
+from hebatron_nemo.backends.local.trainer import train
+from hebatron_nemo.curriculum.plan import build_plan
+from hebatron_nemo.data.indexed import quiet_megatron, read_json, stable_hash, write_json_atomic
+from hebatron_nemo.models.nemotron_h import build_model, count_parameters
+
+TRAINING_STATE = "training_state.safetensors"  # the model's own state_dict (module names of this transformers)
+
+
+def _plan_and_caches(cfg, log) -> dict:
+    """Rank 0 builds the plan and its index caches and writes plan.json; the others read it."""
+    from hebatron_nemo.curriculum.mixture import build_caches
+
+    rank = distributed.init()[0]
+    run_dir = Path(str(cfg.run_dir))
+    if rank == 0:
+        plan = build_plan(cfg, log=log)
+        plan["caches"] = build_caches(plan, str(cfg.cache_dir))
+        plan["cache_dir"] = str(cfg.cache_dir)
+        write_json_atomic(run_dir / "plan.json", plan)
+    distributed.barrier()
+    return read_json(run_dir / "plan.json")
+
+
+def base_config(cfg):
+    """The stage-0 run: one phase on the base mixture (mostly English), no anchor, its own run folder."""
+    b = cfg.base
+    bc = OmegaConf.merge(cfg, {
+        "curriculum": {"name": "base", "order": "easy_to_hard", "transition_batches": 0, "segment_doc_shares": {},
+                       "segments": [{"name": "base", "seq_length": b.seq_length, "global_batch": b.global_batch,
+                                     "micro_batch": b.micro_batch, "data_parallel_size": 1}],
+                       "phases": [{"name": "base", "segment": "base", "tokens": b.tokens,
+                                   "sources": OmegaConf.to_container(b.sources), "select": {}}]},
+        "anchor": {"share": 0.0, "sources": {}},
+        "eval": {"early_stop": {"enabled": False}},
+    })
+    return bc
+
+
+def base_key(cfg, plan: dict) -> str:
+    return stable_hash({"model": OmegaConf.to_container(cfg.model, resolve=True),
+                        "base": {k: v for k, v in OmegaConf.to_container(cfg.base, resolve=True).items() if k != "dir"},
+                        "tokenizer": plan["tokenizer"]["tokenizer_json_sha256"],
+                        "sources": {n: s["fingerprint"] for n, s in plan["sources"].items()},
+                        "seed": cfg.seed, "optim": OmegaConf.to_container(cfg.optim, resolve=True)})
+
+
+def ensure_base(cfg, log=print) -> Path:
+    """The cached stage-0 model folder (`<base.dir>/<config hash>/model`), trained first when missing."""
+    quiet_megatron()
+    bc = base_config(cfg)
+    rank = distributed.init()[0]
+    probe = build_plan(bc, log=lambda *a: None)
+    root = Path(str(cfg.base.dir)) / base_key(cfg, probe)
+    model_dir = root / "model"
+    if (model_dir / "COMPLETE").exists():
+        return model_dir
+    bc.run_dir = str(root / "run")
+    log(f"stage 0: pretraining the base model on {dict(cfg.base.sources)} -> {model_dir}")
+    plan = _plan_and_caches(bc, log)
+    model = build_model(cfg.model, plan["tokenizer"]["vocab_size"], seed=cfg.seed)
+    log(f"  model: {count_parameters(model)}")
+    train(bc, plan, model, Path(bc.run_dir), log=log, lr=cfg.base.lr, min_lr=cfg.base.min_lr)
+    if rank == 0:
+        export_model(model, plan, model_dir)
+    distributed.barrier()
+    return model_dir
+
+
+def export_model(model, plan: dict, out: Path) -> None:
+    """The trained weights as an HF folder (config + safetensors + tokenizer), written atomically;
+    `COMPLETE` marks it usable. (The release export with parity checks is recipes/export.py.)"""
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    # transformers writes the released layout (backbone.*, one tensor per expert); training code
+    # reloads its own module names from this file instead
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / TRAINING_STATE))
+    tok_dir = Path(plan["tokenizer"]["path"])
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tok_dir / f).exists():
+            shutil.copy(tok_dir / f, tmp / f)
+    (tmp / "COMPLETE").write_text(plan["fingerprint"])
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def load_weights(model, model_dir: Path) -> None:
+    """Loads our own saved weights into a freshly built model; any missing or unexpected key is an error."""
+    model.load_state_dict(load_file(str(Path(model_dir) / TRAINING_STATE)), strict=True)
+
+
+def run_cpt(cfg, log=print) -> dict:
+    """Stage 0 if needed, then the plan's CPT from the base model; exports `<run_dir>/model`."""
+    quiet_megatron()
+    rank, world = distributed.init()
+    base_dir = ensure_base(cfg, log)
+    plan = _plan_and_caches(cfg, log)
+    if rank == 0:
+        from hebatron_nemo.curriculum.report import print_plan
+
+        print_plan(plan)
+    model = build_model(cfg.model, plan["tokenizer"]["vocab_size"], seed=cfg.seed)
+    load_weights(model, base_dir)
+    run_dir = Path(str(cfg.run_dir))
+    state = train(cfg, plan, model, run_dir, log=log)
+    if rank == 0 and state["consumed_samples"] >= plan["totals"]["samples"]:
+        export_model(model, plan, run_dir / "model")
+        log(f"CPT done: {state['step']} steps, {state['tokens']:,} tokens -> {run_dir / 'model'}")
+    distributed.barrier()
+    state["base_dir"] = str(base_dir)
+    return state

@@ -1,0 +1,1 @@
+"""Nemotron-H models built from configs (random init; never from a hub)."""

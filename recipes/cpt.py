@@ -1,0 +1,25 @@
+"""Continued pretraining: python recipes/cpt.py experiment=tiny_cpu [overrides]."""
+
+import sys
+from pathlib import Path
+
+import hydra
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hebatron_nemo.config import register_configs  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(config_path="../conf", config_name="cpt", version_base="1.3")
+def main(cfg) -> None:
+    from hebatron_nemo.backends.local.cpt import run_cpt
+    from hebatron_nemo.cli import clean_errors
+
+    with clean_errors():
+        run_cpt(cfg)
+
+
+if __name__ == "__main__":
+    main()
