@@ -12,10 +12,15 @@ and an anchor of 2 sources. Measured in the same run, each build in a fresh subp
 - megatron-core: `helpers_cpp.build_blending_indices` for a static blend of the same N over the
   22 sources, with the overall shares of our plan as weights (the reference).
 
-Figures: build seconds (best of --repeats), build samples/s, peak memory of the build (VmHWM - VmRSS
-before the build, after resetting the high-water mark via /proc/self/clear_refs; tracemalloc peak as
-well), bytes per sample of the arrays kept, lookups/s per item (200k random indices, Python loop) and
-batched (1e6 random indices, one vectorized call). Ratios are ours / megatron-core.
+Figures: build seconds (best of --repeats builds), build samples/s, peak memory of the build (VmHWM -
+VmRSS before the build, after resetting the high-water mark via /proc/self/clear_refs; the tracemalloc
+peak too), bytes per sample of the arrays kept, lookups/s per item (--items random indices, a Python loop:
+`locate(g)` vs `int(dataset_index[i]), int(dataset_sample_index[i])`) and batched (--batch random indices:
+`locate_batch` vs fancy indexing of both arrays; median of --lookup-repeats passes). Each size runs
+--rounds alternating pairs of workers (ours, megatron, ours, ...); timings take the best round, memory the
+largest. Times are the measuring thread's CPU time by default (--clock cpu; the JSON has wall times too):
+on a shared machine wall times swing with other load, and both sides are single-threaded.
+Ratios are ours / megatron-core; "ours ok" says whether ours is no worse.
 """
 
 from __future__ import annotations
@@ -126,40 +131,58 @@ def _load_helpers_cpp():
     return mod
 
 
-def _measure_build(build, repeats: int) -> dict:
+def _prefault(nbytes: int) -> None:
+    """Touch and free `nbytes` of fresh memory before measuring. In a VM whose guest memory the host backs
+    lazily (e.g. firecracker), the first touch of a page costs ~10-20 us instead of ~0.5 us, which would
+    charge whichever build happens to run first on that memory; afterwards the kernel hands the same pages
+    to the build (glibc unmaps large numpy buffers on free), so only the ordinary page-fault cost remains."""
+    if nbytes > 0:
+        buf = np.ones(nbytes, dtype=np.uint8)
+        del buf
+
+
+def _timed(fn):
+    """(result, wall seconds, CPU seconds of this thread: user + system, page faults included)."""
+    w0, c0 = time.perf_counter(), time.thread_time()
+    out = fn()
+    return out, time.perf_counter() - w0, time.thread_time() - c0
+
+
+def _measure_build(build, repeats: int, clock: str):
     """Peak RSS of the first build, best time of `repeats`, then a tracemalloc'd build."""
     gc.collect()
     hwm_reset = _reset_hwm()
     before = _status()
-    t0 = time.perf_counter()
-    obj = build()
-    times = [time.perf_counter() - t0]
+    obj, w, c = _timed(build)
+    wall, cpu = [w], [c]
     after = _status()
     rss_peak = after["VmHWM"] - before["VmRSS"] if hwm_reset else after["VmHWM"] - before["VmHWM"]
     rss_kept = after["VmRSS"] - before["VmRSS"]
     for _ in range(repeats - 1):
         del obj
         gc.collect()
-        t0 = time.perf_counter()
-        obj = build()
-        times.append(time.perf_counter() - t0)
+        obj, w, c = _timed(build)
+        wall.append(w)
+        cpu.append(c)
     del obj
     gc.collect()
     tracemalloc.start()
     obj = build()
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return obj, {"build_s": min(times), "build_s_all": times, "peak_rss_bytes": rss_peak,
+    times = cpu if clock == "cpu" else wall
+    return obj, {"build_s": min(times), "build_wall_s": wall, "build_cpu_s": cpu, "peak_rss_bytes": rss_peak,
                  "rss_kept_bytes": rss_kept, "tracemalloc_peak_bytes": traced_peak, "hwm_reset": hwm_reset}
 
 
-def _rate(fn, n: int, repeats: int) -> dict:
-    ts = []
+def _rate(fn, n: int, repeats: int, clock: str) -> dict:
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return {"per_s": n / float(np.median(ts)), "best_per_s": n / min(ts), "seconds": ts}
+        _, w, c = _timed(fn)
+        wall.append(w)
+        cpu.append(c)
+    ts = cpu if clock == "cpu" else wall
+    return {"per_s": n / float(np.median(ts)), "best_per_s": n / min(ts), "wall_s": wall, "cpu_s": cpu}
 
 
 def worker(args) -> dict:
@@ -168,6 +191,7 @@ def worker(args) -> dict:
     rng = np.random.default_rng(spec["seed"] + 1)
     items = rng.integers(0, n, args.items).tolist()  # Python ints for the per-item loops
     batch = rng.integers(0, n, args.batch).astype(np.int64)
+    _prefault(args.prefault_bytes_per_sample * n)
 
     if args.worker == "ours":
         from hebatron_nemo.curriculum.apportion import _load, chairman_order
@@ -177,7 +201,7 @@ def worker(args) -> dict:
             raise SystemExit("the chairman C kernel did not compile/load: the benchmark would time the Python fallback")
         chairman_order(np.array([3, 2, 1]))  # warm: kernel loaded, ctypes paths exercised
         plan = spec["plan"]
-        idx, res = _measure_build(lambda: SegmentIndex(plan, 0), args.repeats)
+        idx, res = _measure_build(lambda: SegmentIndex(plan, 0), args.repeats, args.clock)
         kept = {k: v.nbytes for k, v in vars(idx).items() if isinstance(v, np.ndarray)}
         res["kept_arrays"] = kept
         res["kept_bytes"] = sum(kept.values())
@@ -188,8 +212,8 @@ def worker(args) -> dict:
             for g in items:
                 locate(g)
 
-        res["lookup_item"] = _rate(per_item, len(items), args.lookup_repeats)
-        res["lookup_batch"] = _rate(lambda: idx.locate_batch(batch), len(batch), args.lookup_repeats)
+        res["lookup_item"] = _rate(per_item, len(items), args.lookup_repeats, args.clock)
+        res["lookup_batch"] = _rate(lambda: idx.locate_batch(batch), len(batch), args.lookup_repeats, args.clock)
         # sanity: the two lookups agree
         sid, cur, anc, ph = idx.locate_batch(np.asarray(items[:2000]))
         for j, g in enumerate(items[:2000]):
@@ -205,7 +229,7 @@ def worker(args) -> dict:
             helpers.build_blending_indices(di, dsi, w, len(w), n, False)
             return di, dsi
 
-        (di, dsi), res = _measure_build(build, args.repeats)
+        (di, dsi), res = _measure_build(build, args.repeats, args.clock)
         res["kept_arrays"] = {"dataset_index": di.nbytes, "dataset_sample_index": dsi.nbytes}
         res["kept_bytes"] = di.nbytes + dsi.nbytes
 
@@ -213,8 +237,8 @@ def worker(args) -> dict:
             for i in items:
                 int(di[i]), int(dsi[i])
 
-        res["lookup_item"] = _rate(per_item, len(items), args.lookup_repeats)
-        res["lookup_batch"] = _rate(lambda: (di[batch], dsi[batch]), len(batch), args.lookup_repeats)
+        res["lookup_item"] = _rate(per_item, len(items), args.lookup_repeats, args.clock)
+        res["lookup_batch"] = _rate(lambda: (di[batch], dsi[batch]), len(batch), args.lookup_repeats, args.clock)
         counts = np.bincount(di, minlength=len(w))
         res["max_share_error_samples"] = float(np.abs(counts - w * n).max())
     res["num_samples"] = n
@@ -243,7 +267,8 @@ def machine_info() -> dict:
     except (OSError, StopIteration):
         pass
     try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "hebatron_nemo/curriculum"],
                                     capture_output=True, text=True).stdout.strip())
     except OSError:
@@ -274,11 +299,28 @@ def figures(r: dict) -> dict:
             "lookup_batch_per_s": r["lookup_batch"]["per_s"]}
 
 
+def best_figures(rounds: list[dict]) -> dict:
+    """Per figure over rounds: best timing/throughput, largest memory."""
+    fs = [figures(r) for r in rounds]
+    out = {}
+    for _, key, higher in FIGURES:
+        vals = [f[key] for f in fs]
+        memory = key.endswith("_mb") or key == "bytes_per_sample"
+        out[key] = max(vals) if (higher or memory) else min(vals)
+    return out
+
+
 def run_worker(kind: str, spec_path: Path, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", str(spec_path),
            "--repeats", str(args.repeats), "--items", str(args.items), "--batch", str(args.batch),
-           "--lookup-repeats", str(args.lookup_repeats)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+           "--lookup-repeats", str(args.lookup_repeats),
+           "--prefault-bytes-per-sample", str(args.prefault_bytes_per_sample), "--clock", args.clock]
+    # A fixed glibc mmap threshold: every large numpy buffer is its own mapping, unmapped on free, so each
+    # build's RSS delta counts the pages it touches (the dynamic threshold would serve later builds from a
+    # heap that earlier allocations left resident, and the figures would depend on allocation history).
+    env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=262144",
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} worker failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -305,6 +347,15 @@ def main(argv=None) -> int:
     ap.add_argument("--items", type=int, default=200_000, help="random indices for the per-item lookups")
     ap.add_argument("--batch", type=int, default=1_000_000, help="random indices for the batched lookups")
     ap.add_argument("--lookup-repeats", type=int, default=5, help="passes per lookup figure (median)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="alternating rounds (ours, megatron, ours, ...) per size; timing figures take the best "
+                         "round, memory figures the largest (a shared machine's load varies within a run)")
+    ap.add_argument("--prefault-bytes-per-sample", type=int, default=16,
+                    help="memory touched and freed in each worker before measuring (0: off); see _prefault")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="timing figures from the measuring thread's CPU time (user + system, robust to other "
+                         "load on a shared machine; both implementations are single-threaded) or wall time; "
+                         "the JSON holds both")
     ap.add_argument("--worker", choices=["ours", "megatron"], help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -326,7 +377,9 @@ def main(argv=None) -> int:
                                            "anchor_sources": N_ANC, "phase_fractions": PHASE_FRACTIONS,
                                            "absent_per_phase": ABSENT_PER_PHASE, "seed": args.seed,
                                            "repeats": args.repeats, "items": args.items, "batch": args.batch,
-                                           "lookup_repeats": args.lookup_repeats},
+                                           "lookup_repeats": args.lookup_repeats, "rounds": args.rounds,
+                                           "clock": args.clock,
+                                           "prefault_bytes_per_sample": args.prefault_bytes_per_sample},
                "command": " ".join([Path(sys.executable).name, *sys.argv]), "sizes": []}
     print(f"machine: {info['nproc']} cpus ({info['cpu']}), python {info['python']}, numpy {info['numpy']}, "
           f"megatron-core {info['megatron_core']}")
@@ -338,9 +391,11 @@ def main(argv=None) -> int:
             w = static_weights(plan)
             spec_path = Path(tmp) / f"spec-{size}.json"
             spec_path.write_text(json.dumps({"plan": plan, "num_samples": n, "weights": w.tolist(), "seed": args.seed}))
-            ours = run_worker("ours", spec_path, args)
-            mega = run_worker("megatron", spec_path, args)
-            fo, fm = figures(ours), figures(mega)
+            ours, mega = [], []
+            for _ in range(max(1, args.rounds)):
+                ours.append(run_worker("ours", spec_path, args))
+                mega.append(run_worker("megatron", spec_path, args))
+            fo, fm = best_figures(ours), best_figures(mega)
             cmp = {}
             for label, key, higher in FIGURES:
                 ratio = fo[key] / fm[key] if fm[key] else float("inf")
@@ -349,7 +404,7 @@ def main(argv=None) -> int:
                             "ours_no_worse": ok}
                 rows.append((f"{n:.3g}", label, fmt(fo[key]), fmt(fm[key]), f"{ratio:.3g}", "yes" if ok else "NO"))
             results["sizes"].append({"requested": size, "num_samples": n, "static_weights": w.tolist(),
-                                     "ours": ours, "megatron": mega, "figures": cmp})
+                                     "ours_rounds": ours, "megatron_rounds": mega, "figures": cmp})
             print(f"  N={n}: done", flush=True)
 
     head = ("N", "figure", "ours", "megatron", "ours/mcore", "ours ok")

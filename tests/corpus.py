@@ -97,37 +97,61 @@ def synthetic_prepared(out_dir: Path, docs_per_source: dict[str, int], seed: int
     rng = np.random.default_rng(seed)
     for name, n in docs_per_source.items():
         d = Path(out_dir) / name
-        w = AtomicIndexedWriter(str(d / "train"), np.uint16)
-        lengths = rng.integers(max(2, mean_len // 4), mean_len * 2, size=n)
-        for i, L in enumerate(lengths):
-            ids = rng.integers(10, vocab, size=int(L)).astype(np.uint16)
-            ids[-1] = 2  # EOD
-            w.add(ids)
-        w.commit()
+        splits = {}
+        for split, count in (("valid", max(2, n // 20)), ("test", max(4, n // 20)), ("train", n)):
+            w = AtomicIndexedWriter(str(d / split), np.uint16)
+            lengths = rng.integers(max(2, mean_len // 4), mean_len * 2, size=count)
+            for L in lengths:
+                ids = rng.integers(10, vocab, size=int(L)).astype(np.uint16)
+                ids[-1] = 2  # EOD
+                w.add(ids)
+            w.commit()
+            splits[split] = {"prefix": str(d / split), "documents": int(count), "tokens": int(lengths.sum())}
         pq.write_table(pa.table({
             "ordinal": np.arange(n), "doc_id": [f"{name}-{i}" for i in range(n)],
             "n_tokens": lengths - 1, "compression_ratio": rng.random(n) * 3 + 1,
             "n_chars": lengths * 3}), d / "train.signals.parquet")
         write_json_atomic(d / "manifest.json", {
             "kind": "source", "source": name, "fingerprint": f"fp-{name}-{seed}",
-            "splits": {"train": {"prefix": str(d / "train"), "documents": int(n), "tokens": int(lengths.sum())}},
+            "splits": splits,
             "tokenizer": {"path": "/nonexistent", "tokenizer_json_sha256": "synthetic", "vocab_size": vocab,
                           "eod": 2, "bos": None, "append_eod": True}})
 
 
 def plan_config(tmp: Path, sources: list[str], phases: list[dict], segments: list[dict], anchor: dict | None = None,
-                **curriculum):
-    """A validated PlanConfig over synthetic sources registered as pretrain (he_*) or anchor (en_*)."""
+                schema=None, **curriculum):
+    """A validated PlanConfig (or `schema`) over synthetic sources registered as pretrain (he_*) or anchor (en_*)."""
     from hebatron_nemo.config import PlanConfig
 
     reg = {s: {"language": "en" if s.startswith("en") else "he", "register": "test",
                "role": "anchor" if s.startswith("en") else "pretrain", "path": f"{s}.jsonl", "licence": "test"}
            for s in sources}
-    cfg = OmegaConf.merge(OmegaConf.structured(PlanConfig), {
+    cfg = OmegaConf.merge(OmegaConf.structured(schema or PlanConfig), {
         "paths": {"work": str(tmp)},
         "data": {"name": "synthetic", "raw_dir": str(tmp / "raw"), "output_dir": str(tmp / "data"), "sources": reg},
         "curriculum": {"name": "test", "segments": segments, "phases": phases, **curriculum},
         "anchor": anchor or {"share": 0.0, "sources": {}},
         "run_dir": str(tmp / "run"), "cache_dir": str(tmp / "cache"),
     })
+    return cfg
+
+
+def train_config(tmp: Path, sources: list[str], phases: list[dict], segments: list[dict], anchor: dict | None = None,
+                 base_sources: dict | None = None, **overrides):
+    """A TrainConfig for the local backend on synthetic sources: micro model, no wandb/progress."""
+    from hebatron_nemo.config import TrainConfig
+    from hebatron_nemo.models.nemotron_h import load_model_config
+
+    cfg = plan_config(tmp, sources, phases, segments, anchor, schema=TrainConfig)
+    cfg.model = load_model_config("micro")
+    cfg.base.dir = str(tmp / "base")
+    cfg.base.sources = base_sources or {"en_x": 1.0}
+    cfg.base.tokens, cfg.base.seq_length, cfg.base.global_batch, cfg.base.micro_batch = 3000, 32, 8, 4
+    cfg.logging.wandb = False
+    cfg.logging.progress = False
+    cfg.eval.samples_per_set, cfg.eval.mc_questions, cfg.eval.seq_length = 4, 6, 32
+    cfg.eval.mc_context_tokens, cfg.eval.mc_continuation_tokens = 16, 8
+    cfg.threads = 1
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, merge=True)
     return cfg

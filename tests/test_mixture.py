@@ -272,3 +272,16 @@ def test_chairman_beats_megatron_blending_on_prefix_error():
         o2, _ = chairman_order(c, force_python=True)
         np.testing.assert_array_equal(ours, o2)
     assert worst_ours < 1.0 < worst_mcore
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=plans(), transition=st.integers(1, 3))
+def test_transitions_on_random_plans_keep_every_sample_once(data, spec, transition):
+    segments, phases, anchor, order = spec
+    plan = _plan(data, segments, phases, anchor, order=order, transition_batches=transition)
+    for seg in plan["segments"]:
+        _, g, sid, cur, anc, _ = _all(plan, seg["index"])
+        assert (anc.reshape(-1, seg["global_batch"]).sum(axis=1) == seg["anchor_per_batch"]).all()
+        for s in np.unique(sid):
+            c = cur[sid == s]
+            assert (np.diff(c) == 1).all() and c[0] == 0 and len(c) == plan["streams"][s]["samples_needed"]

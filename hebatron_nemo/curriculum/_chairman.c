@@ -3,61 +3,137 @@
  * Fills out[0..n) with source ids 0..S-1 so that source s appears exactly counts[s] times and, for
  * every prefix length t and every source s, |c_s(t) - t * counts[s] / n| <= 1 - 1/(2(S-1)) < 1.
  * At step t the eligible sources are those that are at least 1/(2(S-1)) behind their quota; among
- * them the one whose next quota deadline (c_s + Delta) / w_s comes first is chosen. All comparisons are
- * exact integer arithmetic (128-bit), so the sequence does not depend on floating-point rounding.
+ * them the one whose next quota deadline (c_s + Delta) / w_s comes first is chosen. Deadlines are compared
+ * as correctly rounded doubles (monotonic in the exact fraction) and exactly (128-bit) only where two
+ * doubles are equal, so the sequence does not depend on floating-point rounding.
  *
  * cursor[t] receives base[s] + c_s(t-1): the position of this sample in source s's own stream. base
  * is advanced in place, so consecutive phases continue each source's cursor.
  * Returns 0, or -1 if no source was eligible (impossible for valid input; kept as a guard).
  */
 #include <stdint.h>
-#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
 
 typedef __int128 i128;
+#define INFB 0x7FF0000000000000LL
+
+static inline int64_t bits(double d) { int64_t b; memcpy(&b, &d, 8); return b; }
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 int chairman(const int64_t *counts, int32_t S, int64_t n, int16_t *out, uint32_t *cursor, int64_t *base,
-             int64_t *used /* S scratch slots, zeroed by the caller */) {
+             int64_t *used) {
     if (S == 1) {
         for (int64_t t = 0; t < n; ++t) { out[t] = 0; cursor[t] = (uint32_t)(base[0] + t); }
         base[0] += n;
         return 0;
     }
-    const i128 two_s1 = 2 * (i128)(S - 1);
-    const i128 delta_num = 2 * (i128)S - 3; /* Delta = (2S-3) / (2(S-1)) */
-    /* Source s is eligible at step t when 2(S-1)(t*k - c*n) >= n, i.e. from
-     * t >= (n + 2(S-1)*c*n) / (2(S-1)*k); this only changes when s is chosen, so keep it per source
-     * and the inner loop compares plain integers. */
-    int64_t elig[S];
-    for (int32_t s = 0; s < S; ++s) {
-        elig[s] = counts[s] > 0 ? (int64_t)((n + two_s1 * (i128)counts[s] - 1) / (two_s1 * (i128)counts[s])) : INT64_MAX;
+    const int64_t two_s1 = 2 * (int64_t)(S - 1), delta_num = 2 * (int64_t)S - 3;
+    const int32_t SP = (S + 3) & ~3;
+    /* heap, not stack: S can reach 32767 streams (8 arrays x 8 bytes x S) */
+    int64_t *buf = (int64_t *)malloc(8 * (size_t)SP * sizeof(int64_t));
+    if (buf == NULL) return -2;
+    int64_t *elig = buf, *dlb = buf + SP, *key = buf + 2 * SP, *eq = buf + 3 * SP, *er = buf + 4 * SP,
+            *eqi = buf + 5 * SP, *eri = buf + 6 * SP, *ed = buf + 7 * SP;
+    for (int32_t s = 0; s < SP; ++s) {
+        elig[s] = INT64_MAX; dlb[s] = INFB;
+        if (s >= S || counts[s] <= 0) continue;
+        const i128 D = (i128)two_s1 * counts[s], step = (i128)two_s1 * n;
+        elig[s] = (int64_t)((n + D - 1) / D);
+        ed[s] = (int64_t)D; eq[s] = (int64_t)(n / D); er[s] = (int64_t)(n % D);
+        eqi[s] = (int64_t)(step / D); eri[s] = (int64_t)(step % D);
+        dlb[s] = bits((double)delta_num / (double)counts[s]);
     }
-    /* Deadlines as doubles: IEEE division is correctly rounded and monotonic, so a strict double
-     * comparison orders the exact fractions correctly; only equal doubles are compared exactly. */
-    double dl[S];
-    for (int32_t s = 0; s < S; ++s) dl[s] = counts[s] > 0 ? (double)delta_num / (double)counts[s] : 0.0;
     for (int64_t t = 1; t <= n; ++t) {
-        int32_t best = -1;
-        for (int32_t s = 0; s < S; ++s) {
-            if (elig[s] > t) continue;
-            if (best < 0 || dl[s] < dl[best]) { best = s; continue; }
-            if (dl[s] == dl[best]) {
-                const i128 num_s = two_s1 * used[s] + delta_num, num_b = two_s1 * used[best] + delta_num;
+        int64_t m0 = INT64_MAX, m1 = INT64_MAX, m2 = INT64_MAX, m3 = INT64_MAX;
+        for (int32_t s = 0; s < SP; s += 4) {
+            key[s] = dlb[s] | (-(int64_t)(elig[s] > t) & INFB);
+            key[s + 1] = dlb[s + 1] | (-(int64_t)(elig[s + 1] > t) & INFB);
+            key[s + 2] = dlb[s + 2] | (-(int64_t)(elig[s + 2] > t) & INFB);
+            key[s + 3] = dlb[s + 3] | (-(int64_t)(elig[s + 3] > t) & INFB);
+            m0 = min64(m0, key[s]); m1 = min64(m1, key[s + 1]); m2 = min64(m2, key[s + 2]); m3 = min64(m3, key[s + 3]);
+        }
+        const int64_t m = min64(min64(m0, m1), min64(m2, m3));
+        if (m >= INFB) { free(buf); return -1; }
+        int32_t best = 0;
+        while (key[best] != m) ++best;
+        int32_t ties = 0;
+        for (int32_t s = best + 1; s < S; ++s) ties += key[s] == m;
+        if (ties) { /* equal doubles: compare the exact fractions, earliest source on exact ties */
+            for (int32_t s = best + 1; s < S; ++s) {
+                if (key[s] != m) continue;
+                const i128 num_s = (i128)two_s1 * used[s] + delta_num, num_b = (i128)two_s1 * used[best] + delta_num;
                 if (num_s * (i128)counts[best] < num_b * (i128)counts[s]) best = s;
             }
         }
-        if (best < 0) return -1;
         out[t - 1] = (int16_t)best;
         cursor[t - 1] = (uint32_t)(base[best] + used[best]);
-        used[best] += 1;
-        dl[best] = (double)(two_s1 * used[best] + delta_num) / (double)counts[best];
-        if (used[best] >= counts[best]) {
+        const int64_t u = ++used[best];
+        dlb[best] = bits((double)(two_s1 * u + delta_num) / (double)counts[best]);
+        if (u >= counts[best]) {
             elig[best] = INT64_MAX;
         } else {
-            const i128 k = counts[best];
-            const i128 need = (i128)n + two_s1 * (i128)used[best] * (i128)n;  /* ceil(need / (2(S-1)k)) */
-            elig[best] = (int64_t)((need + two_s1 * k - 1) / (two_s1 * k));
+            eq[best] += eqi[best]; er[best] += eri[best];
+            if (er[best] >= ed[best]) { er[best] -= ed[best]; eq[best] += 1; }
+            elig[best] = eq[best] + (er[best] > 0);
         }
     }
     for (int32_t s = 0; s < S; ++s) base[s] += used[s];
+    free(buf);
     return 0;
+}
+
+
+/* Global sample index -> (stream id, cursor, is_anchor, phase) for m indices (SegmentIndex.locate_batch).
+ * slot[pos]: anchor ordinal (>= 0) or -(curriculum ordinal + 1). Returns -1, or the position of the first
+ * index outside [start, start + num_samples) (outputs before it are filled).
+ * Two passes, both free of data-dependent branches (anchor vs curriculum is a random 25/75 choice): the
+ * first resolves batch, slot, phase and the anchor (small tables) and leaves the curriculum ordinal in
+ * cursor[]; the second is a tight gather over the large curriculum arrays, so many cache misses overlap
+ * (the first pass's longer body would keep only a few in flight). Divisions by the batch size and the
+ * anchor period use a double reciprocal and an exact integer correction (valid below 2^50). */
+static inline int64_t divfix(int64_t x, int64_t d, double inv, int64_t *rem) {
+    int64_t q = (int64_t)((double)x * inv), r = x - q * d;
+    const int64_t lo = r < 0, hi = r >= d;
+    q += hi - lo; r += (lo - hi) * d;
+    *rem = r;
+    return q;
+}
+
+int64_t locate(const int64_t *g, int64_t m, int64_t start, int64_t num_samples, int64_t gb, int64_t apb,
+               int64_t cpb, const int64_t *slot, int32_t nphase, const int64_t *phase_end_batch,
+               const int64_t *phase_ids, int64_t period, const int16_t *anc_src, const int64_t *anc_cursor,
+               const int64_t *anc_per_period, const int16_t *stream_ids, const int16_t *cur_src,
+               const uint32_t *cur_cursor, int64_t *sid, int64_t *cursor, uint8_t *is_anchor, int64_t *phase) {
+    const double inv_gb = 1.0 / (double)gb, inv_period = 1.0 / (double)(period > 0 ? period : 1);
+    const int has_anchor = apb > 0 && period > 0, has_cur = cpb > 0;
+    for (int64_t i = 0; i < m; ++i) {
+        const int64_t x = g[i] - start;
+        if ((uint64_t)x >= (uint64_t)num_samples) return i;
+        int64_t pos;
+        const int64_t batch = divfix(x, gb, inv_gb, &pos), s = slot[pos];
+        int64_t p = 0;
+        for (int32_t k = 0; k < nphase - 1; ++k) p += phase_end_batch[k] <= batch;
+        phase[i] = phase_ids[p];
+        const int64_t a = s >= 0;
+        int64_t asid = 0, acur = 0;
+        if (has_anchor) {  /* loop-invariant branch */
+            int64_t r;
+            const int64_t q = divfix(batch * apb + (a ? s : 0), period, inv_period, &r);
+            asid = anc_src[r];
+            acur = q * anc_per_period[asid] + anc_cursor[r];
+        }
+        sid[i] = asid;
+        cursor[i] = a ? acur : batch * cpb - s - 1;
+        is_anchor[i] = (uint8_t)a;
+    }
+    if (has_cur) {
+        for (int64_t i = 0; i < m; ++i) {
+            const int64_t a = is_anchor[i], v = cursor[i], c = a ? 0 : v;
+            const int64_t cs = stream_ids[cur_src[c]], cc = cur_cursor[c];
+            sid[i] = a ? sid[i] : cs;
+            cursor[i] = a ? v : cc;
+        }
+    }
+    return -1;
 }

@@ -65,6 +65,11 @@ def _load():
     lib.chairman.argtypes = [p(ctypes.c_int64), ctypes.c_int32, ctypes.c_int64, p(ctypes.c_int16),
                              p(ctypes.c_uint32), p(ctypes.c_int64), p(ctypes.c_int64)]
     lib.chairman.restype = ctypes.c_int
+    i64, i16 = p(ctypes.c_int64), p(ctypes.c_int16)
+    lib.locate.argtypes = [i64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                           ctypes.c_int64, i64, ctypes.c_int32, i64, i64, ctypes.c_int64, i16, i64, i64, i16, i16,
+                           p(ctypes.c_uint32), i64, i64, p(ctypes.c_uint8), i64]
+    lib.locate.restype = ctypes.c_int64
     _lib = lib
     return _lib
 
@@ -94,10 +99,11 @@ def _chairman_python(counts: np.ndarray, out: np.ndarray, cursor: np.ndarray, ba
         base[s] += used[s]
 
 
-def chairman_order(counts, base: np.ndarray | None = None, force_python: bool = False):
+def chairman_order(counts, base: np.ndarray | None = None, force_python: bool = False, out=None, cursor=None):
     """(source ids int16, cursors uint32) of a phase whose per-source sample counts are `counts`.
 
     `base` (int64, one per source) holds each source's cursor before the phase and is advanced in place.
+    `out`/`cursor`: optional preallocated contiguous int16/uint32 arrays of length sum(counts) to fill.
     """
     counts = np.ascontiguousarray(counts, dtype=np.int64)
     if (counts < 0).any():
@@ -110,8 +116,11 @@ def chairman_order(counts, base: np.ndarray | None = None, force_python: bool = 
         raise TypeError("base must be a contiguous int64 array")
     if int((base + counts).max(initial=0)) >= 2**32:
         raise ConfigError("a stream needs more than 2^32 samples in one segment")
-    out = np.empty(n, dtype=np.int16)
-    cursor = np.empty(n, dtype=np.uint32)
+    out = np.empty(n, dtype=np.int16) if out is None else out
+    cursor = np.empty(n, dtype=np.uint32) if cursor is None else cursor
+    if out.shape != (n,) or cursor.shape != (n,) or out.dtype != np.int16 or cursor.dtype != np.uint32 \
+            or not (out.flags.c_contiguous and cursor.flags.c_contiguous):
+        raise TypeError("out/cursor must be contiguous int16/uint32 arrays of length sum(counts)")
     lib = None if force_python else _load()
     if lib:
         used = np.zeros(S, dtype=np.int64)

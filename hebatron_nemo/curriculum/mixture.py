@@ -17,14 +17,36 @@ c // samples_per_epoch, a megatron-core `GPTDataset` over the stream's documents
 
 from __future__ import annotations
 
+import bisect
+import ctypes
 import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from hebatron_nemo.curriculum.apportion import chairman_order
+from hebatron_nemo.curriculum.apportion import _load, chairman_order
 from hebatron_nemo.curriculum.plan import SourceData, _seed, docs_hash, stream_documents
 from hebatron_nemo.errors import ConfigError
+
+
+def _block_counts(desired: np.ndarray, size: int, remaining: np.ndarray) -> np.ndarray:
+    """Integer counts for one block of a transition window: close to `desired`, never more than a
+    stream has left, summing to `size` (the last block takes exactly what remains)."""
+    want = np.clip(desired, 0, remaining).astype(np.float64)
+    if want.sum() <= 0:
+        want = remaining.astype(np.float64)
+    raw = want / want.sum() * size
+    counts = np.minimum(np.floor(raw).astype(np.int64), remaining)
+    short = size - int(counts.sum())
+    for s in np.argsort(-(raw - counts), kind="stable").tolist() * 2:  # at most two passes are needed
+        if short == 0:
+            break
+        spare = int(remaining[s] - counts[s])
+        if spare > 0:
+            add = min(spare, short)
+            counts[s] += add
+            short -= add
+    return counts
 
 
 class SegmentIndex:
@@ -43,16 +65,9 @@ class SegmentIndex:
         self.phase_end_batch = np.cumsum([p["batches"] for p in phases])
 
         # Position inside a global batch -> anchor ordinal (>= 0) or -(curriculum ordinal + 1).
-        slot = np.empty(gb, dtype=np.int64)
-        anchor_pos = set(seg["anchor_positions"])
-        ai = ci = 0
-        for pos in range(gb):
-            if pos in anchor_pos:
-                slot[pos] = ai
-                ai += 1
-            else:
-                slot[pos] = -(ci + 1)
-                ci += 1
+        is_anc = np.zeros(gb, dtype=bool)
+        is_anc[np.asarray(seg["anchor_positions"], dtype=np.int64)] = True
+        slot = np.where(is_anc, np.cumsum(is_anc) - 1, -np.cumsum(~is_anc))
         self.slot = slot
 
         # Curriculum: phase by phase in realized order, cursors continuing per stream.
@@ -60,16 +75,17 @@ class SegmentIndex:
         local = {s: i for i, s in enumerate(sids)}
         self.stream_ids = np.array(sids, dtype=np.int16)
         base = np.zeros(len(sids), dtype=np.int64)
-        srcs, curs = [], []
+        total = sum(int(n) for p in phases for n in p["counts"].values())
+        self.cur_src = np.empty(total, dtype=np.int16)  # filled in place, phase by phase: no concatenation copy
+        self.cur_cursor = np.empty(total, dtype=np.uint32)
+        at = 0
         for p in phases:
             counts = np.zeros(len(sids), dtype=np.int64)
             for s, n in p["counts"].items():
                 counts[local[int(s)]] = n
-            o, c = chairman_order(counts, base)
-            srcs.append(o)
-            curs.append(c)
-        self.cur_src = np.concatenate(srcs) if srcs else np.zeros(0, np.int16)
-        self.cur_cursor = np.concatenate(curs) if curs else np.zeros(0, np.uint32)
+            n = int(counts.sum())
+            chairman_order(counts, base, out=self.cur_src[at:at + n], cursor=self.cur_cursor[at:at + n])
+            at += n
         tb = int(plan["curriculum"].get("transition_batches", 0))
         if tb > 0 and len(phases) > 1:
             self._apply_transitions(phases, tb)
@@ -87,6 +103,48 @@ class SegmentIndex:
             self.anc_per_period[pids] = pcounts
         else:
             self.anc_src = np.zeros(0, np.int16)
+            self.anc_cursor = np.zeros(0, np.int64)
+            self.anc_per_period = np.zeros(0, np.int64)
+        self._fast()
+
+    def _fast(self) -> None:
+        """The per-item `locate`: a closure over Python lists and memoryviews (no attribute lookups, no
+        numpy scalars). An instance attribute, so it shadows the method below, which documents it."""
+        start, end, gb, apb, cpb, period = (self.start, self.end, self.global_batch, self.anchor_per_batch,
+                                            self.curriculum_per_batch, self.period)
+        slot, pend, pids = self.slot.tolist(), self.phase_end_batch.tolist(), self.phase_ids.tolist()
+        sids, asrc = self.stream_ids.tolist(), self.anc_src.tolist()
+        acur, app = self.anc_cursor.tolist(), self.anc_per_period.tolist()
+        src, cur = memoryview(self.cur_src), memoryview(self.cur_cursor)
+        # phase order index per batch of the segment (4 bytes a batch)
+        nb = self.num_samples // gb
+        batch_phase = memoryview(self.phase_ids[np.minimum(np.searchsorted(self.phase_end_batch, np.arange(nb),
+                                                                           side="right"), len(pids) - 1)]
+                                 .astype(np.int32)) if len(pids) else memoryview(np.zeros(0, np.int32))
+        check = self._check
+
+        def locate(g: int) -> tuple[int, int, bool, int]:
+            if type(g) is not int:
+                g = int(g)
+            if not start <= g < end:
+                check(g)
+            batch, pos = divmod(g - start, gb)
+            s = slot[pos]
+            if s >= 0:
+                q, r = divmod(batch * apb + s, period)
+                sid = asrc[r]
+                return sid, q * app[sid] + acur[r], True, batch_phase[batch]
+            c = batch * cpb - s - 1
+            return sids[src[c]], cur[c], False, batch_phase[batch]
+
+        self.locate = locate
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "locate"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._fast()
 
     def _apply_transitions(self, phases: list, tb: int) -> None:
         """Linear transitions: over `tb` batches each side of a boundary, the mix moves linearly from
@@ -107,22 +165,19 @@ class SegmentIndex:
             w1 = np.bincount(window[half:], minlength=S) / half
             blocks = min(64, 2 * half)
             edges = np.linspace(0, 2 * half, blocks + 1).round().astype(np.int64)
-            # cumulative target of the ramp at each block edge, rounded so totals stay exact
+            # cumulative target of the linear ramp at each block edge (its integral equals the step's)
             x = edges / (2 * half)
             target = np.outer(x * (1 - x / 2), w0) * 2 * half + np.outer(x * x / 2, w1) * 2 * half
-            target[-1] = np.bincount(window, minlength=S)
-            cum = np.floor(target + 0.5).astype(np.int64)
-            cum = np.maximum.accumulate(cum, axis=0)
+            remaining = np.bincount(window, minlength=S)
+            used = np.zeros(S, dtype=np.float64)
             base = np.zeros(S, dtype=np.int64)
             cursor_base = np.array([self.cur_cursor[lo:hi][window == s].min() if (window == s).any() else 0
                                     for s in range(S)], dtype=np.int64)
             new_src, new_cur = [], []
             for e in range(blocks):
-                counts = cum[e + 1] - cum[e]
-                n = int(counts.sum())
-                want = int(edges[e + 1] - edges[e])
-                if n != want:  # rounding moved a sample across a block edge: fix the largest count
-                    counts[int(np.argmax(counts))] += want - n
+                counts = _block_counts(target[e + 1] - used, int(edges[e + 1] - edges[e]), remaining)
+                used += counts
+                remaining -= counts
                 o, c = chairman_order(counts, base)
                 new_src.append(o)
                 new_cur.append(c.astype(np.int64) + cursor_base[o])
@@ -134,7 +189,9 @@ class SegmentIndex:
             raise IndexError(f"sample index {g} is outside segment {self.segment} [{self.start}, {self.end})")
 
     def locate(self, g: int) -> tuple[int, int, bool, int]:
-        """(stream id, cursor in that stream, is_anchor, phase order index) of global sample g."""
+        """(stream id, cursor in that stream, is_anchor, phase order index) of global sample g.
+
+        Instances use the equivalent closure `_fast` binds (several times faster per call)."""
         g = int(g)
         self._check(g)
         batch, pos = divmod(g - self.start, self.global_batch)
@@ -151,6 +208,9 @@ class SegmentIndex:
     def locate_batch(self, g: np.ndarray):
         """Vectorized `locate` over an array of global indices: (stream ids, cursors, is_anchor, phases)."""
         g = np.asarray(g, dtype=np.int64)
+        lib = _load()
+        if lib and g.ndim <= 1 and len(self.phase_ids):
+            return self._locate_batch_c(lib, np.ascontiguousarray(g))
         if g.size and (g.min() < self.start or g.max() >= self.end):
             bad = g[(g < self.start) | (g >= self.end)][0]
             raise IndexError(f"sample index {bad} is outside segment {self.segment} [{self.start}, {self.end})")
@@ -171,6 +231,23 @@ class SegmentIndex:
             c = batch[cm] * self.curriculum_per_batch - s[cm] - 1
             sid[cm] = self.stream_ids[self.cur_src[c]]
             cursor[cm] = self.cur_cursor[c]
+        return sid, cursor, is_anchor, phase
+
+    def _locate_batch_c(self, lib, g: np.ndarray):
+        m = g.size
+        sid, cursor, phase = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64)
+        is_anchor = np.empty(m, np.bool_)
+        P = ctypes.POINTER
+        ptr = lambda a, t: a.ctypes.data_as(P(t))  # noqa: E731
+        i64, i16 = ctypes.c_int64, ctypes.c_int16
+        bad = lib.locate(ptr(g, i64), m, self.start, self.num_samples, self.global_batch, self.anchor_per_batch,
+                         self.curriculum_per_batch, ptr(self.slot, i64), len(self.phase_ids),
+                         ptr(self.phase_end_batch, i64), ptr(self.phase_ids, i64), max(int(self.period), 1),
+                         ptr(self.anc_src, i16), ptr(self.anc_cursor, i64), ptr(self.anc_per_period, i64),
+                         ptr(self.stream_ids, i16), ptr(self.cur_src, i16), ptr(self.cur_cursor, ctypes.c_uint32),
+                         ptr(sid, i64), ptr(cursor, i64), ptr(is_anchor, ctypes.c_uint8), ptr(phase, i64))
+        if bad >= 0:
+            raise IndexError(f"sample index {int(g[bad])} is outside segment {self.segment} [{self.start}, {self.end})")
         return sid, cursor, is_anchor, phase
 
 

@@ -182,7 +182,8 @@ def translation_conversations(pairs: Iterable[TranslationPair], directions: Sequ
             lang, template = _pick(_INSTRUCTIONS[d], salt, "instruction", cid)
             messages = []
             if _unit(salt, "system", cid) < system_fraction:
-                messages.append({"role": "system", "content": _pick(_TRANSLATION_SYSTEM[lang], salt, "system-text", cid)})
+                system = _pick(_TRANSLATION_SYSTEM[lang], salt, "system-text", cid)
+                messages.append({"role": "system", "content": system})
             messages.append({"role": "user", "content": template.format(src=src)})
             answer = {"role": "assistant", "content": tgt}
             if _unit(salt, "reasoning", cid) < reasoning_fraction:
@@ -216,7 +217,7 @@ _NUMBER_WORDS = {1: ("sentence", "one"), 2: ("sentences", "two")}
 _ANCHOR_PROMPTS = {
     "continue": [
         "Continue the passage below with its next {count} {noun}.\n\n{passage}",
-        "Here is the beginning of a passage. Write how it goes on, {count} more {noun}.\n\n{passage}",
+        "Here is the beginning of a passage. Carry it on for {count} more {noun}.\n\n{passage}",
         "{passage}\n\nWhat comes next? Give the following {count} {noun}.",
     ],
     "first": [
@@ -266,61 +267,75 @@ def _unique_word(window: list[str], key: str) -> str | None:
     return first_form[_pick(candidates, key)] if candidates else None
 
 
+def _anchor_task(window: list[str], key: str, source: str, system_fraction: float, decontaminator, salt: str,
+                 stats: AnchorStats) -> dict | None:
+    """The chat for one window of sentences, or None when the window is contaminated."""
+    stats.windows += 1
+    if decontaminator is not None and decontaminator.is_contaminated(" ".join(window)):
+        stats.contaminated += 1
+        return None
+    u = _unit(salt, "task", key)
+    task = next(t for t, p in _ANCHOR_TASKS if u < p)
+    word = _unique_word(window, f"{salt}|word|{key}") if task == "word" else None
+    if task == "word" and word is None:
+        task = "continue"
+    template = _pick(_ANCHOR_PROMPTS[task], salt, "prompt", key)
+    if task == "continue":
+        k = 1 if len(window) < 4 else 1 + _hash(salt, "continue", key) % 2
+        noun, count = _NUMBER_WORDS[k][0], _NUMBER_WORDS[k][1]
+        prompt = template.format(passage=" ".join(window[:-k]), count=count, noun=noun)
+        answer = " ".join(window[-k:])
+    else:
+        prompt = template.format(passage=" ".join(window), word=word)
+        if task == "first":
+            answer = window[0]
+        elif task == "last":
+            answer = window[-1]
+        else:
+            answer = next(s for s in window if word.casefold() in map(str.casefold, _WORD.findall(s)))
+    messages = []
+    if _unit(salt, "anchor-system", key) < system_fraction:
+        messages.append({"role": "system", "content": _pick(_ANCHOR_SYSTEM, salt, "anchor-system-text", key)})
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    stats.tasks[task] = stats.tasks.get(task, 0) + 1
+    stats.conversations += 1
+    return {"id": key, "source": source, "messages": messages}
+
+
 def anchor_conversations(documents: Iterable, source: str, min_sentences: int = 3, max_sentences: int = 7,
-                         system_fraction: float = 0.2, decontaminator=None, salt: str = SALT,
+                         tilings: int = 2, system_fraction: float = 0.2, decontaminator=None, salt: str = SALT,
                          stats: AnchorStats | None = None) -> list[dict]:
     """English chats whose answers are verbatim spans of the given documents (``Document``-like: ``text``,
     ``doc_id``).
 
     Each document is cut into consecutive windows of `min_sentences`..`max_sentences` sentences (size
-    fixed by a hash); each window becomes one task, chosen by a hash: continue the passage (the answer
+    fixed by a hash), `tilings` times over with different boundaries (the first tiling starts at the
+    first sentence, the others a hashed 1..min_sentences-1 sentences in), so each sentence serves in
+    up to `tilings` tasks. Each window becomes one task, chosen by a hash: continue the passage (the answer
     is its next one or two sentences, which the prompt leaves out), or quote its first sentence, its
     last sentence, or the one sentence containing a given word. Nothing is paraphrased or summarized,
     so no answer states anything the text does not. Windows sharing an n-gram with evaluation texts
     (`decontaminator`, a ``data.filters.Decontaminator``) are left out and counted in `stats`."""
     if not 2 <= min_sentences <= max_sentences:
-        raise ConfigError(f"anchor windows need 2 <= min_sentences <= max_sentences, got {min_sentences}, {max_sentences}")
+        raise ConfigError(f"anchor windows need 2 <= min_sentences <= max_sentences, "
+                          f"got {min_sentences}, {max_sentences}")
+    if tilings < 1:
+        raise ConfigError(f"anchor tilings must be >= 1, got {tilings}")
     stats = stats if stats is not None else AnchorStats()
     out = []
     for doc in documents:
         stats.documents += 1
         sentences = split_sentences(doc.text)
-        i = 0
-        while len(sentences) - i >= 2:
-            key = f"{source}|{doc.doc_id}|{i}"
-            n = min_sentences + _hash(salt, "window", key) % (max_sentences - min_sentences + 1)
-            window = sentences[i:i + n]
-            i += n
-            stats.windows += 1
-            if decontaminator is not None and decontaminator.is_contaminated(" ".join(window)):
-                stats.contaminated += 1
-                continue
-            u = _unit(salt, "task", key)
-            task = next(t for t, p in _ANCHOR_TASKS if u < p)
-            word = _unique_word(window, f"{salt}|word|{key}") if task == "word" else None
-            if task == "word" and word is None:
-                task = "continue"
-            template = _pick(_ANCHOR_PROMPTS[task], salt, "prompt", key)
-            if task == "continue":
-                k = 1 if len(window) < 4 else 1 + _hash(salt, "continue", key) % 2
-                noun, count = _NUMBER_WORDS[k][0], _NUMBER_WORDS[k][1]
-                prompt = template.format(passage=" ".join(window[:-k]), count=count, noun=noun)
-                answer = " ".join(window[-k:])
-            else:
-                prompt = template.format(passage=" ".join(window), word=word)
-                if task == "first":
-                    answer = window[0]
-                elif task == "last":
-                    answer = window[-1]
-                else:
-                    answer = next(s for s in window if word.casefold() in map(str.casefold, _WORD.findall(s)))
-            messages = []
-            if _unit(salt, "anchor-system", key) < system_fraction:
-                messages.append({"role": "system", "content": _pick(_ANCHOR_SYSTEM, salt, "anchor-system-text", key)})
-            messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-            out.append({"id": key, "source": source, "messages": messages})
-            stats.tasks[task] = stats.tasks.get(task, 0) + 1
-            stats.conversations += 1
+        for view in range(tilings):
+            i = 0 if view == 0 else 1 + _hash(salt, "offset", source, doc.doc_id, view) % (min_sentences - 1)
+            while len(sentences) - i >= 2:
+                key = f"{source}|{doc.doc_id}|{view}|{i}"
+                n = min_sentences + _hash(salt, "window", key) % (max_sentences - min_sentences + 1)
+                window = sentences[i:i + n]
+                i += n
+                conv = _anchor_task(window, key, source, system_fraction, decontaminator, salt, stats)
+                if conv is not None:
+                    out.append(conv)
     return out
 
 
@@ -491,6 +506,7 @@ class SFTMixture:
             # anchor tokens minus what the nominal share of the realized total asks for
             "deviation_loss_tokens": anchor_tokens - anchor_share * total,
             "max_anchor_example_loss_tokens": int(max_anchor),
+            "anchor_available_loss_tokens": available,  # the share is capped near sum/(hebrew + sum)
             "anchor_passes": passes,
         }
         return cls(examples, report)

@@ -27,13 +27,17 @@ with ``None`` (default) nothing more: the model picks, as it was trained to.
 
 ``CHAT_TEMPLATE`` is the same rule in Jinja for ``tokenizer.chat_template`` (transformers'
 ``apply_chat_template`` passes ``enable_thinking`` through as a template variable); it renders
-byte-identically to ``render`` for every conversation ``render`` accepts (``render`` is stricter: it
-also rejects unknown message keys and chat markers inside text).
+byte-identically to ``render`` for every non-empty conversation ``render`` accepts (``render`` is
+stricter: it also rejects unknown message keys and chat markers inside text). Assistant bodies and
+their ``<|im_end|>`` sit in ``{% generation %}`` blocks, so transformers'
+``return_assistant_tokens_mask=True`` (and TRL's ``assistant_only_loss``) yields the same mask as
+``tokenize_conversation``.
 """
 
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 
 from hebatron_nemo.errors import ConfigError, DataError
@@ -58,13 +62,18 @@ CHAT_TEMPLATE = r"""{%- for message in messages -%}
 {%- endif -%}
 {{- '<|im_start|>' + message['role'] + '\n' -}}
 {%- if message['role'] == 'assistant' -%}
+{%- generation -%}
 {%- if message['reasoning_content'] is defined and message['reasoning_content'] -%}
 {{- '<think>\n' + message['reasoning_content'] + '\n</think>\n' -}}
 {%- else -%}
 {{- '<think></think>' -}}
 {%- endif -%}
-{%- endif -%}
+{{- message['content'] + '<|im_end|>' -}}
+{%- endgeneration -%}
+{{- '\n' -}}
+{%- else -%}
 {{- message['content'] + '<|im_end|>\n' -}}
+{%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
 {{- '<|im_start|>assistant\n' -}}
@@ -166,19 +175,35 @@ class _ChatIds:
         for marker in CHAT_MARKERS:
             i = tok.token_to_id(marker)
             if i is None:
-                raise ConfigError(f"tokenizer at {tokenizer.path!r} has no {marker!r} token (the chat template needs it)")
+                raise ConfigError(f"tokenizer at {tokenizer.path!r} has no {marker!r} token "
+                                  "(the chat template needs it)")
             self.ids[marker] = i
         added = sorted({t.content for t in tok.get_added_tokens_decoder().values()}, key=len, reverse=True)
         # one regex, not a loop: real tokenizers reserve hundreds of added tokens
         self.added = re.compile("|".join(map(re.escape, added))) if added else None
 
 
+_CHAT_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _chat_ids(tokenizer) -> _ChatIds:
-    cached = getattr(tokenizer, "_sft_chat_ids", None)
+    cached = _CHAT_IDS.get(tokenizer)
     if cached is None:
-        cached = _ChatIds(tokenizer)
-        tokenizer._sft_chat_ids = cached
+        cached = _CHAT_IDS[tokenizer] = _ChatIds(tokenizer)
     return cached
+
+
+def _encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Ids of texts free of added tokens, as ``tokenizer.tok.encode(text, add_special_tokens=False)``.
+
+    Uses the LocalTokenizer's exact memoized encoder where it has one (several times faster on
+    byte-level BPEs; chat data repeats headers and phrasings), else HF's batch encoder."""
+    from hebatron_nemo.data.tokenizer import _encode_batch
+
+    memo = getattr(tokenizer, "_memo", None)
+    if memo is not None:
+        return memo.encode(texts)
+    return [e.ids for e in _encode_batch(tokenizer.tok, texts)]
 
 
 def encode_conversations(conversations: Sequence[Sequence[Mapping]], tokenizer) -> list[tuple[list[int], list[int]]]:
@@ -187,8 +212,6 @@ def encode_conversations(conversations: Sequence[Sequence[Mapping]], tokenizer) 
     Markers become their single ids; the text between them is encoded without special tokens. Raises
     DataError when a text contains the content of any added token of the tokenizer (it would
     otherwise become that token's id)."""
-    from hebatron_nemo.data.tokenizer import _encode_batch
-
     ids = _chat_ids(tokenizer)
     all_pieces = []
     for messages in conversations:
@@ -203,7 +226,7 @@ def encode_conversations(conversations: Sequence[Sequence[Mapping]], tokenizer) 
                                     field=f"messages[{i}].{key}")
         all_pieces.append(pieces)
     texts = list(dict.fromkeys(p for pieces in all_pieces for p, marker, _ in pieces if not marker and p))
-    encoded = dict(zip(texts, (e.ids for e in _encode_batch(tokenizer.tok, texts)))) if texts else {}
+    encoded = dict(zip(texts, _encode_texts(tokenizer, texts))) if texts else {}
     out = []
     for pieces in all_pieces:
         input_ids: list[int] = []

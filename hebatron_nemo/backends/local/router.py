@@ -37,11 +37,15 @@ class RouterBalancer:
 
     def _hook(self, i: int):
         def hook(module, inputs, outputs):
+            if not module.training:
+                # eval forwards must not feed the bias update: it would depend on when evals ran,
+                # and a resumed run (which skips the eval it resumed after) would diverge
+                return
             router_logits, _, topk_indices = outputs
             counts = torch.bincount(topk_indices.reshape(-1), minlength=module.num_experts).double()
             self._load[i] += counts
             self._window[i] += counts
-            if self.coeff > 0 and module.training and torch.is_grad_enabled():
+            if self.coeff > 0 and torch.is_grad_enabled():
                 b, s = inputs[0].shape[:2]
                 self._losses.append(seq_aux_loss(router_logits, b, s, module.top_k, module.num_experts, self.coeff))
         return hook

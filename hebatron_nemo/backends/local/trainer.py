@@ -241,9 +241,9 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
             progress.stop()
         logger.close()
         router.remove()
+    global_ledger = _global_ledger(ledger)  # a collective: every rank takes part
     if rank == 0:
-        ledger_dict = _global_ledger(ledger).save(run_dir / "ledger.json", state["consumed_samples"])
-        state["ledger"] = ledger_dict
+        state["ledger"] = global_ledger.save(run_dir / "ledger.json", state["consumed_samples"])
     state["stop_reason"] = stop_reason
     return state
 
