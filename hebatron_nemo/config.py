@@ -388,6 +388,35 @@ class TrainConfig(PlanConfig):
 
 
 @dataclass
+class SFTConfig:
+    """Supervised fine-tuning on bilingual chat data (assistant-only loss, English anchor chats)."""
+
+    init_from: str = MISSING  # an HF model folder written by CPT (<run_dir>/model)
+    corpus_dir: str = MISSING  # pairs_{train,valid}.jsonl and the English anchor sources
+    max_length: int = 256  # tokens per conversation (longer ones are dropped and counted)
+    anchor_share: float = 0.25  # share of the loss tokens from English anchor chats
+    max_pairs: Optional[int] = 3000  # a seeded subset of the translation pairs (CPU budget); None = all
+    max_anchor_documents: Optional[int] = 300
+    epochs: int = 1
+    global_batch: int = 16  # conversations per optimizer step
+    micro_batch: int = 8
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_fraction: float = 0.05
+    decay_fraction: float = 0.3
+    eval_every_steps: int = 25
+    eval_conversations: int = 48
+    run_dir: str = MISSING
+
+
+@dataclass
+class SFTRunConfig(TrainConfig):
+    """`recipes/sft.py`: the TrainConfig groups (model, tokenizer, optim, router, logging, checkpoint) plus SFT."""
+
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+
+@dataclass
 class InstallDemoConfig:
     """`recipes/install_demo_corpora.py`: writes the demo corpora from installed packages."""
 
@@ -405,6 +434,7 @@ def register_configs() -> None:
     cs.store(name="install_demo_schema", node=InstallDemoConfig)
     cs.store(name="plan_schema", node=PlanConfig)
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="sft_schema", node=SFTRunConfig)
     cs.store(group="curriculum", name="curriculum_schema", node=CurriculumConfig)
     cs.store(group="anchor", name="anchor_schema", node=AnchorConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)

@@ -19,6 +19,7 @@ next. Each row is one conversation; similar lengths are batched together to keep
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -588,7 +589,8 @@ def length_bucketed_batches(examples: Sequence[SFTExample], batch_size: int, see
 
 def build_demo_sft(corpus_dir: str | Path, tokenizer, max_length: int = 512, anchor_share: float = 0.25,
                    seed: int = 0, split: str = "train", overflow: str = "drop",
-                   anchor_sources: Sequence[str] = ("en_kjv", "en_jps"), decontam_ngram: int = 13) -> SFTMixture:
+                   anchor_sources: Sequence[str] = ("en_kjv", "en_jps"), decontam_ngram: int = 13,
+                   max_pairs: int | None = None, max_anchor_documents: int | None = None) -> SFTMixture:
     """The demo's SFT mixture for one split of ``pairs_{split}.jsonl`` in `corpus_dir`.
 
     Translation chats in both directions, plus anchor chats from the English sources (``en_kjv.jsonl``,
@@ -601,6 +603,8 @@ def build_demo_sft(corpus_dir: str | Path, tokenizer, max_length: int = 512, anc
 
     corpus = Path(corpus_dir)
     pairs = read_pairs(corpus / f"pairs_{split}.jsonl", clean_hebrew=True)
+    if max_pairs is not None and len(pairs) > max_pairs:  # a seeded subset: small CPU budgets
+        pairs = [pairs[i] for i in sorted(_permutation(len(pairs), seed, f"pairs-{split}")[:max_pairs])]
     hebrew, tok_report = tokenize_conversations(translation_conversations(pairs), tokenizer, max_length, overflow)
     anchor: dict[str, list[SFTExample]] = {}
     anchor_report: dict = {}
@@ -610,8 +614,10 @@ def build_demo_sft(corpus_dir: str | Path, tokenizer, max_length: int = 512, anc
         decontaminator = Decontaminator(held_out, decontam_ngram)
         for name in anchor_sources:
             stats = AnchorStats()
-            convs = anchor_conversations(iter_documents(corpus / f"{name}.jsonl", "jsonl", id_field="id"), name,
-                                         decontaminator=decontaminator, stats=stats)
+            docs = iter_documents(corpus / f"{name}.jsonl", "jsonl", id_field="id")
+            if max_anchor_documents is not None:
+                docs = itertools.islice(docs, max_anchor_documents)
+            convs = anchor_conversations(docs, name, decontaminator=decontaminator, stats=stats)
             anchor[name], counts = tokenize_conversations(convs, tokenizer, max_length, overflow)
             anchor_report[name] = {"windows": stats.windows, "contaminated": stats.contaminated,
                                    "tasks": stats.tasks, "tokenization": counts}

@@ -1,0 +1,196 @@
+"""SFT with the local backend: bilingual chat data, assistant-only loss, no packing.
+
+transformers' Nemotron-H passes no document boundaries to its Mamba layers, so a packed row would
+carry one conversation's state into the next. We do not pack: conversations of similar length are
+batched together (right-padded; padding never reaches a real token, see sft/data.py), which keeps
+padding near 0.1% on the demo data. The loss of a step is the mean over the loss tokens of the whole
+global batch, so 1 or 2 processes give the same update.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hebatron_nemo.backends.local import checkpoint, distributed
+from hebatron_nemo.backends.local.cpt import export_model, load_weights
+from hebatron_nemo.backends.local.router import RouterBalancer
+from hebatron_nemo.backends.local.schedule import WSDSchedule
+from hebatron_nemo.backends.local.trainer import RunLogger, make_optimizer
+from hebatron_nemo.data.indexed import quiet_megatron, read_json
+from hebatron_nemo.data.tokenizer import LocalTokenizer
+from hebatron_nemo.errors import ConfigError
+from hebatron_nemo.models.nemotron_h import build_model
+
+KINDS = ("hebrew", "anchor")
+
+
+def chat_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token loss [b, L-1], loss mask [b, L-1]): token t+1 predicted from tokens <= t."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    tl = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                           batch["input_ids"][:, 1:].reshape(-1), reduction="none")
+    return tl.view(batch["input_ids"].shape[0], -1), batch["loss_mask"][:, 1:].to(tl.dtype)
+
+
+def _kind(example) -> int:
+    return 0 if example.source == "translation" or not example.source.startswith("en_") else 1
+
+
+def build_data(cfg, tokenizer, log=print):
+    from hebatron_nemo.sft.data import build_demo_sft
+
+    s = cfg.sft
+    train = build_demo_sft(s.corpus_dir, tokenizer, s.max_length, s.anchor_share, seed=cfg.seed, split="train",
+                           max_pairs=s.max_pairs, max_anchor_documents=s.max_anchor_documents)
+    valid = build_demo_sft(s.corpus_dir, tokenizer, s.max_length, s.anchor_share, seed=cfg.seed, split="valid",
+                           max_pairs=s.eval_conversations, max_anchor_documents=20)
+    r = train.report
+    log(f"SFT data: {len(train.examples):,} conversations, anchor share of loss tokens "
+        f"{r['effective_anchor_share']:.4f} (nominal {s.anchor_share})")
+    return train.examples, valid.examples[: s.eval_conversations], train.report
+
+
+@torch.no_grad()
+def evaluate(model, examples, micro_batch: int) -> dict[str, float]:
+    from hebatron_nemo.sft.data import collate
+
+    model.eval()
+    sums = np.zeros((2, 2))
+    for i in range(0, len(examples), micro_batch):
+        chunk = examples[i:i + micro_batch]
+        tl, mask = chat_losses(model, collate(chunk))
+        for row, ex in enumerate(chunk):
+            k = _kind(ex)
+            sums[k] += (float((tl[row] * mask[row]).sum()), float(mask[row].sum()))
+    model.train()
+    return {f"eval/sft_loss/{KINDS[k]}": sums[k, 0] / sums[k, 1] for k in range(2) if sums[k, 1] > 0}
+
+
+def run_sft(cfg, log=print) -> dict:
+    """Fine-tunes the CPT model on the SFT mixture; writes <sft.run_dir>/model with the chat template."""
+    from hebatron_nemo.sft.data import bucket_indices, collate
+
+    quiet_megatron()
+    rank, world = distributed.init()
+    torch.set_num_threads(int(cfg.threads))
+    s = cfg.sft
+    init = Path(str(s.init_from))
+    if not (init / "COMPLETE").exists():
+        raise ConfigError(f"sft.init_from: no complete model folder at {init} (run recipes/cpt.py first)")
+    tokenizer = LocalTokenizer(str(cfg.tokenizer.path))
+    train_ex, valid_ex, report = build_data(cfg, tokenizer, log if rank == 0 else (lambda *a: None))
+    if s.global_batch % (s.micro_batch * world):
+        raise ConfigError(f"sft.global_batch {s.global_batch} must divide by micro_batch x processes = "
+                          f"{s.micro_batch} x {world}")
+    accum = s.global_batch // (s.micro_batch * world)
+    micro_batches = [b for e in range(s.epochs)
+                     for b in bucket_indices([len(x) for x in train_ex], s.micro_batch, cfg.seed + e)]
+    per_step = accum * world
+    steps = len(micro_batches) // per_step
+    if steps < 1:
+        raise ConfigError("sft: fewer conversations than one global batch")
+    total_tokens = sum(len(train_ex[i]) for b in micro_batches[: steps * per_step] for i in b)
+    model = build_model(cfg.model, tokenizer.vocab_size, seed=cfg.seed)
+    load_weights(model, init)
+    optimizer = make_optimizer(model, cfg.optim)
+    schedule = WSDSchedule(s.lr, s.min_lr, total_tokens, s.warmup_fraction, s.decay_fraction)
+    router = RouterBalancer(model, cfg.router.seq_aux_loss_coeff, cfg.router.bias_update_rate)
+    run_dir = Path(str(s.run_dir))
+    state = {"step": 0, "consumed_samples": 0, "tokens": 0}
+    counts = np.zeros((2, 2), dtype=np.int64)  # [kind] -> conversations, loss tokens
+    ckpt = checkpoint.latest(run_dir, log) if cfg.checkpoint.resume else None
+    if ckpt is not None:
+        saved = checkpoint.load(ckpt, model, optimizer)
+        state = {k: saved[k] for k in ("step", "consumed_samples", "tokens")}
+        if rank == 0:
+            counts = np.array(saved["ledger"]["counts"], dtype=np.int64)
+        log(f"resumed SFT from {ckpt.name} (step {state['step']})")
+    logger = RunLogger(run_dir, cfg.logging, rank == 0, state["step"], {"sft": report})
+    if state["step"] == 0:
+        logger.log({"kind": "eval", "step": 0, "consumed_samples": 0, "tokens": 0, "phase": "sft", "segment": "sft",
+                    "values": evaluate(model, valid_ex, s.micro_batch)})
+    t0 = time.time()
+    try:
+        for step in range(state["step"], steps):
+            mine = micro_batches[step * per_step:(step + 1) * per_step][rank::world]
+            batches = [(collate([train_ex[i] for i in b]), [train_ex[i] for i in b]) for b in mine]
+            local = torch.tensor(float(sum(float(b["loss_mask"][:, 1:].sum()) for b, _ in batches)), dtype=torch.float64)
+            total = float(distributed.all_reduce_sum(local.clone()))
+            lr = schedule(state["tokens"])
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            stats = torch.zeros(2, 3, dtype=torch.float64)  # loss sum, loss tokens, conversations
+            for batch, exs in batches:
+                tl, mask = chat_losses(model, batch)
+                loss = (tl * mask).sum() / max(total, 1.0)
+                aux = router.aux_loss()
+                if aux is not None:
+                    loss = loss + aux / (accum * world)
+                loss.backward()
+                with torch.no_grad():
+                    for row, ex in enumerate(exs):
+                        k = _kind(ex)
+                        stats[k] += torch.tensor([float((tl[row] * mask[row]).sum()), float(mask[row].sum()), 1.0],
+                                                 dtype=torch.float64)
+            distributed.all_reduce_gradients(model)
+            params = [p for p in model.parameters() if p.grad is not None]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad or float("inf"), foreach=False))
+            optimizer.step()
+            router.step()
+            distributed.all_reduce_sum(stats)
+            counts += stats[:, [2, 1]].numpy().astype(np.int64)
+            n_tokens = sum(int(b["attention_mask"].sum()) for b, _ in batches)
+            state["step"] = step + 1
+            state["consumed_samples"] += s.global_batch
+            state["tokens"] += int(distributed.all_reduce_sum(torch.tensor(n_tokens)).item())
+            record = {"kind": "train", "step": state["step"], "consumed_samples": state["consumed_samples"],
+                      "tokens": state["tokens"], "phase": "sft", "segment": "sft", "lr": lr, "grad_norm": grad_norm,
+                      "loss": float(stats[:, 0].sum() / stats[:, 1].sum().clamp(min=1)),
+                      "loss_by_source": {KINDS[k]: float(stats[k, 0] / stats[k, 1]) for k in range(2) if stats[k, 1] > 0},
+                      "loss_tokens_by_source": {KINDS[k]: int(stats[k, 1]) for k in range(2) if stats[k, 1] > 0},
+                      "tokens_per_second": state["tokens"] / max(time.time() - t0, 1e-9)}
+            logger.log(record)
+            last = state["step"] == steps
+            if (s.eval_every_steps and state["step"] % s.eval_every_steps == 0) or last:
+                logger.log({**{k: record[k] for k in ("step", "consumed_samples", "tokens", "phase", "segment")},
+                            "kind": "eval", "values": evaluate(model, valid_ex, s.micro_batch)})
+            if last or (cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0):
+                if rank == 0:
+                    checkpoint.save(run_dir, state["step"], model, optimizer,
+                                    {**state, "plan": {"fingerprint": "sft", "phases": []}},
+                                    {"counts": counts.tolist(), "kinds": list(KINDS)}, forced=last)
+                    checkpoint.prune(run_dir, cfg.checkpoint.keep_last)
+                distributed.barrier()
+    finally:
+        logger.close()
+        router.remove()
+    if rank == 0:
+        plan = read_json(init.parent / "plan.json") or {"tokenizer": {"path": str(cfg.tokenizer.path)}, "fingerprint": "sft"}
+        export_model(model, plan, run_dir / "model")
+        _add_chat_template(run_dir / "model", tokenizer)
+        log(f"SFT done: {state['step']} steps, {state['tokens']:,} tokens; conversations/loss tokens by kind "
+            f"{dict(zip(KINDS, counts.tolist()))} -> {run_dir / 'model'}")
+    distributed.barrier()
+    return {**state, "counts": counts.tolist()}
+
+
+def _add_chat_template(model_dir: Path, tokenizer: LocalTokenizer) -> None:
+    """The chat template in tokenizer_config.json and `<|im_end|>` as the generation stop token."""
+    import json
+
+    from hebatron_nemo.sft.template import CHAT_TEMPLATE
+
+    tc = model_dir / "tokenizer_config.json"
+    conf = json.loads(tc.read_text()) if tc.exists() else {}
+    conf["chat_template"] = CHAT_TEMPLATE
+    tc.write_text(json.dumps(conf, ensure_ascii=False, indent=2))
+    gc = model_dir / "generation_config.json"
+    gen = json.loads(gc.read_text()) if gc.exists() else {}
+    im_end = tokenizer.tok.token_to_id("<|im_end|>")
+    gen["eos_token_id"] = [im_end, tokenizer.eod]
+    gc.write_text(json.dumps(gen, indent=2))

@@ -1,0 +1,25 @@
+"""Supervised fine-tuning: python recipes/sft.py experiment=tiny_cpu [overrides]."""
+
+import sys
+from pathlib import Path
+
+import hydra
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hebatron_nemo.config import register_configs  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(config_path="../conf", config_name="sft", version_base="1.3")
+def main(cfg) -> None:
+    from hebatron_nemo.backends.local.sft import run_sft
+    from hebatron_nemo.cli import clean_errors
+
+    with clean_errors():
+        run_sft(cfg)
+
+
+if __name__ == "__main__":
+    main()
