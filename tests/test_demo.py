@@ -63,3 +63,11 @@ def test_demo_install_and_prepare_end_to_end(tmp_path):
     proc = subprocess.run([sys.executable, "recipes/prepare_data.py", "data=demo", "progress=false"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and proc.stdout.count("up to date") >= 6
+
+
+def test_segmented_verses_become_written_hebrew():
+    from hebatron_nemo.data.demo_corpora import unsegment_verse
+
+    seg = "וְ/יָוָ֣ן וּ/מֶ֖שֶׁךְ ׃ ס בְּנֵ֣י - נֹ֔חַ ׆ וַ/יֵּ֖שֶׁב ׃ פ"
+    assert unsegment_verse(seg) == "וְיָוָ֣ן וּמֶ֖שֶׁךְ ׃ בְּנֵ֣י־נֹ֔חַ וַיֵּ֖שֶׁב ׃"
+    assert unsegment_verse("ספר פרק") == "ספר פרק"  # words starting with ס/פ are untouched

