@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -140,6 +141,10 @@ class _Holdout:
     salt: str
 
 
+def _compression_ratios(texts: list[str]) -> list[float]:
+    return [compression_ratio(t) for t in texts]
+
+
 def _batched(it: Iterable, n: int) -> Iterator[list]:
     batch = []
     for x in it:
@@ -201,6 +206,9 @@ def prepare_shard(ctx: SourceContext, shard: tuple[int, int], batch_docs: int = 
     holdout = _Holdout(**OmegaConf.to_container(ctx.src.holdout))
     eod_tokens = 1 if ctx.tokenizer.append_eod else 0
     decontaminator, doc_filter = ctx.decontaminator, ctx.doc_filter
+    # With more than one worker, a batch's compression ratios (zlib, which runs without the GIL) are
+    # computed on a second thread while the batch is tokenized.
+    helper = ThreadPoolExecutor(1) if int(ctx.cfg.get("workers", 1) or 1) > 1 else None
     try:
         docs = iter_documents(ctx.path, ctx.src.format, ctx.src.text_field, ctx.src.id_field, shard=(i, n))
         for batch in _batched(docs, batch_docs):
@@ -222,9 +230,12 @@ def prepare_shard(ctx: SourceContext, shard: tuple[int, int], batch_docs: int = 
                     continue
                 kept.append((doc, text, h))
             if kept:
-                ids_list = ctx.tokenizer.encode_documents([t for _, t, _ in kept])
-                perplexities = ppl([t for _, t, _ in kept]) if ppl else [float("nan")] * len(kept)
-                for (doc, text, h), ids, p in zip(kept, ids_list, perplexities):
+                kept_texts = [t for _, t, _ in kept]
+                ratios = helper.submit(_compression_ratios, kept_texts) if helper else None
+                ids_list = ctx.tokenizer.encode_documents(kept_texts)
+                ratios = ratios.result() if helper else _compression_ratios(kept_texts)
+                perplexities = ppl(kept_texts) if ppl else [float("nan")] * len(kept)
+                for (doc, text, h), ids, p, ratio in zip(kept, ids_list, perplexities, ratios):
                     split = holdout_split(doc.doc_id, holdout)
                     writers[split].add(ids)
                     n_words = count_words(text)
@@ -236,7 +247,7 @@ def prepare_shard(ctx: SourceContext, shard: tuple[int, int], batch_docs: int = 
                     r["n_chars"].append(len(text))
                     r["n_words"].append(n_words)
                     r["n_tokens"].append(n_tokens)
-                    r["compression_ratio"].append(compression_ratio(text))
+                    r["compression_ratio"].append(ratio)
                     r["tokens_per_word"].append(n_tokens / max(1, n_words))
                     r["perplexity"].append(p)
                     if minhasher:
@@ -250,6 +261,8 @@ def prepare_shard(ctx: SourceContext, shard: tuple[int, int], batch_docs: int = 
             w.abort()
         raise
     finally:
+        if helper:
+            helper.shutdown()
         if bar:
             bar.stop()
     if report.seen_docs == 0:

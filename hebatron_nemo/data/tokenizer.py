@@ -163,7 +163,8 @@ class ChunkMemoEncoder:
     pre-tokenizer (`_PROBES`); a chunk with a character that fails, or any text when `regex` is not
     installed, is encoded by the tokenizer as a whole (still exact by step 1). A document containing
     the text of an added (special) token is encoded by the tokenizer as a whole, since those are
-    split out before pre-tokenization. Memory is bounded: the memo is cleared past `max_chunks`.
+    split out before pre-tokenization. Memory is bounded: the memo is cleared once it holds more than
+    `max_chunks` chunks and pre-tokens (a few hundred MB at the default).
     """
 
     def __init__(self, tok, max_chunks: int = 2_000_000):
@@ -177,8 +178,10 @@ class ChunkMemoEncoder:
         except ImportError:  # step 2 off: chunks are encoded by the tokenizer
             regex = None
         self._pretok = regex.compile(GPT2_PRETOKENIZE) if regex else None
-        self._safe: set[str] = set()
+        self._safe: set[str] = set()  # characters checked against the tokenizer's pre-tokenizer
         self._unsafe: set[str] = set()
+        self._known = re.compile("[^\\s\\S]")  # matches characters in either set (none yet)
+        self._leads: set[str] = set()
         self._reset()
 
     @staticmethod
@@ -213,6 +216,8 @@ class ChunkMemoEncoder:
             return out
         if len(self._chunks) + len(self._pieces) > self.max_chunks:
             self._reset()
+        # every chunk but a document's first starts at a split point
+        self._leads = {ch[0] for ch in chunked if not _CHUNK_START.match(ch[0])}
         rows = self._chunks.rows(list(chain.from_iterable(chunked)), self._encode_chunks)
         ids, lens = self._chunks.gather(rows)
         n_chunks = np.fromiter(map(len, chunked), np.int64, count=len(chunked))
@@ -228,15 +233,18 @@ class ChunkMemoEncoder:
         """The ids of the chunks, each encoded alone, one after another, and their number per chunk."""
         if self._pretok is None:
             return self._encode_tokenizer(chunks)
-        seen = set("".join(chunks))
-        for c in seen - self._safe - self._unsafe:
-            (self._safe if self._same_pretokens(c) else self._unsafe).add(c)
+        unknown = set(self._known.sub("", "".join(chunks)))
+        if unknown:
+            for c in unknown:
+                (self._safe if self._same_pretokens(c) else self._unsafe).add(c)
+            self._known = re.compile("[" + "".join(map(re.escape, sorted(self._safe | self._unsafe))) + "]+")
         unsafe = self._unsafe
-        whole = [j for j, ch in enumerate(chunks) if not unsafe.isdisjoint(ch)] if not unsafe.isdisjoint(seen) else []
+        whole = [j for j, ch in enumerate(chunks) if not unsafe.isdisjoint(ch)] if unsafe else []
         # A chunk that starts at a split point (" " + letter or digit) may follow any other: those are
         # pre-tokenized together in one pass; the others (a document's first chunk) one by one.
         skip = set(whole)
-        lead = [j for j, ch in enumerate(chunks) if j not in skip and not _CHUNK_START.match(ch)]
+        leads = self._leads
+        lead = [j for j, ch in enumerate(chunks) if ch in leads and j not in skip] if leads else []
         skip.update(lead)
         rest = [j for j in range(len(chunks)) if j not in skip] if skip else list(range(len(chunks)))
         rest_chunks = [chunks[j] for j in rest] if skip else chunks

