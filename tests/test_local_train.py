@@ -244,3 +244,23 @@ def test_seq_aux_loss_matches_megatron_on_its_own_layout():
         rmap, p = compute_routing_scores_for_aux_loss(logits[j * s:(j + 1) * s], k, "sigmoid")
         expected += coeff * E / (k * s * s) * float((p.sum(0) * rmap.sum(0)).sum())
     assert float(got) == pytest.approx(expected / b, rel=1e-6)
+
+
+def test_early_stop_rule():
+    from omegaconf import OmegaConf
+
+    from hebatron_nemo.backends.local.evaluation import EarlyStop
+    from hebatron_nemo.config import EarlyStopConfig
+
+    cfg = OmegaConf.structured(EarlyStopConfig(enabled=True, metric="eval/he_loss", patience=2, min_rise=0.1,
+                                               within_fraction=0.5))
+    stop = EarlyStop(cfg, total_tokens=1000)
+    assert stop.update({"eval/he_loss": 5.0}, 100) is None
+    assert stop.update({"eval/he_loss": 5.2}, 200) is None  # one bad eval
+    reason = stop.update({"eval/he_loss": 5.3}, 300)
+    assert reason and "eval/he_loss rose above its best 5.0000" in reason
+    late = EarlyStop(cfg, total_tokens=1000)
+    for tokens, v in ((100, 5.0), (600, 6.0), (700, 6.0), (800, 6.0)):
+        assert late.update({"eval/he_loss": v}, tokens) is None  # rises after the early window are not its business
+    off = EarlyStop(OmegaConf.structured(EarlyStopConfig()), 1000)
+    assert all(off.update({"eval/anchor_loss": v}, 10) is None for v in (1.0, 9.0, 9.0, 9.0))
