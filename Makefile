@@ -19,10 +19,12 @@ help:  ## list the targets
 env:  ## build (once) the CPU environment and the compatibility layer, outside the clone
 	@echo "cpu env:      $(VENV)"; echo "compat layer: $(COMPAT)"
 
-demo: env  ## install the demo corpora, prepare them, and plan the tiny CPT (later stages extend this)
+demo: env  ## demo corpora -> prepare -> plan -> base model -> CPT -> SFT on a tiny Nemotron-H (CPU)
 	$(PY) recipes/install_demo_corpora.py
 	$(PY) recipes/prepare_data.py data=demo
 	$(PY) recipes/plan.py experiment=tiny_cpu
+	$(PY) recipes/cpt.py experiment=tiny_cpu
+	$(PY) recipes/sft.py experiment=tiny_cpu
 
 test: env  ## the whole CPU test suite (slow end-to-end tests included; GPU tests skip without CUDA)
 	HEBATRON_COMPAT_DIR=$(COMPAT) $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)

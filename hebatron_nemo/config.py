@@ -395,8 +395,8 @@ class SFTConfig:
     corpus_dir: str = MISSING  # pairs_{train,valid}.jsonl and the English anchor sources
     max_length: int = 256  # tokens per conversation (longer ones are dropped and counted)
     anchor_share: float = 0.25  # share of the loss tokens from English anchor chats
-    max_pairs: Optional[int] = 3000  # a seeded subset of the translation pairs (CPU budget); None = all
-    max_anchor_documents: Optional[int] = 300
+    max_pairs: Optional[int] = 1000  # a seeded subset of the translation pairs (CPU budget); None = all
+    max_anchor_documents: Optional[int] = 150
     epochs: int = 1
     global_batch: int = 16  # conversations per optimizer step
     micro_batch: int = 8
