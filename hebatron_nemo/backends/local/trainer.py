@@ -179,7 +179,7 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
                 aux = router.aux_loss()
                 if aux is not None:
                     loss = loss + aux / (accum * world)
-                    aux_total += float(aux) / accum
+                    aux_total += float(aux.detach()) / accum
                 loss.backward()
                 with torch.no_grad():
                     per_row = (tl.detach() * mask).sum(dim=1).double()
