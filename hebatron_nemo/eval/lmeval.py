@@ -1,0 +1,300 @@
+"""The task schemas as lm-evaluation-harness task YAMLs, for ``lm_eval --include_path <out_dir>``.
+
+Each task folder with a ``test.jsonl`` becomes ``<out_dir>/<task>.yaml``:
+
+* ``dataset_path: json`` with ``data_files`` pointing at the absolute task files (``test``, and
+  ``dev``/``train`` when present as the few-shot split, first-n sampler);
+* ``doc_to_text`` is the schema's ``str.format`` prompt rewritten as Jinja over the raw columns
+  (dotted paths become subscripts, value maps become dict lookups), ``doc_to_choice`` and
+  ``doc_to_target`` are Jinja too, and the delimiters are the schema's;
+* ``multiple_choice`` tasks report lm-eval's ``acc`` and ``acc_norm`` (the same definitions as
+  ``scorers``); translation reports lm-eval's corpus ``bleu`` and ``chrf`` (sacrebleu, the same
+  defaults); ``generative_exact`` and ``span_f1`` score through ``process_results`` functions that call
+  this package's scorers (lm-eval has no GSM8K extraction plus Hebrew normalization of its own), in
+  ``<out_dir>/hebatron_lmeval_utils.py``, which needs ``hebatron_nemo`` importable (it falls back to
+  this checkout's path).
+
+Every task is also tagged ``hebatron`` and ``hebatron_<language>``, so ``--tasks hebatron_he`` runs
+the Hebrew ones.
+
+Differences from ``engine`` worth knowing: with no dev/train file, lm-eval draws the few-shot
+examples from the other test rows (first n, the scored row excluded) and scores every test row,
+while ``engine`` holds the first n rows out; lm-eval prepends no chat template unless asked
+(``--apply_chat_template``).
+"""
+
+from __future__ import annotations
+
+import _string  # the str.format field-name parser that string.Formatter uses
+import dataclasses
+import json
+import pprint
+import string
+from pathlib import Path
+
+import yaml
+
+from hebatron_nemo.errors import ConfigError
+from hebatron_nemo.eval.tasks import (
+    TaskSchema,
+    available_tasks,
+    find_split,
+    load_schema,
+    parse_row,
+    resolve_task_names,
+    schema_from_dict,
+)
+
+__all__ = ["UTILS_MODULE", "make_process_results", "task_config", "write_lmeval_tasks"]
+
+UTILS_MODULE = "hebatron_lmeval_utils"
+_HEADER = "# written by hebatron_nemo.eval.lmeval"
+IM_END = "<|im_end|>"
+# names Jinja would read as syntax rather than a column
+_JINJA_RESERVED = frozenset({"and", "or", "not", "in", "is", "if", "else", "elif", "for", "true", "false", "none",
+                             "True", "False", "None", "loop"})
+
+
+class _Function(str):
+    """A ``!function module.name`` reference in a task YAML."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Function, lambda d, v: d.represent_scalar("!function", str(v)))
+
+
+def _lit(value) -> str:
+    """A Jinja literal (JSON's string/list syntax is valid Jinja)."""
+    return json.dumps(value)
+
+
+def _column(schema: TaskSchema, path: str) -> str:
+    """The Jinja expression reading a (dotted) column."""
+    first, *rest = path.split(".")
+    if not first.isidentifier() or first in _JINJA_RESERVED:
+        raise ConfigError(f"{schema.path}: column {path!r} cannot be named in an lm-eval Jinja template "
+                          "(the top-level name must be an identifier); rename the column")
+    return first + "".join(f"[{int(p)}]" if p.isdigit() else f"[{_lit(p)}]" for p in rest)
+
+
+def _choices_expr(schema: TaskSchema) -> str:
+    if schema.choices_field:
+        return _column(schema, schema.choices_field)
+    if schema.choice_fields:
+        return "[" + ", ".join(_column(schema, c) for c in schema.choice_fields) + "]"
+    return _lit(list(schema.choices))
+
+
+def _letters_expr(schema: TaskSchema) -> str:
+    if schema.labels_field:
+        return f"({_column(schema, schema.labels_field)} | map('trim') | list)"
+    return f"{_lit(list(schema.letters))}[:({_choices_expr(schema)}) | length]"
+
+
+def _name_expr(schema: TaskSchema, name: str) -> str:
+    """The Jinja expression (no braces) for a prompt name."""
+    columns = {"question": schema.question_field, "context": schema.context_field,
+               "source": schema.source_field, **schema.extra_fields}
+    if name == "choices":
+        return f"({_choices_expr(schema)})"
+    if name in columns:
+        expr = _column(schema, columns[name])
+        if name in schema.value_maps:
+            expr = f"{_lit(schema.value_maps[name])}[{expr} | string]"
+        return expr
+    raise ConfigError(f"{schema.path}: prompt name {name!r} has no lm-eval translation")
+
+
+def _lettered_block(schema: TaskSchema) -> str:
+    return ("{% for c in " + _choices_expr(schema) + " %}{{ (" + _letters_expr(schema) + ")[loop.index0] }}. "
+            "{{ c }}{% if not loop.last %}\n{% endif %}{% endfor %}")
+
+
+def _literal(text: str) -> str:
+    # a literal that contains Jinja delimiter characters is emitted raw so it stays literal
+    if any(ch in text for ch in "{}%#"):
+        return "{% raw %}" + text + "{% endraw %}"
+    return text
+
+
+def prompt_to_jinja(schema: TaskSchema) -> str:
+    """The schema's ``str.format`` prompt as a Jinja template over the raw columns."""
+    out = []
+    for literal, name, spec, conversion in string.Formatter().parse(schema.prompt):
+        if literal:
+            out.append(_literal(literal))
+        if name is None:
+            continue
+        if spec or conversion:
+            raise ConfigError(f"{schema.path}: prompt field {{{name}}}: format specs and conversions have "
+                              "no lm-eval translation")
+        root, keys = _string.formatter_field_name_split(name)
+        if root == "choices_lettered":
+            if list(keys):
+                raise ConfigError(f"{schema.path}: {{{name}}}: choices_lettered is a string, not indexable")
+            out.append(_lettered_block(schema))
+            continue
+        expr = _name_expr(schema, root)
+        for is_attr, key in keys:
+            if is_attr:
+                raise ConfigError(f"{schema.path}: {{{name}}}: attribute access is not allowed")
+            expr += f"[{key}]" if isinstance(key, int) else f"[{_lit(key)}]"
+        out.append("{{ " + expr + " }}")
+    return "".join(out)
+
+
+def _target_index(schema: TaskSchema) -> str:
+    x = _column(schema, schema.answer_field)
+    if schema.answer_type == "index":
+        return "{{ (" + x + " | int) - " + str(schema.index_base) + " }}"
+    if schema.answer_type == "letter":
+        if schema.labels_field:
+            return "{{ " + _letters_expr(schema) + ".index(" + x + " | trim) }}"
+        # case-insensitive, as the loader compares letters
+        return "{{ " + _lit([a.upper() for a in schema.letters]) + ".index(" + x + " | trim | upper) }}"
+    return "{{ (" + _choices_expr(schema) + " | map('trim') | list).index(" + x + " | trim) }}"
+
+
+def schema_to_dict(schema: TaskSchema) -> dict:
+    """The schema as the mapping ``schema_from_dict`` reads (no ``path``)."""
+    out = {}
+    for f in dataclasses.fields(schema):
+        v = getattr(schema, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        # defaults are left out: some keys (answer_type, ...) are only accepted on the types they apply to
+        if f.name == "path" or (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING) \
+                and v == default:
+            continue
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def task_config(schema: TaskSchema, task_dir: str | Path, tag: str = "hebatron") -> dict:
+    """One lm-eval task config (the YAML's content) for a task folder holding ``test.jsonl``."""
+    task_dir = Path(task_dir).resolve()
+    test = find_split(task_dir, "test")
+    if test is None:
+        raise ConfigError(f"{task_dir}: no test.jsonl")
+    data_files = {"test": str(test)}
+    fewshot_split = "test"
+    for split in ("dev", "train"):
+        p = find_split(task_dir, split)
+        if p is not None:
+            data_files[split] = str(p)
+            fewshot_split = split
+            break
+    cfg: dict = {
+        "task": schema.name,
+        "tag": [tag, f"{tag}_{schema.language}"],
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": data_files},
+        "test_split": "test",
+        "fewshot_split": fewshot_split,
+        "fewshot_config": {"sampler": "first_n"},
+        "num_fewshot": schema.num_fewshot,
+        "doc_to_text": prompt_to_jinja(schema),
+        "target_delimiter": schema.target_delimiter,
+        "fewshot_delimiter": schema.fewshot_delimiter,
+    }
+    if schema.type == "multiple_choice":
+        if schema.score_choices == "letter":
+            choice = "{{ " + _letters_expr(schema) + " }}"
+        elif schema.choices:
+            choice = list(schema.choices)
+        else:
+            choice = "{{ " + _choices_expr(schema) + " }}"
+        cfg.update({
+            "output_type": "multiple_choice",
+            "doc_to_choice": choice,
+            "doc_to_target": _target_index(schema),
+            "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                            for m in ("acc", "acc_norm")],
+        })
+    else:
+        if schema.type == "translation":
+            target = "{{ " + _column(schema, schema.target_field) + " }}"
+        else:
+            x = _column(schema, schema.answer_field)
+            target = "{{ " + x + " if " + x + " is string or " + x + " is number else " + x + "[0] }}"
+        cfg.update({
+            "output_type": "generate_until",
+            "doc_to_target": target,
+            "generation_kwargs": {"until": list(dict.fromkeys([*schema.stop, IM_END])), "do_sample": False,
+                                  "max_gen_toks": schema.max_new_tokens},
+        })
+        if schema.type == "translation":
+            cfg["metric_list"] = [{"metric": m, "aggregation": m, "higher_is_better": True} for m in ("bleu", "chrf")]
+        else:
+            cfg["process_results"] = _Function(f"{UTILS_MODULE}.process_{schema.name}")
+            metrics = ("exact_match",) if schema.type == "generative_exact" else ("f1", "exact_match")
+            cfg["metric_list"] = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in metrics]
+    cfg["metadata"] = {"version": 1.0, "schema": schema.path}
+    return cfg
+
+
+def make_process_results(schema_dict: dict):
+    """lm-eval's ``process_results(doc, results)`` for a generative task: the doc is mapped through
+    the schema (GSM8K golds extracted) and the generation scored by ``scorers``."""
+    from hebatron_nemo.eval import scorers
+
+    schema = schema_from_dict(schema_dict, where=f"<lm-eval schema {schema_dict.get('name')}>")
+
+    def process_results(doc: dict, results: list) -> dict:
+        row = parse_row(schema, doc, f"<lm-eval doc of {schema.name}>", 0)
+        pred = results[0].strip()
+        if schema.type == "span_f1":
+            return {"f1": scorers.token_f1(pred, row.gold), "exact_match": scorers.exact_match(pred, row.gold)}
+        return {"exact_match": scorers.exact_match(pred, row.gold, schema.answer_extraction)}
+
+    return process_results
+
+
+_UTILS_HEAD = '''"""Written by hebatron_nemo.eval.lmeval.write_lmeval_tasks: lm-eval process_results functions that
+score with hebatron_nemo's scorers. Regenerate rather than edit."""
+
+import sys
+
+try:
+    import hebatron_nemo  # noqa: F401
+except ImportError:  # lm_eval run from outside the checkout that wrote these files
+    sys.path.insert(0, {repo!r})
+
+from hebatron_nemo.eval.lmeval import make_process_results
+
+'''
+
+
+def write_lmeval_tasks(task_root: str | Path, out_dir: str | Path, tasks: list[str] | None = None, *,
+                       schema_dir: str | Path | None = None, tag: str = "hebatron") -> list[str]:
+    """Writes ``<out_dir>/<task>.yaml`` for each task (default: every schema) whose
+    ``<task_root>/<task>/test.jsonl`` exists, plus the ``process_results`` module; returns the task
+    names written. Use with ``lm_eval --include_path <out_dir> --tasks <names>`` or
+    ``TaskManager(include_path=<out_dir>)``."""
+    names = resolve_task_names(tasks or available_tasks(schema_dir), schema_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.yaml"):
+        # a task written earlier whose files are gone would otherwise still be found by lm-eval
+        with open(old, encoding="utf-8") as f:
+            if f.readline().startswith(_HEADER):
+                old.unlink()
+    written, funcs = [], []
+    for name in names:
+        schema = load_schema(name, schema_dir)
+        task_dir = Path(task_root) / name
+        if find_split(task_dir, "test") is None:
+            continue
+        cfg = task_config(schema, task_dir, tag=tag)
+        text = yaml.dump(cfg, Dumper=_Dumper, allow_unicode=True, sort_keys=False, width=1 << 30)
+        (out / f"{name}.yaml").write_text(f"{_HEADER} from {schema.path}; regenerate, do not edit\n" + text,
+                                          encoding="utf-8")
+        if "process_results" in cfg:
+            mapping = pprint.pformat(schema_to_dict(schema), indent=4)
+            funcs.append(f"process_{name} = make_process_results(\n{mapping})\n")
+        written.append(name)
+    repo = str(Path(__file__).resolve().parents[2])
+    (out / f"{UTILS_MODULE}.py").write_text(_UTILS_HEAD.format(repo=repo) + "\n".join(funcs), encoding="utf-8")
+    return written

@@ -1,0 +1,479 @@
+"""The eval suite: scoring rules against hand-computed values, task files that fail with file:line,
+schema remapping without code, the engine on a tiny model over the demo tasks, the paper average's
+flag, and the same tasks run through lm-evaluation-harness."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from corpus import ENGLISH, HEBREW, write_jsonl
+
+from hebatron_nemo.errors import ConfigError, DataError
+from hebatron_nemo.eval import scorers
+from hebatron_nemo.eval.demo_tasks import DEMO_TASKS, write_demo_tasks
+from hebatron_nemo.eval.tasks import (
+    PAPER_AVERAGES,
+    available_tasks,
+    format_prompt,
+    load_schema,
+    load_task,
+    schema_from_dict,
+)
+
+ALL_TASKS = ["arc_heb", "copa_heb", "hellaswag_heb", "mmlu_heb", "gsm8k_heb", "winograd_heb", "hebnli",
+             "hebrew_sentiment", "hebrew_qa", "ted_heb", "israeli_trivia", "psychometric_heb",
+             "arc_en", "hellaswag_en", "mmlu_en", "gsm8k_en"]
+
+
+# --------------------------------------------------------------------------- scorers
+
+
+def test_multiple_choice_accuracy_hand_computed():
+    # row 0: raw argmax is choice 1 (-3 > -4), per character choice 0 (-4/11 > -3/2); gold 0
+    # row 1: both pick choice 0 = gold; row 2: a tie goes to the lower index, gold is 1
+    logprobs = [[-4.0, -3.0], [-1.0, -2.0], [-3.0, -3.0]]
+    choices = [["long answer", "ab"], ["a", "b"], ["x", "y"]]
+    got = scorers.mc_accuracy(logprobs, [0, 0, 1], choices)
+    assert got == {"acc": pytest.approx(1 / 3), "acc_norm": pytest.approx(2 / 3)}
+    assert scorers.choose([-4.0, -3.0]) == 1 and scorers.choose([-4.0, -3.0], [11, 2]) == 0
+    assert scorers.choose([-2.0, -2.0, -2.0]) == 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("So 3 + 4 = 7 apples.\n#### 7", "7"),
+    ("The answer is 1,234.", "1234"),
+    ("#### $1,000.50", "1000.5"),
+    ("first 5, then 42.0", "42"),
+    ("#### 12 apples, not 3", "12"),    # the first number after the marker, not the last overall
+    ("it drops to -3", "-3"),
+    ("#### 100", "100"),                # no exponent form ("1E+2")
+    ("no digits here", None),
+])
+def test_gsm8k_extraction(text, expected):
+    assert scorers.extract_gsm8k(text) == expected
+
+
+def test_exact_match_and_normalization():
+    assert scorers.exact_match("I think #### 18", ["18"], "gsm8k") == 1.0
+    assert scorers.exact_match("18.0 shekels", ["18"], "gsm8k") == 1.0
+    assert scorers.exact_match("19", ["18"], "gsm8k") == 0.0
+    assert scorers.exact_match("no idea", ["18"], "gsm8k") == 0.0
+    assert scorers.exact_match("  The Cat! ", ["cat"]) == 1.0          # case, punctuation, English article
+    assert scorers.exact_match("שָׁלוֹם", ["שלום"]) == 1.0              # niqqud removed
+    assert scorers.exact_match("שלום", ["עולם", "שלום."]) == 1.0       # any gold counts
+    assert scorers.normalize_answer('צה"ל') == "צה ל"
+    assert scorers.normalize_answer("על-ידי") == scorers.normalize_answer("על\u05beידי") == "על ידי"  # hyphen, maqaf
+    assert scorers.normalize_answer("בְּרֵאשִׁית בָּרָא") == "בראשית ברא"
+
+
+def test_token_f1_hand_computed():
+    # pred tokens {big, red, house} (article dropped), gold {red, house, in, town}: 2 shared,
+    # P = 2/3, R = 2/4, F1 = 2PR/(P+R) = 4/7; the better of two golds counts
+    assert scorers.token_f1("the big red house", ["nothing", "red house in town"]) == pytest.approx(4 / 7)
+    assert scorers.token_f1("העיר ירושלים", ["ירושלים"]) == pytest.approx(2 / 3)   # P = 1/2, R = 1
+    assert scorers.token_f1("בירושלים", ["ירושלים"]) == 0.0    # prefixes are not stripped (documented)
+    assert scorers.token_f1("", ["ירושלים"]) == 0.0
+    assert scorers.token_f1("!!!", ["?"]) == 1.0                # both normalize to nothing
+
+
+def test_bleu_and_chrf_hand_computed():
+    # every n-gram precision is 1; brevity penalty exp(1 - 8/4)
+    assert scorers.corpus_bleu(["a b c d"], ["a b c d e f g h"]) == pytest.approx(100 * math.exp(-1), abs=1e-6)
+    assert scorers.corpus_bleu(["same words here ok"], ["same words here ok"]) == pytest.approx(100.0)
+    # "abcdef" vs "abcdefgh": precision 1 at every order n = 1..6, recall (7 - n) / (9 - n)
+    r = sum((7 - n) / (9 - n) for n in range(1, 7)) / 6
+    assert scorers.corpus_chrf(["abcdef"], ["abcdefgh"]) == pytest.approx(100 * 5 * r / (4 + r), abs=1e-6)
+    assert scorers.corpus_chrf(["xyz"], ["abc"]) == 0.0
+    with pytest.raises(ValueError):
+        scorers.corpus_bleu(["a"], ["a", "b"])
+
+
+# --------------------------------------------------------------------------- schemas and task files
+
+
+def test_shipped_schemas_cover_the_tasks_and_the_paper_average():
+    assert sorted(available_tasks()) == sorted(ALL_TASKS)
+    schemas = {t: load_schema(t) for t in ALL_TASKS}
+    paper = {t for t, s in schemas.items() if "hebrew_reasoning_paper" in s.averages}
+    assert paper == set(PAPER_AVERAGES["hebrew_reasoning_paper"])
+    assert {t for t, s in schemas.items() if s.language == "en"} == {"arc_en", "hellaswag_en", "mmlu_en", "gsm8k_en"}
+    assert {s.type for s in schemas.values()} == {"multiple_choice", "generative_exact", "span_f1", "translation"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bogus": 1}, "unknown keys ['bogus']"),
+    ({"prompt": "{premise}"}, "uses ['premise']"),
+    ({"choice_fields": None}, "needs exactly one of choices_field, choice_fields, choices"),
+    ({"answer_type": "roman"}, "'roman' is not one of index, letter, text"),
+    ({"averages": ["mystery_average"]}, "unknown averages"),
+    ({"value_maps": {"nothing": {"a": "b"}}}, "maps fields ['nothing']"),
+])
+def test_schema_errors_name_the_key(change, message):
+    raw = yaml.safe_load(Path(load_schema("copa_heb").path).read_text(encoding="utf-8"))
+    with pytest.raises(ConfigError, match=None) as e:
+        schema_from_dict({**raw, **change}, where="copa_heb.yaml")
+    assert message in str(e.value) and "copa_heb.yaml" in str(e.value)
+
+
+def _copa_row(**over):
+    row = {"idx": 0, "premise": "הילד בכה.", "choice1": "הוא נפל.", "choice2": "הוא צחק.", "question": "cause",
+           "label": 0}
+    return {**row, **over}
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("task, bad_line, field, message", [
+    ("copa_heb", '{"idx": 1, "premise": "x",', None, "malformed JSON"),
+    ("copa_heb", json.dumps({k: v for k, v in _copa_row(idx=1).items() if k != "choice2"}), "choice2", "missing field"),
+    ("copa_heb", json.dumps(_copa_row(idx=1, label=2)), "label", "answer index 2 out of range: 2 choices"),
+    ("copa_heb", json.dumps(_copa_row(idx=1, label=-1)), "label", "out of range"),
+    ("copa_heb", json.dumps(_copa_row(idx=1, label="zero")), "label", "expected an integer index"),
+    ("copa_heb", json.dumps(_copa_row(idx=1, premise=7)), "premise", "expected a string, got an integer"),
+    ("copa_heb", json.dumps(_copa_row(idx=1, question="reason")), "question", "not in value_maps.relation"),
+    ("copa_heb", json.dumps(_copa_row(idx=0)), "idx", "duplicate id '0' (first on line 1)"),
+    ("copa_heb", json.dumps([1, 2]), None, "expected a JSON object, got a list"),
+    ("arc_heb", json.dumps({"id": "q2", "question": "?", "choices": {"text": ["a", "b"], "label": ["A", "B"]},
+                            "answerKey": "E"}), "answerKey", "letter 'E' not among the choices' labels"),
+    ("hellaswag_heb", json.dumps({"ind": 2, "ctx": "x", "endings": "not a list", "label": "0"}), "endings",
+     "expected a list of strings, got a string"),
+    ("gsm8k_heb", json.dumps({"question": "כמה?", "answer": "אין מספר"}), "answer", "no number in the answer"),
+])
+def test_malformed_rows_fail_with_file_line_and_field(tmp_path, task, bad_line, field, message):
+    good = {
+        "copa_heb": json.dumps(_copa_row(), ensure_ascii=False),
+        "arc_heb": json.dumps({"id": "q1", "question": "?", "choices": {"text": ["a", "b"], "label": ["A", "B"]},
+                               "answerKey": "B"}),
+        "hellaswag_heb": json.dumps({"ind": 1, "ctx": "x", "endings": ["a", "b"], "label": "1"}),
+        "gsm8k_heb": json.dumps({"question": "1+1?", "answer": "#### 2"}),
+    }[task]
+    path = _write_lines(tmp_path / task / "test.jsonl", [good, "", bad_line])  # blank line 2 is skipped
+    with pytest.raises(DataError) as e:
+        load_task(tmp_path / task, load_schema(task))
+    err = e.value
+    assert (err.path, err.line, err.field) == (str(path), 3, field)
+    assert str(err).startswith(f"{path}:3") and message in str(err)
+
+
+def test_empty_and_missing_task_files(tmp_path):
+    schema = load_schema("copa_heb")
+    _write_lines(tmp_path / "empty" / "test.jsonl", ["", "  "])
+    with pytest.raises(DataError, match="empty task file"):
+        load_task(tmp_path / "empty", schema)
+    with pytest.raises(DataError, match="does not exist"):
+        load_task(tmp_path / "nowhere", schema)
+
+
+def _put(obj: dict, path: str, value) -> None:
+    *parents, last = path.split(".")
+    for p in parents:
+        obj = obj.setdefault(p, {})
+    obj[last] = value
+
+
+def synthetic_raw(schema, i: int = 0) -> dict:
+    """A valid raw row for any schema, built from its mapping only."""
+    raw: dict = {}
+    if schema.id_field:
+        _put(raw, schema.id_field, f"r{i}")
+    for col in (schema.question_field, schema.context_field, schema.source_field, schema.target_field):
+        if col:
+            _put(raw, col, f"טקסט {col} {i} {{x}}")  # braces must stay literal in both template languages
+    for name, col in schema.extra_fields.items():
+        _put(raw, col, next(iter(schema.value_maps[name])) if name in schema.value_maps else f"{name} {i}")
+    if schema.type == "multiple_choice":
+        choices = list(schema.choices or [f"תשובה {j}" for j in range(4)])
+        if schema.choices_field:
+            _put(raw, schema.choices_field, choices)
+        for j, col in enumerate(schema.choice_fields or ()):
+            _put(raw, col, f"אפשרות {j}")
+            choices = [f"אפשרות {j}" for j in range(len(schema.choice_fields))]
+        if schema.labels_field:
+            _put(raw, schema.labels_field, ["A", "B", "C", "D"][:len(choices)])
+        answer = {"index": schema.index_base + 1, "letter": "B", "text": choices[1]}[schema.answer_type]
+        _put(raw, schema.answer_field, answer)
+    elif schema.type != "translation":
+        gsm = schema.answer_extraction == "gsm8k"
+        _put(raw, schema.answer_field, "12 ועוד 30 הם 42 #### 42" if gsm else ["תל אביב"])
+    return raw
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_every_schema_loads_rows_and_its_lmeval_jinja_renders_the_same_prompt(tmp_path, task):
+    from lm_eval.utils import apply_template
+
+    from hebatron_nemo.eval.lmeval import task_config
+
+    schema = load_schema(task)
+    raws = [synthetic_raw(schema, i) for i in range(2)]
+    write_jsonl(tmp_path / task / "test.jsonl", raws)
+    rows = load_task(tmp_path / task, schema)
+    cfg = task_config(schema, tmp_path / task)
+    for raw, row in zip(raws, rows):
+        assert apply_template(cfg["doc_to_text"], raw) == format_prompt(schema, row.fields)
+        if schema.type == "multiple_choice":
+            assert row.gold == 1
+            choice = cfg["doc_to_choice"]
+            rendered = choice if isinstance(choice, list) else ast.literal_eval(apply_template(choice, raw))
+            expected = list(row.letters) if schema.score_choices == "letter" else list(row.choices)
+            assert rendered == expected
+            assert int(apply_template(cfg["doc_to_target"], raw)) == row.gold
+        else:
+            assert apply_template(cfg["doc_to_target"], raw) == row.target_text
+
+
+def test_renamed_columns_map_through_the_schema_alone(tmp_path):
+    """A release with other column names (and 1-based labels) loads by editing YAML only."""
+    base = load_schema("copa_heb")
+    original = [_copa_row(idx=0), _copa_row(idx=1, question="effect", label=1, choice1="הלכנו.", choice2="נשארנו.")]
+    renamed = [{"uid": f"u{r['idx']}", "sentence": r["premise"],
+                "alternatives": {"first": r["choice1"], "second": r["choice2"]},
+                "asks_for": r["question"], "correct": r["label"] + 1} for r in original]
+    write_jsonl(tmp_path / "orig" / "copa_heb" / "test.jsonl", original)
+    write_jsonl(tmp_path / "renamed" / "copa_heb" / "test.jsonl", renamed)
+    raw = yaml.safe_load(Path(base.path).read_text(encoding="utf-8"))
+    raw.update({"id_field": "uid", "question_field": "sentence",
+                "choice_fields": ["alternatives.first", "alternatives.second"],
+                "answer_field": "correct", "index_base": 1, "extra_fields": {"relation": "asks_for"}})
+    schema_dir = tmp_path / "schemas"
+    schema_dir.mkdir()
+    (schema_dir / "copa_heb.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    remapped = load_schema("copa_heb", schema_dir)
+    a = load_task(tmp_path / "orig" / "copa_heb", base)
+    b = load_task(tmp_path / "renamed" / "copa_heb", remapped)
+    def view(rows):
+        return [(r.fields, r.choices, r.gold, r.target_text) for r in rows]
+
+    assert view(a) == view(b)
+    # the same remap passed as overrides, without writing a file
+    c = load_task(tmp_path / "renamed" / "copa_heb", load_schema("copa_heb", overrides={k: raw[k] for k in (
+        "id_field", "question_field", "choice_fields", "answer_field", "index_base", "extra_fields")}))
+    assert [r.gold for r in c] == [0, 1]
+
+
+def test_letters_compare_case_insensitively_in_both_tools(tmp_path):
+    from lm_eval.utils import apply_template
+
+    from hebatron_nemo.eval.lmeval import task_config
+
+    schema = load_schema("arc_heb", overrides={"labels_field": None})  # letters from the schema's A-J
+    raw = {"id": "q", "question": "?", "choices": {"text": ["a", "b", "c"]}, "answerKey": " b "}
+    write_jsonl(tmp_path / "arc_heb" / "test.jsonl", [raw])
+    assert load_task(tmp_path / "arc_heb", schema)[0].gold == 1
+    assert apply_template(task_config(schema, tmp_path / "arc_heb")["doc_to_target"], raw) == "1"
+    write_jsonl(tmp_path / "arc_heb" / "test.jsonl", [{**raw, "answerKey": "D"}])
+    with pytest.raises(DataError, match="letter 'D' not among choices A-C"):
+        load_task(tmp_path / "arc_heb", schema)
+
+
+def _pairs(n: int) -> list[dict]:
+    return [{"id": f"v{i}", "he": HEBREW[i % len(HEBREW)], "en": ENGLISH[i % len(ENGLISH)]} for i in range(n)]
+
+
+def test_demo_tasks_are_deterministic_and_valid(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_jsonl(corpus / "pairs_test.jsonl", _pairs(40))
+    a = write_demo_tasks(tmp_path / "a", corpus_dir=corpus, seed=3)
+    b = write_demo_tasks(tmp_path / "b", corpus_dir=corpus, seed=3)
+    assert set(a) == set(DEMO_TASKS)
+    for task, path in a.items():
+        assert path.read_bytes() == b[task].read_bytes()
+        rows = load_task(path, load_schema(task))
+        assert 20 <= len(rows) <= 40
+    assert write_demo_tasks(tmp_path / "c", seed=4)["gsm8k_heb"].read_bytes() != a["gsm8k_heb"].read_bytes()
+    assert "ted_heb" not in write_demo_tasks(tmp_path / "d")  # no corpus, no translation task
+    golds = [r.gold for r in load_task(a["gsm8k_heb"], load_schema("gsm8k_heb"))]
+    assert all(g[0].isdigit() for g in golds)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # a micro model gains nothing from threads, and on a shared 2-core machine two threads fighting
+    # other jobs make each forward ~30x slower
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A micro Nemotron-H exported as an HF folder, and the demo tasks."""
+    from hebatron_nemo.backends.local.cpt import export_model
+    from hebatron_nemo.data.tokenizer import train_byte_level_bpe
+    from hebatron_nemo.models.nemotron_h import build_model, load_model_config
+
+    tmp = tmp_path_factory.mktemp("eval")
+    train_byte_level_bpe(HEBREW * 5 + ENGLISH * 5, str(tmp / "tok"), 400, 1, {"test": 1})
+    model = build_model(load_model_config("micro"), 400, seed=0)
+    export_model(model, {"tokenizer": {"path": str(tmp / "tok")}, "fingerprint": "tiny"}, tmp / "model")
+    corpus = tmp / "corpus"
+    write_jsonl(corpus / "pairs_test.jsonl", _pairs(24))
+    write_demo_tasks(tmp / "tasks", corpus_dir=corpus, seed=0)
+    return tmp
+
+
+def test_engine_scores_demo_tasks_with_rows_and_labelled_averages(tiny):
+    from hebatron_nemo.eval.engine import evaluate_model
+
+    out = tiny / "eval"
+    summary = evaluate_model(tiny / "model", ["copa_heb", "arc_heb", "gsm8k_heb", "hebrew_qa", "ted_heb", "arc_en",
+                                              "mmlu_heb"], tiny / "tasks", n_shot=1, limit=3, out_dir=out,
+                             batch_size=2, max_new_tokens=3, log=lambda *_: None)
+    assert summary["skipped"] == {"mmlu_heb": f"no {tiny / 'tasks' / 'mmlu_heb' / 'test.jsonl'}"}
+    tasks = summary["tasks"]
+    assert set(tasks) == {"copa_heb", "arc_heb", "gsm8k_heb", "hebrew_qa", "ted_heb", "arc_en"}
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["model_fingerprint"] == "tiny"
+
+    # few-shot rule: dev.jsonl when present, else the first test row held out and never scored
+    assert tasks["gsm8k_heb"]["fewshot_source"] == "dev.jsonl"
+    assert tasks["copa_heb"]["fewshot_source"].startswith("test.jsonl (first 1 rows")
+    copa_all = load_task(tiny / "tasks" / "copa_heb", load_schema("copa_heb"))
+    copa_rows = [json.loads(x) for x in (out / "copa_heb.rows.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in copa_rows] == [r.id for r in copa_all[1:4]]
+    assert copa_rows[0]["prompt"].startswith(format_prompt(load_schema("copa_heb"), copa_all[0].fields))
+    for r in copa_rows:
+        assert r["pred"] == max(range(2), key=lambda j: (r["logprobs"][j], -j))
+        assert r["correct"] == (r["pred"] == r["gold"])
+    assert tasks["copa_heb"]["metrics"]["acc"] == pytest.approx(sum(r["correct"] for r in copa_rows) / 3)
+    assert tasks["copa_heb"]["score"] == pytest.approx(100 * tasks["copa_heb"]["metrics"]["acc"])
+    assert tasks["arc_heb"]["primary_metric"] == "acc_norm"
+
+    gsm = [json.loads(x) for x in (out / "gsm8k_heb.rows.jsonl").read_text().splitlines()]
+    assert len(gsm) == 3 and {"prompt", "generation", "prediction", "extracted", "gold", "correct"} <= set(gsm[0])
+    assert set(tasks["hebrew_qa"]["metrics"]) == {"f1", "exact_match"}
+    assert set(tasks["ted_heb"]["metrics"]) == {"chrf", "bleu"}
+
+    avgs = summary["averages"]
+    assert avgs["hebrew_average"]["label"] == "hebrew_average (copa_heb, arc_heb, gsm8k_heb, hebrew_qa, ted_heb)"
+    assert avgs["hebrew_average"]["missing"] == ["mmlu_heb"]
+    he = ["copa_heb", "arc_heb", "gsm8k_heb", "hebrew_qa", "ted_heb"]
+    assert avgs["hebrew_average"]["value"] == pytest.approx(sum(tasks[t]["score"] for t in he) / 5)
+    assert avgs["english_average"]["label"] == "english_average (arc_en)"
+    paper = avgs["hebrew_reasoning_paper"]
+    assert paper["label"] == "hebrew_reasoning_paper (copa_heb, arc_heb, gsm8k_heb)"
+    assert paper["paper_comparable"] is False
+    assert paper["missing"] == ["hellaswag_heb", "mmlu_heb", "psychometric_heb"]
+    assert not any(a["paper_comparable"] for a in avgs.values())
+
+
+def test_loglikelihoods_do_not_depend_on_batching_and_chat_prompts(tiny):
+    from hebatron_nemo.eval.engine import CausalLM, build_context, continuations
+
+    schema = load_schema("arc_heb")
+    rows = load_task(tiny / "tasks" / "arc_heb", schema)[:2]
+    reqs = [(build_context(schema, [], r), c) for r in rows for c in continuations(schema, r)[0]]
+    one = CausalLM(tiny / "model", batch_size=1).loglikelihoods(reqs)
+    many = CausalLM(tiny / "model", batch_size=5).loglikelihoods(reqs)
+    assert one == pytest.approx(many, abs=1e-4)
+    assert reqs[0][1] == " " + rows[0].choices[0]
+    chat = build_context(schema, rows[:1], rows[1], chat=True)
+    assert chat.startswith("<|im_start|>user\n") and chat.endswith("<|im_start|>assistant\n<think></think>")
+    assert continuations(schema, rows[1], chat=True)[0] == list(rows[1].choices)  # no delimiter after the template
+
+
+def _paper_tasks(root: Path) -> tuple[Path, Path]:
+    """Two synthetic rows for each of the paper's six tasks, and schemas whose GSM8K generates 2 tokens
+    (a shorter schema, not a cap: a capped run is not comparable)."""
+    schema_dir = root / "schemas"
+    schema_dir.mkdir(parents=True)
+    for task in PAPER_AVERAGES["hebrew_reasoning_paper"]:
+        schema = load_schema(task)
+        write_jsonl(root / "tasks" / task / "test.jsonl", [synthetic_raw(schema, i) for i in range(2)])
+        raw = yaml.safe_load(Path(schema.path).read_text(encoding="utf-8"))
+        raw["max_new_tokens"] = min(raw.get("max_new_tokens", 64), 2)
+        (schema_dir / f"{task}.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    return root / "tasks", schema_dir
+
+
+def test_paper_average_is_comparable_only_with_all_six_in_full(tiny, tmp_path):
+    from hebatron_nemo.eval.engine import evaluate_model, summarize
+
+    root, schema_dir = _paper_tasks(tmp_path)
+    six = list(PAPER_AVERAGES["hebrew_reasoning_paper"])
+    summary = evaluate_model(tiny / "model", ["hebrew_reasoning_paper"], root, n_shot=0, schema_dir=schema_dir,
+                             log=lambda *_: None)
+    paper = summary["averages"]["hebrew_reasoning_paper"]
+    assert paper["paper_comparable"] is True and paper["missing"] == [] and paper["tasks"] == six
+    assert paper["label"] == f"hebrew_reasoning_paper ({', '.join(six)})"
+
+    schemas = {t: load_schema(t) for t in six}
+    results = {t: {"score": 50.0} for t in six}
+    assert summarize(results, schemas, limit=None)["hebrew_reasoning_paper"]["paper_comparable"] is True
+    assert summarize(results, schemas, limit=10)["hebrew_reasoning_paper"]["paper_comparable"] is False
+    assert summarize(results, schemas, max_new_tokens=8)["hebrew_reasoning_paper"]["paper_comparable"] is False
+    five = {t: v for t, v in results.items() if t != "psychometric_heb"}
+    partial = summarize(five, schemas, limit=None)["hebrew_reasoning_paper"]
+    assert partial["paper_comparable"] is False and partial["missing"] == ["psychometric_heb"]
+    assert partial["label"] == "hebrew_reasoning_paper (copa_heb, arc_heb, hellaswag_heb, mmlu_heb, gsm8k_heb)"
+
+
+def test_engine_validates_every_file_before_loading_the_model(tmp_path):
+    from hebatron_nemo.eval.engine import evaluate_model
+
+    _write_lines(tmp_path / "tasks" / "copa_heb" / "test.jsonl", [json.dumps(_copa_row()), "{oops"])
+    with pytest.raises(DataError, match=r"copa_heb/test\.jsonl:2: malformed JSON"):
+        evaluate_model(tmp_path / "no-model-here", ["copa_heb"], tmp_path / "tasks")
+    with pytest.raises(ConfigError, match="no schema for task 'nonesuch'"):
+        evaluate_model(tmp_path / "no-model-here", ["nonesuch"], tmp_path / "tasks")
+
+
+# --------------------------------------------------------------------------- lm-evaluation-harness
+
+
+def test_lm_eval_runs_the_written_tasks_and_agrees_with_the_engine(tiny):
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from hebatron_nemo.eval.engine import build_context, evaluate_model, prepare_task
+    from hebatron_nemo.eval.lmeval import write_lmeval_tasks
+
+    include = tiny / "lmeval"
+    names = write_lmeval_tasks(tiny / "tasks", include)
+    assert sorted(names) == sorted(DEMO_TASKS)
+    assert (include / "copa_heb.yaml").is_file() and (include / "hebatron_lmeval_utils.py").is_file()
+    assert write_lmeval_tasks(tiny / "tasks", include, ["copa_heb"]) == ["copa_heb"]
+    assert sorted(p.stem for p in include.glob("*.yaml")) == ["copa_heb"]  # its own stale files are removed
+    write_lmeval_tasks(tiny / "tasks", include)
+
+    lm = HFLM(pretrained=str(tiny / "model"), device="cpu", dtype="float32", batch_size=4)
+    tm = TaskManager(include_path=str(include), include_defaults=False)
+    out = lm_eval.simple_evaluate(model=lm, tasks=["copa_heb", "gsm8k_heb", "hebrew_qa", "ted_heb"], task_manager=tm,
+                                  limit=3, gen_kwargs={"max_gen_toks": 3}, bootstrap_iters=0, log_samples=True)
+    res = out["results"]
+    assert {"acc,none", "acc_norm,none"} <= set(res["copa_heb"])
+    assert "exact_match,none" in res["gsm8k_heb"]
+    assert {"f1,none", "exact_match,none"} <= set(res["hebrew_qa"])
+    assert {"bleu,none", "chrf,none"} <= set(res["ted_heb"])
+
+    # the same first three copa rows, 0-shot: lm-eval's log-likelihoods are the engine's
+    summary = evaluate_model(tiny / "model", ["copa_heb"], tiny / "tasks", n_shot=0, limit=3, out_dir=tiny / "eval0",
+                             log=lambda *_: None)
+    ours = [json.loads(x)["logprobs"] for x in (tiny / "eval0" / "copa_heb.rows.jsonl").read_text().splitlines()]
+    samples = sorted(out["samples"]["copa_heb"], key=lambda s: s["doc_id"])
+    theirs = [[float(r[0][0]) for r in s["resps"]] for s in samples]
+    assert [ll for row in theirs for ll in row] == pytest.approx([ll for row in ours for ll in row], abs=1e-4)
+    assert res["copa_heb"]["acc,none"] == pytest.approx(summary["tasks"]["copa_heb"]["metrics"]["acc"])
+
+    # 5-shot GSM8K from dev.jsonl: both tools build the identical prompt
+    schema = load_schema("gsm8k_heb")
+    task = prepare_task(schema, tiny / "tasks" / "gsm8k_heb")
+    gsm = sorted(out["samples"]["gsm8k_heb"], key=lambda s: s["doc_id"])
+    assert [s["arguments"][0][0] for s in gsm] == [build_context(schema, task.shots, r) for r in task.rows[:3]]
