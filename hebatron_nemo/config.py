@@ -417,6 +417,23 @@ class SFTRunConfig(TrainConfig):
 
 
 @dataclass
+class EvaluateConfig:
+    """What `recipes/evaluate.py` scores and how."""
+
+    task_root: str = MISSING  # <task_root>/<task>/test.jsonl (the demo writes its own tasks here)
+    tasks: List[str] = field(default_factory=lambda: ["all"])  # schema names, or groups (all, averages)
+    n_shot: Optional[int] = 0  # overrides each schema's few-shot count (tiny models: 0); None = schema's
+    limit: Optional[int] = None  # rows per task
+    model_dir: Optional[str] = None  # one HF folder; default: the run's series (base, phase ends, final, SFT)
+    write_demo_tasks: bool = True  # write the demo task files when task_root has none
+
+
+@dataclass
+class EvaluateRunConfig(TrainConfig):
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+@dataclass
 class InstallDemoConfig:
     """`recipes/install_demo_corpora.py`: writes the demo corpora from installed packages."""
 
@@ -435,6 +452,7 @@ def register_configs() -> None:
     cs.store(name="plan_schema", node=PlanConfig)
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="sft_schema", node=SFTRunConfig)
+    cs.store(name="evaluate_schema", node=EvaluateRunConfig)
     cs.store(group="curriculum", name="curriculum_schema", node=CurriculumConfig)
     cs.store(group="anchor", name="anchor_schema", node=AnchorConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)

@@ -264,3 +264,17 @@ def test_early_stop_rule():
         assert late.update({"eval/he_loss": v}, tokens) is None  # rises after the early window are not its business
     off = EarlyStop(OmegaConf.structured(EarlyStopConfig()), 1000)
     assert all(off.update({"eval/anchor_loss": v}, 10) is None for v in (1.0, 9.0, 9.0, 9.0))
+
+
+def test_report_and_sweep_summary(data, reference, tmp_path):
+    from hebatron_nemo.eval.report import sweep_summary, write_report
+
+    report = write_report(reference).read_text()
+    for section in ("Loss per source and phase", "Realized blend", "Validation against the starting model",
+                    "Router health", "Ledger: planned vs realized samples"):
+        assert f"## {section}" in report
+    for png in ("report_loss_by_source.png", "report_blend.png", "report_eval.png", "report_router.png"):
+        assert (reference / png).read_bytes()[:4] == b"\x89PNG"
+    assert "| formal | he_a |" in report and "| eval/anchor_loss |" in report
+    sweep = sweep_summary([reference, data / "runs" / "dp2"], tmp_path).read_text()
+    assert sweep.count("| 0.25 | easy_to_hard |") == 2

@@ -1,0 +1,183 @@
+"""`report.md` for a run (and a sweep summary across runs), with PNG plots, from the files the run
+wrote: metrics.jsonl, ledger.json, plan.json, eval/series.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hebatron_nemo.data.indexed import read_json
+
+
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=100)
+    _plt().close(fig)
+    tmp.replace(path)
+
+
+def _phase_lines(ax, recs: list[dict]) -> None:
+    last = None
+    for r in recs:
+        if r["kind"] == "train" and r["phase"] != last:
+            ax.axvline(r["tokens"], color="grey", linestyle="--", linewidth=0.7)
+            ax.text(r["tokens"], ax.get_ylim()[1], r["phase"], fontsize=7, va="top")
+            last = r["phase"]
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Writes <run_dir>/report.md and report_*.png; returns the report's path."""
+    run_dir = Path(run_dir)
+    plt = _plt()
+    recs = _records(run_dir)
+    train = [r for r in recs if r["kind"] == "train"]
+    evals = [r for r in recs if r["kind"] == "eval"]
+    routers = [r for r in recs if r["kind"] == "router"]
+    plan = read_json(run_dir / "plan.json") or {}
+    lines = [f"# Run report: {run_dir.name}", ""]
+    if plan:
+        t = plan["totals"]
+        lines += [f"Plan `{plan['fingerprint']}`: {t['tokens']:,} tokens ({t['curriculum_tokens']:,} curriculum + "
+                  f"{t['anchor_tokens']:,} anchor), {t['steps']:,} steps; order `{plan['curriculum']['order']}`, "
+                  f"anchor share {plan['anchor']['share']}.", ""]
+
+    if train:
+        fig, ax = plt.subplots(figsize=(10, 4))
+        sources = sorted({s for r in train for s in r["loss_by_source"]})
+        for s in sources:
+            pts = [(r["tokens"], r["loss_by_source"][s]) for r in train if s in r["loss_by_source"]]
+            ax.plot(*zip(*pts), label=s, linewidth=0.8)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("training loss")
+        ax.set_title("loss per source (phases dashed)")
+        _phase_lines(ax, train)
+        ax.legend(fontsize=7)
+        _save(fig, run_dir / "report_loss_by_source.png")
+        lines += ["## Loss per source and phase", "", "![](report_loss_by_source.png)", ""]
+
+        fig, ax = plt.subplots(figsize=(10, 3.5))
+        totals: dict[str, list] = {s: [] for s in sources}
+        for r in train:
+            n = sum(r["loss_tokens_by_source"].values()) or 1
+            for s in sources:
+                totals[s].append(r["loss_tokens_by_source"].get(s, 0) / n)
+        ax.stackplot([r["tokens"] for r in train], [totals[s] for s in sources], labels=sources)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("share of loss tokens")
+        ax.set_title("realized blend (tokens the loss saw)")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        _save(fig, run_dir / "report_blend.png")
+        lines += ["## Realized blend", "", "![](report_blend.png)", ""]
+
+    if evals:
+        base = evals[0]["values"]
+        last = evals[-1]["values"]
+        fig, ax = plt.subplots(figsize=(10, 4))
+        for key in sorted(k for k in base if k.startswith("eval/anchor_loss") or k.startswith("eval/he_loss")):
+            pts = [(r["tokens"], r["values"][key]) for r in evals if key in r["values"]]
+            ax.plot(*zip(*pts), marker=".", label=key)
+        ax.axhline(base.get("eval/anchor_loss", 0), color="black", linestyle=":", linewidth=1, label="anchor loss of the base")
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("validation loss")
+        ax.set_title("English anchor loss against the base, Hebrew losses per phase")
+        ax.legend(fontsize=7)
+        _save(fig, run_dir / "report_eval.png")
+        lines += ["## Validation against the starting model", "", "![](report_eval.png)", "",
+                  "| value | start | end | change |", "|---|---|---|---|"]
+        for key in sorted(base):
+            if key in last:
+                lines.append(f"| {key} | {base[key]:.4f} | {last[key]:.4f} | {last[key] - base[key]:+.4f} |")
+        lines.append("")
+
+    if routers:
+        fig, ax = plt.subplots(figsize=(10, 3.5))
+        layers = sorted({k for r in routers for k in r["values"] if k.endswith("/entropy")})
+        for k in layers:
+            ax.plot([r["tokens"] for r in routers], [r["values"][k] for r in routers], label=k.split("/")[1])
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("load entropy / ln(E)")
+        ax.set_title("router health per MoE layer (1 = even load)")
+        ax.legend(fontsize=7)
+        _save(fig, run_dir / "report_router.png")
+        lines += ["## Router health", "", "![](report_router.png)", ""]
+
+    ledger = read_json(run_dir / "ledger.json")
+    if ledger:
+        lines += ["## Ledger: planned vs realized samples", "", "| phase | source | planned | realized | loss tokens |",
+                  "|---|---|---|---|---|"]
+        for phase, row in ledger["phases"].items():
+            for src in sorted(set(row["planned_samples"]) | set(row["samples"])):
+                lines.append(f"| {phase} | {src} | {row['planned_samples'].get(src, 0):,} | {row['samples'].get(src, 0):,} "
+                             f"| {row['loss_tokens'].get(src, 0):,} |")
+        lines.append("")
+
+    series = read_json(run_dir / "eval" / "series.json")
+    if series:
+        tasks = sorted({t for m in series["models"] for t in m["scores"]})
+        lines += ["## Benchmarks against the starting model", "", "![](eval/series.png)", "",
+                  "| model | tokens | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 2) + "|"]
+        for m in series["models"]:
+            lines.append(f"| {m['name']} | {m['tokens']:,} | " + " | ".join(
+                f"{m['scores'][t]:.1f}" if t in m["scores"] else "-" for t in tasks) + " |")
+        lines.append("")
+    out = run_dir / "report.md"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def sweep_summary(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """A table and plot comparing arms: final English anchor loss and Hebrew loss against each arm's
+    base, and the final benchmark average."""
+    rows = []
+    for d in map(Path, run_dirs):
+        evals = [r for r in _records(d) if r["kind"] == "eval"]
+        if not evals:
+            continue
+        base, last = evals[0]["values"], evals[-1]["values"]
+        plan = read_json(d / "plan.json") or {}
+        rows.append({"run": d.name, "anchor_share": plan.get("anchor", {}).get("share"),
+                     "order": plan.get("curriculum", {}).get("order"),
+                     "anchor_loss_change": last.get("eval/anchor_loss", 0) - base.get("eval/anchor_loss", 0),
+                     "he_loss_change": last.get("eval/he_loss", 0) - base.get("eval/he_loss", 0),
+                     "anchor_loss": last.get("eval/anchor_loss"), "he_loss": last.get("eval/he_loss")})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# Sweep summary", "", "| run | anchor share | order | English anchor loss (change vs base) | "
+             "Hebrew loss (change vs base) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['anchor_share']} | {r['order']} | {r['anchor_loss']:.4f} "
+                     f"({r['anchor_loss_change']:+.4f}) | {r['he_loss']:.4f} ({r['he_loss_change']:+.4f}) |")
+    if rows:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar([r["run"] for r in rows], [r["anchor_loss_change"] for r in rows], label="English anchor loss change")
+        ax.bar([r["run"] for r in rows], [r["he_loss_change"] for r in rows], alpha=0.5, label="Hebrew loss change")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_ylabel("end minus base")
+        ax.tick_params(axis="x", labelrotation=20, labelsize=7)
+        ax.legend(fontsize=8)
+        _save(fig, out / "sweep.png")
+        lines += ["", "![](sweep.png)"]
+    path = out / "sweep.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "sweep.json").write_text(json.dumps(rows, indent=1))
+    return path

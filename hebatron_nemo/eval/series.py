@@ -1,0 +1,109 @@
+"""Evaluating a run: one model folder, or the series base -> CPT phase-end checkpoints -> CPT final ->
+SFT, plotted against training tokens next to the loss. Selection is by benchmark, not loss: the
+Hebatron team's ~200 failed runs had falling loss and falling Hebrew scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hebatron_nemo.data.indexed import read_json, write_json_atomic
+
+
+def checkpoint_models(cfg, run_dir: Path, log=print) -> list[dict]:
+    """The run's models in training order, each as {name, tokens, dir}; CPT checkpoints (our
+    training format) are materialized as HF folders under <run_dir>/eval/models/ once."""
+    from safetensors.torch import load_file
+
+    from hebatron_nemo.backends.local.cpt import export_model
+    from hebatron_nemo.models.nemotron_h import build_model
+
+    plan = read_json(run_dir / "plan.json")
+    out = []
+    base = _base_dir(cfg, plan)
+    if base is not None:
+        out.append({"name": "base", "tokens": 0, "dir": str(base)})
+    for ck in sorted((run_dir / "checkpoints").glob("step-*")):
+        state = json.loads((ck / "trainer.json").read_text())
+        if not state.get("forced"):
+            continue  # phase and segment ends only
+        target = run_dir / "eval" / "models" / ck.name
+        if not (target / "COMPLETE").exists():
+            model = build_model(cfg.model, plan["tokenizer"]["vocab_size"], seed=cfg.seed)
+            model.load_state_dict(load_file(str(ck / "model.safetensors")), strict=True)
+            export_model(model, plan, target)
+        out.append({"name": ck.name, "tokens": state["tokens"], "dir": str(target)})
+    if (run_dir / "sft" / "model" / "COMPLETE").exists():
+        last = out[-1]["tokens"] if out else 0
+        out.append({"name": "sft", "tokens": last, "dir": str(run_dir / "sft" / "model"), "chat": True})
+    return out
+
+
+def _base_dir(cfg, plan) -> Path | None:
+    if plan is None:
+        return None
+    from hebatron_nemo.backends.local.cpt import base_config, base_key
+    from hebatron_nemo.curriculum.plan import build_plan
+
+    probe = build_plan(base_config(cfg), log=lambda *a: None)
+    d = Path(str(cfg.base.dir)) / base_key(cfg, probe) / "model"
+    return d if (d / "COMPLETE").exists() else None
+
+
+def evaluate_series(cfg, run_dir: Path, models: list[dict], log=print) -> dict:
+    """Scores every model on the configured tasks; writes <run_dir>/eval/series.json and series.png."""
+    from hebatron_nemo.eval.engine import evaluate_model
+
+    results = []
+    for m in models:
+        out_dir = run_dir / "eval" / m["name"]
+        summary = read_json(out_dir / "summary.json")
+        if summary is None:
+            log(f"evaluating {m['name']} ({m['tokens']:,} tokens)")
+            summary = evaluate_model(m["dir"], list(cfg.evaluate.tasks), cfg.evaluate.task_root, cfg.evaluate.n_shot,
+                                     cfg.evaluate.limit, out_dir, chat=bool(m.get("chat")), threads=cfg.threads,
+                                     log=lambda *a: None)
+        results.append({**m, "summary": summary})
+    series = {"models": [{k: v for k, v in r.items() if k != "summary"} |
+                         {"scores": {t: s["score"] for t, s in r["summary"]["tasks"].items()},
+                          "averages": r["summary"].get("averages", {})} for r in results]}
+    write_json_atomic(run_dir / "eval" / "series.json", series)
+    plot_series(run_dir, series)
+    return series
+
+
+def plot_series(run_dir: Path, series: dict) -> None:
+    """Benchmark scores against training tokens (left) next to the training and eval losses (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in series["models"] if m["name"] != "sft"]
+    tasks = sorted({t for m in models for t in m["scores"]})
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for t in tasks:
+        a.plot([m["tokens"] for m in models], [m["scores"].get(t) for m in models], marker="o", label=t)
+    a.set_xlabel("training tokens")
+    a.set_ylabel("score (0-100)")
+    a.set_title("benchmarks over the CPT checkpoint series")
+    a.legend(fontsize=7)
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        recs = [json.loads(x) for x in metrics.read_text().splitlines()]
+        tr = [r for r in recs if r["kind"] == "train"]
+        b.plot([r["tokens"] for r in tr], [r["loss"] for r in tr], alpha=0.5, label="train loss")
+        ev = [r for r in recs if r["kind"] == "eval"]
+        for key in ("eval/anchor_loss", "eval/he_loss"):
+            pts = [(r["tokens"], r["values"][key]) for r in ev if key in r["values"]]
+            if pts:
+                b.plot(*zip(*pts), marker=".", label=key)
+        b.set_xlabel("training tokens")
+        b.set_ylabel("loss")
+        b.legend(fontsize=8)
+    b.set_title("loss")
+    fig.tight_layout()
+    tmp = run_dir / "eval" / "series.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(run_dir / "eval" / "series.png")
