@@ -79,7 +79,10 @@ class InLoopEval:
     def __init__(self, plan: dict, data_cfg, eval_cfg, seed: int = 0):
         self.cfg = eval_cfg
         seq, n = eval_cfg.seq_length, eval_cfg.samples_per_set
-        anchor_sources = sorted({s["source"] for s in plan["streams"] if s["role"] == "anchor"})
+        # English is measured in every arm (the no-anchor arm above all): every anchor-role source of
+        # the data registry, whether or not this plan replays it
+        anchor_sources = sorted({s["source"] for s in plan["streams"] if s["role"] == "anchor"}
+                                | {n for n, s in data_cfg.sources.items() if s.role == "anchor"})
         self.anchor = {s: w for s in anchor_sources if (w := _windows(_split_docs(data_cfg, s, "valid"), seq, n)) is not None}
         self.phases = {}
         for p in plan["phases"]:
