@@ -1,21 +1,24 @@
 """A faster pure-PyTorch Mamba-2 (SSD) chunked scan for transformers' `NemotronHMamba2Mixer` on CPU.
 
 Without `mamba_ssm`, transformers runs the mixer's PyTorch fallback (`mamba2_chunk_scan` in 5.24,
-`torch_forward` in 5.12.1). This module computes the same function with the same operations in a
-cheaper layout:
+`torch_forward` in 5.12.1). This module computes the same chunked SSD (same chunk size, same four
+steps: diagonal blocks, chunk states, inter-chunk recurrence, state -> output) with fewer and cheaper
+tensor passes:
 
-- heads lead (`b, h, c, l, p`) so every contraction is a plain batched matmul (no einsum permutes);
-- `C Bᵀ` is computed once per *group* and broadcast to the group's heads, instead of once per head on
-  `repeat_interleave`d copies of B and C;
-- the chunk-decay of the B terms is applied to x (p = 32 wide) rather than materialized per head on B;
-- the discretization (`softplus(dt + dt_bias)`, clamp to `time_step_limit`), `segment_sum` (the same
-  cumsum-of-masked-copies, so the decay matrices are bit-identical), the D residual, the gated
-  RMSNorm (the mixer's own `norm` module), the causal depthwise conv1d + SiLU and the padding-mask
-  handling are kept exactly as in transformers.
+- heads lead (`b, g, j, c, l, p`: group, head in group, chunk, position, head dim), so every
+  contraction is a plain batched matmul (no einsum permutes and copies);
+- `C Bᵀ` is computed once per *group* and broadcast to its heads, instead of once per head on
+  `repeat_interleave`d copies of B and C; the chunk decay of the B terms is applied to x;
+- a hand-written backward (`_SSDChunks`) instead of autograd through ~40 ops, working in place on
+  its temporaries (large CPU allocations page-fault, so fewer buffers matter as much as fewer FLOPs);
+- `segment_sum` uses transformers' own cumsum of masked copies (masking by multiplication instead of
+  masked_fill, which gives the same values), so the decay matrices exp(segsum) are bit-identical.
 
-Only the summation order of the matmuls differs, so outputs and gradients match the stock path to
-fp32 rounding (~1e-6 relative); `tests/test_fast_scan.py` checks it. Torch ops only: no Triton, no
-compiled extension, no `torch.compile`.
+Kept as in transformers: `softplus(dt + dt_bias)` and the clamp to `time_step_limit`, the D residual on
+the undiscretized x, the causal depthwise conv1d + SiLU, the padding-mask multiplies, the gated RMSNorm
+(the mixer's own `norm` module) and the projections. Only summation orders differ, so outputs and
+gradients match the stock path to fp32 rounding (~1e-7 relative; `tests/test_fast_scan.py` checks
+1e-5). Torch ops only: no Triton, no compiled extension, no `torch.compile`.
 
     from hebatron_nemo.models.fast_scan import enable_fast_scan, disable_fast_scan
     enable_fast_scan(model)    # patches each Mamba mixer instance; returns how many
@@ -23,6 +26,13 @@ compiled extension, no `torch.compile`.
 
 The patched forward only takes the full-sequence path without a cache (training, scoring). With a
 cache (generation) or packed-sequence kwargs (`seq_idx`, `cu_seqlens`) it calls the stock forward.
+`ssd_chunk_scan(..., initial_states=..., return_final_states=True)` works too (through autograd).
+
+transformers 5.12.1 (the container's, on PYTHONPATH as the compat layer) also works, with its own dt
+clamp (`time_step_min`, no upper limit, as its `torch_forward`). Its `torch_forward` however sums the
+inter-chunk recurrence over the wrong axis (transformers#47246, fixed by 5.24's `mamba2_chunk_scan`),
+so for sequences longer than `chunk_size` the patched mixer computes the correct SSD (= 5.24's and the
+sequential recurrence) rather than 5.12.1's; within one chunk the two agree.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import types
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 _ORIG = "_hebatron_stock_forward"
 
@@ -44,6 +55,114 @@ def _segment_sum(x: torch.Tensor) -> torch.Tensor:
     seg = torch.cumsum(x, dim=-2)
     mask = torch.tril(torch.ones(t, t, device=x.device, dtype=torch.bool), diagonal=0)
     return seg.masked_fill(~mask, -torch.inf)
+
+
+_MASKS: dict = {}
+
+
+def _masks(t: int, device, dtype):
+    """Float masks (strictly lower, lower incl. diagonal) for the (t, t) segment sums."""
+    key = (t, device, dtype)
+    if key not in _MASKS:
+        strict = torch.tril(torch.ones(t, t, device=device, dtype=dtype), diagonal=-1)
+        lower = torch.tril(torch.ones(t, t, device=device, dtype=dtype), diagonal=0)
+        _MASKS[key] = (strict, lower)
+    return _MASKS[key]
+
+
+def _exp_segsum(a: torch.Tensor) -> torch.Tensor:
+    """exp(segment_sum(a)) with the same cumsum (so the same values) as transformers, without -inf:
+    masking by multiplication (x*1 == x, and the upper triangle's exp(0)*0 == exp(-inf) == 0)."""
+    t = a.size(-1)
+    strict, lower = _masks(t, a.device, a.dtype)
+    seg = a[..., :, None] * strict
+    return seg.cumsum_(dim=-2).exp_().mul_(lower)  # in place: one (t, t) buffer, not three
+
+
+def _segsum_backward(g: torch.Tensor) -> torch.Tensor:
+    """d/da of sum(g * segment_sum(a)) over the lower triangle: ga[k] = sum_{i >= k} sum_{j < k} g[i, j].
+    Overwrites g (a temporary of the caller)."""
+    t = g.size(-1)
+    strict, _ = _masks(t, g.device, g.dtype)
+    r = g.cumsum_(dim=-1).mul_(strict).sum(dim=-2)  # r[m] = sum_{i > m} sum_{j <= m} g[i, j]; g is consumed
+    return F.pad(r[..., :-1], (1, 0))
+
+
+def _rev_cumsum(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1).cumsum(-1).flip(-1)
+
+
+class _SSDChunks(torch.autograd.Function):
+    """The SSD core on chunks, with a hand-written backward.
+
+    X (b, g, j, c, l, p): x * dt; a (b, g, j, c, l): A * dt; B, C (b, g, 1, c, l, n), where heads are
+    (g, j): group g, head j within the group. Returns Y (b, g, j, c, l, p) without the D residual, from
+    zero initial states, as transformers' steps 1-4 (diagonal blocks, chunk states, inter-chunk
+    recurrence, state -> output).
+    """
+
+    @staticmethod
+    def forward(ctx, X, a, B, C):
+        b, g, j, c, l, p = X.shape
+        n = B.shape[-1]
+        A_cumsum = torch.cumsum(a, dim=-1)
+        # 1. diagonal blocks
+        Lm = _exp_segsum(a)  # (b, g, j, c, l, l)
+        G = torch.matmul(C, B.transpose(-1, -2))  # (b, g, 1, c, l, s): C Bᵀ once per group
+        M = (Lm * G).contiguous()
+        Y = torch.matmul(M, X)
+        # per-head views of B and C for the state matmuls (one copy each instead of one per matmul)
+        Bj = B.expand(b, g, j, c, l, n).contiguous()
+        Cj = C.expand(b, g, j, c, l, n).contiguous()
+        # 2. chunk states
+        dec = torch.exp(A_cumsum[..., -1:] - A_cumsum)  # (b, g, j, c, l)
+        Xd = X * dec[..., None]
+        S = torch.matmul(Xd.transpose(-1, -2), Bj)  # (b, g, j, c, p, n)
+        # 3. inter-chunk recurrence (zero initial state)
+        Scat = torch.cat([torch.zeros_like(S[..., :1, :, :]), S], dim=-3).reshape(b, g, j, c + 1, p * n)
+        Dc = _exp_segsum(F.pad(A_cumsum[..., -1], (1, 0)))  # (b, g, j, c+1, c+1)
+        Sprev = torch.matmul(Dc, Scat)[..., :-1, :].reshape(b, g, j, c, p, n).contiguous()
+        # 4. state -> output
+        E = torch.exp(A_cumsum)
+        Q = torch.matmul(Cj, Sprev.transpose(-1, -2))  # (b, g, j, c, l, p)
+        Y = Y.addcmul_(Q, E[..., None])
+        ctx.save_for_backward(X, B, C, Bj, Cj, G, Lm, M, dec, Xd, E, Q, Sprev, Scat, Dc)
+        return Y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gY):
+        X, B, C, Bj, Cj, G, Lm, M, dec, Xd, E, Q, Sprev, Scat, Dc = ctx.saved_tensors
+        b, g, j, c, l, p = X.shape
+        n = B.shape[-1]
+        gY = gY.contiguous()
+        # 4. Y_off = (C Sprevᵀ) * E
+        gE = (gY * Q).sum(-1)
+        gQ = gY * E[..., None]
+        gSprev = torch.matmul(gQ.transpose(-1, -2), Cj)  # (b, g, j, c, p, n)
+        gC = torch.matmul(gQ, Sprev)  # (b, g, j, c, l, n)
+        # 3. inter-chunk recurrence
+        gNS = F.pad(gSprev.reshape(b, g, j, c, p * n), (0, 0, 0, 1))  # the final state is not an output
+        gDc = torch.matmul(gNS, Scat.transpose(-1, -2)).mul_(Dc)
+        gS = torch.matmul(Dc.transpose(-1, -2), gNS)[..., 1:, :].reshape(b, g, j, c, p, n)
+        g_last = _segsum_backward(gDc)[..., 1:]  # (b, g, j, c): d/d A_cumsum[..., -1]
+        # 2. chunk states
+        gXd = torch.matmul(Bj, gS.transpose(-1, -2))  # (b, g, j, c, l, p)
+        gB = torch.matmul(Xd, gS)  # (b, g, j, c, l, n)
+        t = (gXd * X).sum(-1) * dec
+        gX = gXd.mul_(dec[..., None])
+        gAcs = gE * E - t
+        gAcs[..., -1] += t.sum(-1) + g_last
+        # 1. diagonal blocks
+        gM = torch.matmul(gY, X.transpose(-1, -2))  # (b, g, j, c, l, s)
+        N = b * g * j * c
+        gX.view(N, l, p).baddbmm_(M.view(N, l, l).transpose(1, 2), gY.view(N, l, p))
+        gLm = gM.mul_(Lm)  # dL/dLm * Lm / G, in place
+        gG = gLm.sum(2, keepdim=True)
+        ga = _segsum_backward(gLm.mul_(G)) + _rev_cumsum(gAcs)  # gM * M = d/d segment_sum
+        gC = gC.sum(2, keepdim=True) + torch.matmul(gG, B)
+        gB = gB.sum(2, keepdim=True) + torch.matmul(gG.transpose(-1, -2), C)
+        return gX, ga, gB, gC
 
 
 def ssd_chunk_scan(
@@ -65,6 +184,52 @@ def ssd_chunk_scan(
     hidden_states (b, L, h, p), dt (b, L, h), A (h,), B and C (b, L, g, n), D (h,), dt_bias (h,),
     initial_states (b, h, p, n). Returns y (b, L, h, p) in fp32 [, final_state (b, h, p, n)].
     """
+    if initial_states is not None or return_final_states:
+        return _ssd_autograd(hidden_states, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_limit,
+                             initial_states, return_final_states)
+    b, L, h, p = hidden_states.shape
+    g, n = B.shape[2], B.shape[3]
+    j = h // g
+
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1])
+
+    x = hidden_states.float()
+    pad = (chunk_size - L % chunk_size) % chunk_size
+    c = (L + pad) // chunk_size
+    l = chunk_size
+
+    dth = dt.float().permute(0, 2, 1)  # (b, h, L)
+    X = x.permute(0, 2, 1, 3) * dth[..., None]  # (b, h, L, p)
+    a = A.to(torch.float32)[:, None] * dth  # (b, h, L)
+    Bg = B.float().permute(0, 2, 1, 3)  # (b, g, L, n)
+    Cg = C.float().permute(0, 2, 1, 3)
+    if pad:
+        X = F.pad(X, (0, 0, 0, pad))
+        a = F.pad(a, (0, pad))
+        Bg = F.pad(Bg, (0, 0, 0, pad))
+        Cg = F.pad(Cg, (0, 0, 0, pad))
+    X = X.reshape(b, g, j, c, l, p)
+    a = a.reshape(b, g, j, c, l)
+    Bg = Bg.reshape(b, g, 1, c, l, n)
+    Cg = Cg.reshape(b, g, 1, c, l, n)
+
+    Y = _SSDChunks.apply(X, a, Bg, Cg)
+    y = Y.reshape(b, h, c * l, p)[:, :, :L].permute(0, 2, 1, 3)  # (b, L, h, p)
+    if D is not None:
+        y = y + D[..., None] * x
+    return y
+
+
+def _ssd_autograd(
+    hidden_states, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=False,
+    dt_limit=(0.0, float("inf")), initial_states=None, return_final_states=False,
+):
+    """The same computation as `_SSDChunks` through autograd (heads-major layout, C Bᵀ per group), with
+    initial / final states; transformers' `segment_sum` verbatim."""
     b, L, h, p = hidden_states.shape
     g, n = B.shape[2], B.shape[3]
     hpg = h // g
@@ -81,7 +246,6 @@ def ssd_chunk_scan(
     c = Lp // chunk_size
     l = chunk_size
 
-    # heads-major layouts: x (b, h, L, p), dt (b, h, L), B and C (b, g, L, n)
     xh = x.permute(0, 2, 1, 3)
     dth = dt.float().permute(0, 2, 1)
     Bg = B.float().permute(0, 2, 1, 3)
@@ -92,40 +256,34 @@ def ssd_chunk_scan(
         Bg = F.pad(Bg, (0, 0, 0, pad))
         Cg = F.pad(Cg, (0, 0, 0, pad))
 
-    # discretize: x * dt and A * dt (as transformers: the D residual uses the undiscretized x)
-    xdt = (xh * dth[..., None]).reshape(b, g, hpg, c, l, p)  # (b, g, j, c, l, p)
-    Adt = (A.to(torch.float32)[:, None] * dth).reshape(b, h, c, l)  # (b, h, c, l)
+    xdt = (xh * dth[..., None]).reshape(b, g, hpg, c, l, p)
+    Adt = (A.to(torch.float32)[:, None] * dth).reshape(b, h, c, l)
     A_cumsum = torch.cumsum(Adt, dim=-1)
-
     Bc = Bg.reshape(b, g, 1, c, l, n)
     Cc = Cg.reshape(b, g, 1, c, l, n)
 
-    # 1. intra-chunk (diagonal blocks): Y_diag = (C Bᵀ ∘ L) x, with C Bᵀ once per group
     Lmat = torch.exp(_segment_sum(Adt)).reshape(b, g, hpg, c, l, l)
-    G = torch.matmul(Cc, Bc.transpose(-1, -2))  # (b, g, 1, c, l, s)
-    Y = torch.matmul(G * Lmat, xdt)  # (b, g, j, c, l, p)
+    G = torch.matmul(Cc, Bc.transpose(-1, -2))
+    Y = torch.matmul(G * Lmat, xdt)
 
-    # 2. chunk states: sum_l B[l] ⊗ (x dt)[l] * exp(A_cumsum[-1] - A_cumsum[l])
     decay_states = torch.exp(A_cumsum[..., -1:] - A_cumsum).reshape(b, g, hpg, c, l, 1)
-    states = torch.matmul((xdt * decay_states).transpose(-1, -2), Bc)  # (b, g, j, c, p, n)
+    states = torch.matmul((xdt * decay_states).transpose(-1, -2), Bc)
 
-    # 3. inter-chunk recurrence over chunk boundaries
     states = states.reshape(b, h, c, p * n)
     if initial_states is not None:
         prev = initial_states.to(dtype=states.dtype, device=states.device).reshape(b, h, 1, p * n)
     else:
         prev = torch.zeros_like(states[:, :, :1])
-    states = torch.cat([prev, states], dim=2)  # (b, h, c+1, p*n)
-    decay_chunk = torch.exp(_segment_sum(F.pad(A_cumsum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
-    new_states = torch.matmul(decay_chunk, states)  # (b, h, c+1, p*n)
+    states = torch.cat([prev, states], dim=2)
+    decay_chunk = torch.exp(_segment_sum(F.pad(A_cumsum[..., -1], (1, 0))))
+    new_states = torch.matmul(decay_chunk, states)
     states = new_states[:, :, :-1].reshape(b, g, hpg, c, p, n)
     final_state = new_states[:, :, -1].reshape(b, h, p, n)
 
-    # 4. state -> output per chunk (off-diagonal blocks)
     state_decay_out = torch.exp(A_cumsum).reshape(b, g, hpg, c, l, 1)
-    Y = Y + torch.matmul(Cc, states.transpose(-1, -2)) * state_decay_out  # (b, g, j, c, l, p)
+    Y = Y + torch.matmul(Cc, states.transpose(-1, -2)) * state_decay_out
 
-    y = Y.reshape(b, h, Lp, p)[:, :, :L].permute(0, 2, 1, 3)  # (b, L, h, p)
+    y = Y.reshape(b, h, Lp, p)[:, :, :L].permute(0, 2, 1, 3)
     if D is not None:
         y = y + D[..., None] * x
     if return_final_states:
