@@ -10,7 +10,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -276,5 +275,11 @@ def test_report_and_sweep_summary(data, reference, tmp_path):
     for png in ("report_loss_by_source.png", "report_blend.png", "report_eval.png", "report_router.png"):
         assert (reference / png).read_bytes()[:4] == b"\x89PNG"
     assert "| formal | he_a |" in report and "| eval/anchor_loss |" in report
-    sweep = sweep_summary([reference, data / "runs" / "dp2"], tmp_path).read_text()
+    import shutil
+
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    for f in ("metrics.jsonl", "plan.json"):
+        shutil.copy(reference / f, twin / f)
+    sweep = sweep_summary([reference, twin], tmp_path / "sweep").read_text()
     assert sweep.count("| 0.25 | easy_to_hard |") == 2

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import shutil
 import subprocess
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np

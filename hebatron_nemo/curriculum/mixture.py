@@ -17,7 +17,6 @@ c // samples_per_epoch, a megatron-core `GPTDataset` over the stream's documents
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import hashlib
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from hebatron_nemo.curriculum.apportion import _load, chairman_order
 from hebatron_nemo.curriculum.plan import SourceData, _seed, docs_hash, stream_documents
+from hebatron_nemo.data.indexed import sha256_file
 from hebatron_nemo.errors import ConfigError
 
 
@@ -112,7 +112,7 @@ class SegmentIndex:
         numpy scalars). An instance attribute, so it shadows the method below, which documents it."""
         start, end, gb, apb, cpb, period = (self.start, self.end, self.global_batch, self.anchor_per_batch,
                                             self.curriculum_per_batch, self.period)
-        slot, pend, pids = self.slot.tolist(), self.phase_end_batch.tolist(), self.phase_ids.tolist()
+        slot, pids = self.slot.tolist(), self.phase_ids.tolist()
         sids, asrc = self.stream_ids.tolist(), self.anc_src.tolist()
         acur, app = self.anc_cursor.tolist(), self.anc_per_period.tolist()
         src, cur = memoryview(self.cur_src), memoryview(self.cur_cursor)
@@ -359,13 +359,7 @@ def build_caches(plan: dict, cache_dir: str, progress: bool = False, log=print) 
         for e in range(st["epochs_indexed"]):
             ss.epoch(e)
         d = Path(stream_cache_dir(cache_dir, st, ss.seq_length))
-        files = {}
-        for f in sorted(d.glob("*.npy")):
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-            files[f.name] = h.hexdigest()[:20]
+        files = {f.name: sha256_file(f)[:20] for f in sorted(d.glob("*.npy"))}
         out[st["key"]] = {"dir": str(d), "files": files}
         if progress:
             log(f"  cache {st['key']}: {st['epochs_indexed']} epoch(s), {len(files)} files")

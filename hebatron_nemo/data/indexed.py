@@ -86,13 +86,24 @@ def length_histogram(lengths: np.ndarray) -> dict:
             "tokens": toks.tolist()}
 
 
+def _update(h, path) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+
+
+def sha256_file(path) -> str:
+    """The sha256 of a file, read in 4 MiB blocks (checkpoints, exports and caches record these)."""
+    h = hashlib.sha256()
+    _update(h, path)
+    return h.hexdigest()
+
+
 def files_sha256(prefix: str) -> str:
     """One hash of a `.bin/.idx` pair, recorded in manifests and used by cache fingerprints."""
     h = hashlib.sha256()
     for ext in (".bin", ".idx"):
-        with open(prefix + ext, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
+        _update(h, prefix + ext)
     return h.hexdigest()
 
 

@@ -271,11 +271,9 @@ def release_config(config, dtype, token_ids: Optional[dict] = None) -> dict:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    from hebatron_nemo.data.indexed import sha256_file
+
+    return sha256_file(path)
 
 
 def _read_json(path: Path):

@@ -10,7 +10,6 @@ the sha256 of every file. Loading never unpickles: safetensors and JSON only. A 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -22,15 +21,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from hebatron_nemo.data.indexed import sha256_file
+
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer.json", "ledger.json")
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -76,7 +69,7 @@ def save(run_dir: Path, step: int, model, optimizer, trainer_state: dict, ledger
              "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
     (tmp / "trainer.json").write_text(json.dumps(state, indent=1, default=str))
     (tmp / "ledger.json").write_text(json.dumps(ledger, indent=1))
-    (tmp / "COMPLETE").write_text(json.dumps({f: _sha(tmp / f) for f in FILES}, indent=1))
+    (tmp / "COMPLETE").write_text(json.dumps({f: sha256_file(tmp / f) for f in FILES}, indent=1))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -95,7 +88,7 @@ def verify(path: Path) -> str | None:
     for f in FILES:
         if not (path / f).exists():
             return f"{f} is missing"
-        if _sha(path / f) != hashes.get(f):
+        if sha256_file(path / f) != hashes.get(f):
             return f"{f} does not match its recorded hash"
     return None
 
