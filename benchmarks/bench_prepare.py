@@ -51,7 +51,6 @@ seconds (user + system of the process and its children) are the steadier number 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -78,11 +77,9 @@ def _imports_for_tests() -> None:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from hebatron_nemo.data.indexed import sha256_file
+
+    return sha256_file(path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ GPT-2 style byte-level BPEs) against the HF tokenizer itself on awkward text.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
@@ -81,11 +80,9 @@ def identity_config(tmp: Path, tokenizer_dir: Path, source_path: str = "sample.j
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from hebatron_nemo.data.indexed import sha256_file
+
+    return sha256_file(path)
 
 
 # ---------------------------------------------------------------------------------------------
