@@ -94,7 +94,7 @@ def test_gpt_dataset_reads_identical_token_ids(corpus):
         dist.init_process_group("gloo", rank=0, world_size=1)
     seq = 32
     config = GPTDatasetConfig(random_seed=1, sequence_length=seq, blend=([prefix], None), split="100,0,0",
-                              path_to_cache=str(tmp / "cache"), tokenizer=MegatronTokenizerView(tok), reset_position_ids=False,
+                              path_to_cache=str(tmp / "cache"), tokenizer=MegatronTokenizerView.from_tokenizer(tok), reset_position_ids=False,
                               reset_attention_mask=False, eod_mask_loss=False, mid_level_dataset_surplus=0.005)
     n = (len(stream) - 1) // seq
     train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [n, None, None], lambda: True, config).build()

@@ -26,6 +26,7 @@ import numpy as np
 from hebatron_nemo.curriculum.apportion import _load, chairman_order
 from hebatron_nemo.curriculum.plan import SourceData, _seed, docs_hash, stream_documents
 from hebatron_nemo.data.indexed import sha256_file
+from hebatron_nemo.data.tokenizer import MegatronTokenizerView
 from hebatron_nemo.errors import ConfigError
 
 
@@ -251,14 +252,6 @@ class SegmentIndex:
         return sid, cursor, is_anchor, phase
 
 
-class _TokenizerView:
-    """megatron-core's datasets read these attributes of a tokenizer (see data/tokenizer.py)."""
-
-    def __init__(self, info: dict):
-        self.vocab_size, self.eod, self.eos, self.pad = info["vocab_size"], info["eod"], info["eod"], info["pad"]
-        self.unique_identifiers = {"class": "hebatron_nemo.LocalTokenizer", "sha256": info["tokenizer_json_sha256"]}
-
-
 def stream_cache_dir(cache_dir: str, stream: dict, seq_length: int) -> str:
     key = hashlib.sha256(repr((stream["key"], stream["source_fingerprint"], stream["docs_sha256"], stream["seed"],
                                seq_length)).encode()).hexdigest()[:16]
@@ -302,7 +295,7 @@ class StreamSamples:
                 random_seed=_seed("epoch", st["seed"], st["source"], st["segment"], repr(st["band"]), e),
                 sequence_length=self.seq_length, blend=([st["prefix"]], None), split="100,0,0",
                 path_to_cache=stream_cache_dir(self.cache_dir, st, self.seq_length),
-                tokenizer=_TokenizerView(self.plan["tokenizer"]), reset_position_ids=False,
+                tokenizer=MegatronTokenizerView.from_plan(self.plan["tokenizer"]), reset_position_ids=False,
                 reset_attention_mask=False, eod_mask_loss=False, mmap_bin_files=True)
             ds = GPTDataset(self.indexed, st["prefix"], self.docs, None, Split.train, cfg)
             if len(ds) != self.spe:

@@ -109,12 +109,19 @@ class SourceContext:
         self.tokenizer = tokenizer
         self.decontaminator = decontaminator if data.decontamination.enabled else None
         self.out_dir = Path(str(data.output_dir)) / name
+        self._identity: dict | None = None
 
     def shard_dir(self, i: int, n: int) -> Path:
         return self.out_dir / "shards" / f"{i:05d}-of-{n:05d}"
 
     def identity(self) -> dict:
-        """The inputs a shard's output depends on (besides the shard spec)."""
+        """The inputs a shard's output depends on (besides the shard spec). Computed once per context:
+        it hashes every input file, and the shard and merge stages both need it."""
+        if self._identity is None:
+            self._identity = self._compute_identity()
+        return self._identity
+
+    def _compute_identity(self) -> dict:
         nd = self.data.near_dedup
         return {
             "source": {k: self.src[k] for k in ("path", "format", "text_field", "id_field", "language", "role")},
@@ -510,19 +517,8 @@ def build_decontaminator(cfg) -> Decontaminator | None:
     return Decontaminator(load_eval_texts(files, str(cfg.data.raw_dir)), dc.ngram, dc.min_overlap)
 
 
-def report_rows(manifest: dict) -> dict:
-    """Flat numbers of a source manifest for the summary table."""
-    r = manifest["report"]
-    removed = {k: v for k, v in r["removed_docs"].items() if v}
-    tr = manifest["splits"]["train"]
-    return {"source": manifest["source"], "seen": r["seen_docs"], "kept": r["kept_docs"], "removed": removed,
-            "train_docs": tr["documents"], "train_tokens": tr["tokens"],
-            "valid_docs": manifest["splits"]["valid"]["documents"],
-            "test_docs": manifest["splits"]["test"]["documents"], "tokens_per_word": tr["tokens_per_word"]}
-
-
 __all__ = ["SPLITS", "REASONS", "parse_shard", "holdout_split", "SourceContext", "prepare_shard",
-           "merge_source", "validate_passthrough", "build_decontaminator", "fingerprint_files", "report_rows"]
+           "merge_source", "validate_passthrough", "build_decontaminator", "fingerprint_files"]
 
 
 # ---------------------------------------------------------------------------------------------

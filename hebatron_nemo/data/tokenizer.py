@@ -337,13 +337,18 @@ class MegatronTokenizerView:
     A duck type rather than a `MegatronTokenizerBase` subclass: that class moved between megatron-core
     0.16 and 0.19, and the datasets only read these attributes."""
 
-    def __init__(self, tokenizer: LocalTokenizer, pad_token: str = "<pad>"):
-        self.vocab_size = tokenizer.vocab_size
-        self.eod = tokenizer.eod
-        self.eos = tokenizer.eod
+    def __init__(self, vocab_size: int, eod: int, pad: int, tokenizer_json_sha256: str):
+        self.vocab_size, self.eod, self.eos, self.pad = vocab_size, eod, eod, pad
+        self.unique_identifiers = {"class": "hebatron_nemo.LocalTokenizer", "tokenizer_json_sha256": tokenizer_json_sha256}
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: LocalTokenizer, pad_token: str = "<pad>") -> "MegatronTokenizerView":
         pad = tokenizer.tok.token_to_id(pad_token)
-        if pad is None or pad == self.eod:
+        if pad is None or pad == tokenizer.eod:
             raise ConfigError(f"tokenizer at {tokenizer.path!r} needs a pad token {pad_token!r} distinct from EOD")
-        self.pad = pad
-        self.unique_identifiers = {"class": "hebatron_nemo.LocalTokenizer",
-                                   "tokenizer_json_sha256": tokenizer.identity()["tokenizer_json_sha256"]}
+        return cls(tokenizer.vocab_size, tokenizer.eod, pad, tokenizer.identity()["tokenizer_json_sha256"])
+
+    @classmethod
+    def from_plan(cls, info: dict) -> "MegatronTokenizerView":
+        """From a plan's `tokenizer` record (training ranks need no tokenizer file)."""
+        return cls(info["vocab_size"], info["eod"], info["pad"], info["tokenizer_json_sha256"])
