@@ -54,6 +54,17 @@ def test_a_change_reruns_its_stage_and_everything_below_it_only(tmp_path):
     assert not _changed(ref, fingerprints(_cfg(tmp_path, "logging.progress=false", "threads=1")))
 
 
+def test_a_stage_that_reran_invalidates_the_stages_below_it(tmp_path):
+    cfg = _cfg(tmp_path)
+    sft = next(r for r in stage_table(cfg) if r["stage"] == "sft")
+    out = tmp_path / "out"
+    out.write_text("x")
+    write_marker(Path(sft["marker"]), "sft", sft["fingerprint"], {}, [str(out)], 1.0)
+    first = fingerprints(cfg)
+    write_marker(Path(sft["marker"]), "sft", sft["fingerprint"], {}, [str(out)], 1.0)  # e.g. pipeline.force=[sft]
+    assert _changed(first, fingerprints(cfg)) == {"export", "evaluate", "report"}
+
+
 def test_marker_counts_only_with_the_same_fingerprint_and_its_outputs(tmp_path):
     out = tmp_path / "model.bin"
     out.write_text("x")
@@ -195,8 +206,8 @@ def test_killed_in_any_stage_the_rerun_finishes_without_redoing_completed_stages
     work = tmp_path
     finished: dict[str, str] = {}
     # kill mid-way through the stages that take time (and at once in the quick ones)
-    for stage, delay in (("prepare", 8), ("plan", 0.5), ("base", 6), ("cpt", 12), ("sft", 6), ("export", 1),
-                         ("evaluate", 4), ("report", 0.2)):
+    for stage, delay in (("prepare", 8), ("plan", 0.5), ("base", 5), ("cpt", 7), ("sft", 4), ("export", 1),
+                         ("evaluate", 3), ("report", 0.2)):
         out = _run_until_killed(work, stage, delay)
         markers = _markers(work)
         assert stage not in markers, f"{stage} marked complete although killed"

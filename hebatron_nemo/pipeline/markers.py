@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def write_marker(path: Path, stage: str, fingerprint: str, inputs: dict, outputs
     marker = {"version": MARKER_VERSION, "stage": stage, "fingerprint": fingerprint, "inputs": inputs,
               "outputs": [str(p) for p in outputs], "wall_s": round(wall_s, 3),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
+              "run_id": uuid.uuid4().hex,  # what stages below read: changes whenever this stage reruns
               "summary": summary or {}}
     for p in marker["outputs"]:
         if not Path(p).exists():

@@ -213,12 +213,15 @@ def _select(cfg, key: str):
 def fingerprints(cfg, stages=STAGES) -> dict[str, dict]:
     """{stage: {"fingerprint", "inputs"}} computed top-down from the config alone."""
     out: dict[str, dict] = {}
+    by_name = {st.name: st for st in STAGES}
     for st in stages:
         if not st.applies(cfg):
             continue
-        inputs = {"config": {k: _select(cfg, k) for k in st.keys},
-                  "upstream": {u: out[u]["fingerprint"] for u in st.upstream if u in out},
-                  "extra": st.extra(cfg)}
+        # an upstream stage that reran (even forced, with the same inputs) made new outputs: its
+        # marker's time is part of what this stage reads
+        upstream = {u: [out[u]["fingerprint"], (read_json(_marker(cfg, by_name[u])) or {}).get("run_id")]
+                    for u in st.upstream if u in out}
+        inputs = {"config": {k: _select(cfg, k) for k in st.keys}, "upstream": upstream, "extra": st.extra(cfg)}
         out[st.name] = {"fingerprint": stable_hash({"stage": st.name, **inputs}),
                         "inputs": {"config_keys": list(st.keys), "upstream": inputs["upstream"]}}
     return out
