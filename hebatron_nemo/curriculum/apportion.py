@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import shutil
 import subprocess
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -22,7 +25,9 @@ import numpy as np
 from hebatron_nemo.errors import ConfigError
 
 _SOURCE = Path(__file__).with_name("_chairman.c")
+_EXT_SOURCE = Path(__file__).with_name("_locate_ext.c")
 _lib = None
+_locator = None
 
 
 def largest_remainder(weights: dict[str, float], total: int) -> dict[str, int]:
@@ -37,39 +42,67 @@ def largest_remainder(weights: dict[str, float], total: int) -> dict[str, int]:
     return {n: int(c) for n, c in zip(names, counts)}
 
 
-def _load():
-    global _lib
-    if _lib is not None:
-        return _lib
+def _compile(source: Path, stem: str, suffix: str, flags: list[str]) -> Path | None:
+    """`source` compiled to a shared library in the kernel cache, named by its source hash (and `suffix`):
+    built once, atomically renamed into place. None without a compiler or when it does not compile."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        _lib = False
-        return _lib
-    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:16]
+        return None
+    digest = hashlib.sha256(source.read_bytes() + repr(flags).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("HEBATRON_CACHE", Path.home() / ".cache" / "hebatron")) / "kernels"
-    so = cache / f"chairman-{digest}.so"
+    so = cache / f"{stem}-{digest}{suffix}"
     if not so.exists():
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             out = Path(tmp) / so.name
-            proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(_SOURCE)],
+            proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", str(out), str(source)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
-                _lib = False
-                return _lib
+                return None
             os.replace(out, so)  # atomic: concurrent ranks never load a half-written library
+    return so
+
+
+def _load():
+    global _lib
+    if _lib is not None:
+        return _lib
+    # -O3: the vectorizer builds the batched locate's first pass (see _chairman.c)
+    so = _compile(_SOURCE, "chairman", ".so", ["-O3"])
+    if so is None:
+        _lib = False
+        return _lib
     lib = ctypes.CDLL(str(so))
     p = ctypes.POINTER
     lib.chairman.argtypes = [p(ctypes.c_int64), ctypes.c_int32, ctypes.c_int64, p(ctypes.c_int16),
                              p(ctypes.c_uint32), p(ctypes.c_int64), p(ctypes.c_int64)]
     lib.chairman.restype = ctypes.c_int
-    i64, i16 = p(ctypes.c_int64), p(ctypes.c_int16)
-    lib.locate.argtypes = [i64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                           ctypes.c_int64, i64, ctypes.c_int32, i64, i64, ctypes.c_int64, i16, i64, i64, i16, i16,
-                           p(ctypes.c_uint32), i64, i64, p(ctypes.c_uint8), i64]
+    i64, i32, vp = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
+    lib.locate.argtypes = [vp, i64, i64, i32, i32, i32, i32, vp, vp, i32, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp]
     lib.locate.restype = ctypes.c_int64
     _lib = lib
     return _lib
+
+
+def _load_locator():
+    """The `locator` factory of the per-item locate extension (_locate_ext.c), or None where it cannot be
+    built (no compiler or no Python headers): SegmentIndex then uses its Python closure."""
+    global _locator
+    if _locator is not None:
+        return _locator or None
+    _locator = False
+    include = sysconfig.get_paths().get("include")
+    if include and (Path(include) / "Python.h").exists():
+        so = _compile(_EXT_SOURCE, "locate", sysconfig.get_config_var("EXT_SUFFIX") or ".so",
+                      ["-O2", f"-I{include}"])
+        if so is not None:
+            name = "_hebatron_locate"
+            loader = importlib.machinery.ExtensionFileLoader(name, str(so))
+            spec = importlib.util.spec_from_file_location(name, str(so), loader=loader)
+            mod = importlib.util.module_from_spec(spec)
+            loader.exec_module(mod)
+            _locator = mod.locator
+    return _locator or None
 
 
 def _chairman_python(counts: np.ndarray, out: np.ndarray, cursor: np.ndarray, base: np.ndarray) -> None:
