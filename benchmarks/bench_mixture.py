@@ -14,9 +14,19 @@ and an anchor of 2 sources. Measured in the same run, each build in a fresh subp
 
 Figures: build seconds (best of --repeats builds), build samples/s, peak memory of the build (VmHWM -
 VmRSS before the build, after resetting the high-water mark via /proc/self/clear_refs; the tracemalloc
-peak too), bytes per sample of the arrays kept, lookups/s per item (--items random indices, a Python loop:
-`locate(g)` vs `int(dataset_index[i]), int(dataset_sample_index[i])`) and batched (--batch random indices:
-`locate_batch` vs fancy indexing of both arrays; median of --lookup-repeats passes). Each size runs
+peak too), bytes per sample of the arrays kept, lookups/s per item (--items random indices, a Python loop)
+and batched (--batch random indices; median of --lookup-repeats passes). What each lookup returns:
+
+- per item, ours: `locate(g)` -> a tuple of Python ints/bool (stream id, cursor in the stream, is_anchor,
+  phase), checked against the segment's bounds (IndexError outside). The compiled function from
+  _locate_ext.c where it builds (recorded as `per_item_impl`), else the Python closure.
+  megatron-core: `int(dataset_index[i]), int(dataset_sample_index[i])` -> a tuple of two Python ints
+  (dataset id, sample in that dataset); no bounds check beyond numpy's.
+- batched, ours: `locate_batch(g)` -> four arrays (stream id int16, cursor uint32, is_anchor bool, phase
+  int16; 9 bytes per index, one allocation), bounds-checked. megatron-core: `dataset_index[g],
+  dataset_sample_index[g]` -> two arrays (int16, int64; 10 bytes per index).
+
+Each size runs
 --rounds alternating pairs of workers (ours, megatron, ours, ...); timings take the best round, memory the
 largest. Times are the measuring thread's CPU time by default (--clock cpu; the JSON has wall times too):
 on a shared machine wall times swing with other load, and both sides are single-threaded.
@@ -207,6 +217,7 @@ def worker(args) -> dict:
         res["kept_bytes"] = sum(kept.values())
 
         locate = idx.locate
+        res["per_item_impl"] = "compiled" if type(locate).__name__ == "builtin_function_or_method" else "python"
 
         def per_item():
             for g in items:

@@ -67,8 +67,9 @@ def _load():
     global _lib
     if _lib is not None:
         return _lib
-    # -O3: the vectorizer builds the batched locate's first pass (see _chairman.c)
-    so = _compile(_SOURCE, "chairman", ".so", ["-O3"])
+    # -O3: the vectorizer builds the batched locate's first pass (see _chairman.c); without ifunc support
+    # (e.g. musl) the CPU-specific clones do not link, so retry with one generic version
+    so = _compile(_SOURCE, "chairman", ".so", ["-O3"]) or _compile(_SOURCE, "chairman", ".so", ["-O3", "-DNO_MULTIVERSION"])
     if so is None:
         _lib = False
         return _lib
