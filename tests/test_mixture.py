@@ -335,3 +335,26 @@ def test_segment_of_2_32_samples_is_rejected():
     seg = {"start_sample": 0, "num_samples": 2**32, "global_batch": 1024, "anchor_per_batch": 0}
     with pytest.raises(ConfigError, match="fewer than 2\\^32"):
         SegmentIndex({"segments": [seg], "phases": []}, 0)
+
+
+def test_lookup_paths_agree_on_cursors_beyond_16_bits():
+    """Cursors above 2^16 (the Python closure reads them from two 16-bit words of the packed records)."""
+    from hebatron_nemo.curriculum.plan import anchor_positions
+
+    gb, apb, batches = 64, 16, 6000
+    per = (gb - apb) * batches  # 288,000 curriculum samples: stream 0 gets 200,000
+    seg = {"start_sample": 1000 * gb, "num_samples": batches * gb, "global_batch": gb, "anchor_per_batch": apb,
+           "anchor_positions": anchor_positions(gb, apb), "anchor_pattern": {"7": 3, "9": 4}, "anchor_period": 7}
+    phases = [{"segment": 0, "order_index": 2, "batches": 4000, "counts": {"0": 150_000, "3": 42_000}},
+              {"segment": 0, "order_index": 3, "batches": 2000, "counts": {"0": 50_000, "5": per - 242_000}}]
+    idx = SegmentIndex({"segments": [seg], "phases": phases, "curriculum": {"transition_batches": 0}}, 0)
+    g = np.arange(idx.start, idx.end)
+    fast = idx.locate_batch(g)
+    for x, y in zip(fast, idx.locate_batch(g, force_numpy=True)):
+        np.testing.assert_array_equal(x, y)
+    sid, cur = fast[0], fast[1]
+    assert cur[sid == 0].max() == 199_999 and (np.diff(cur[sid == 0].astype(np.int64)) == 1).all()
+    closure = idx._python_locate()
+    for j in np.linspace(0, len(g) - 1, 3000).astype(int).tolist() + np.flatnonzero(cur > 2**16)[::97].tolist():
+        expect = (int(sid[j]), int(cur[j]), bool(fast[2][j]), int(fast[3][j]))
+        assert idx.locate(int(g[j])) == closure(int(g[j])) == SegmentIndex.locate(idx, int(g[j])) == expect

@@ -8,7 +8,8 @@
  * doubles are equal, so the sequence does not depend on floating-point rounding.
  *
  * cursor[t] receives base[s] + c_s(t-1): the position of this sample in source s's own stream. base
- * is advanced in place, so consecutive phases continue each source's cursor.
+ * is advanced in place, so consecutive phases continue each source's cursor. out and cursor are strided
+ * (bytes between items), so they can be the two fields of SegmentIndex's packed 6-byte records.
  * Returns 0, or -1 if no source was eligible (impossible for valid input; kept as a guard).
  */
 #include <stdint.h>
@@ -20,11 +21,16 @@ typedef __int128 i128;
 
 static inline int64_t bits(double d) { int64_t b; memcpy(&b, &d, 8); return b; }
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline void put16(char *p, int16_t v) { memcpy(p, &v, 2); }
+static inline void put32(char *p, uint32_t v) { memcpy(p, &v, 4); }
 
-int chairman(const int64_t *counts, int32_t S, int64_t n, int16_t *out, uint32_t *cursor, int64_t *base,
-             int64_t *used) {
+int chairman(const int64_t *counts, int32_t S, int64_t n, char *out, int64_t out_stride, char *cursor,
+             int64_t cursor_stride, int64_t *base, int64_t *used) {
     if (S == 1) {
-        for (int64_t t = 0; t < n; ++t) { out[t] = 0; cursor[t] = (uint32_t)(base[0] + t); }
+        for (int64_t t = 0; t < n; ++t) {
+            put16(out + t * out_stride, 0);
+            put32(cursor + t * cursor_stride, (uint32_t)(base[0] + t));
+        }
         base[0] += n;
         return 0;
     }
@@ -66,8 +72,8 @@ int chairman(const int64_t *counts, int32_t S, int64_t n, int16_t *out, uint32_t
                 if (num_s * (i128)counts[best] < num_b * (i128)counts[s]) best = s;
             }
         }
-        out[t - 1] = (int16_t)best;
-        cursor[t - 1] = (uint32_t)(base[best] + used[best]);
+        put16(out + (t - 1) * out_stride, (int16_t)best);
+        put32(cursor + (t - 1) * cursor_stride, (uint32_t)(base[best] + used[best]));
         const int64_t u = ++used[best];
         dlb[best] = bits((double)(two_s1 * u + delta_num) / (double)counts[best]);
         if (u >= counts[best]) {
@@ -87,6 +93,7 @@ int chairman(const int64_t *counts, int32_t S, int64_t n, int16_t *out, uint32_t
 /* Global sample index -> (stream id, cursor, is_anchor, phase) for m indices (SegmentIndex.locate_batch),
  * for segments of fewer than 2^31 samples (all arithmetic fits int32; SegmentIndex uses numpy beyond).
  * slot[pos]: anchor ordinal (>= 0) or -(curriculum ordinal + 1); batch_phase[b]: phase of batch b;
+ * cur: the curriculum's packed 6-byte records (int16 local stream id, uint32 cursor), one per ordinal;
  * anchor slot j reads a_sid/a_step/a_base at r = j mod period: cursor = (j div period) * a_step + a_base.
  * Returns -1, or the position of the first index outside [start, start + num_samples) (outputs are then
  * unspecified).
@@ -95,8 +102,9 @@ int chairman(const int64_t *counts, int32_t S, int64_t n, int16_t *out, uint32_t
  * cursor[]; it has no early exit (an index outside the segment is clamped to 0 and flagged), so the
  * compiler vectorizes it (AVX2 clone where the CPU has it, chosen at load time; SSE2 otherwise; apportion.py
  * retries with -DNO_MULTIVERSION where the toolchain lacks ifunc support). The
- * second is a tight gather over the large curriculum arrays with software prefetch, so many cache misses
- * overlap (measured: ~17% faster than without at 1e6-1e8 samples). Divisions by
+ * second is a tight gather over the curriculum records (one cache line per sample, where separate id and
+ * cursor arrays would need two) with software prefetch, so many cache misses overlap (prefetch measured
+ * ~17% faster than without at 1e6-1e8 samples, records ~10-18% at 1e7-1e8). Divisions by
  * the batch size and the anchor period use a double reciprocal and an exact integer correction. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(NO_MULTIVERSION)
 #define MULTIVERSION __attribute__((target_clones("avx2", "default")))
@@ -141,8 +149,8 @@ static int32_t locate_pass1(const int64_t *restrict g, int64_t m, int64_t start,
 
 int64_t locate(const int64_t *g, int64_t m, int64_t start, int32_t num_samples, int32_t gb, int32_t apb, int32_t cpb,
                const int32_t *slot, const int32_t *batch_phase, int32_t period, const int32_t *a_sid,
-               const int32_t *a_step, const int32_t *a_base, const int16_t *stream_ids, const int16_t *cur_src,
-               const uint32_t *cur_cursor, int16_t *sid, uint32_t *cursor, uint8_t *is_anchor, int16_t *phase) {
+               const int32_t *a_step, const int32_t *a_base, const int16_t *stream_ids, const char *cur,
+               int16_t *sid, uint32_t *cursor, uint8_t *is_anchor, int16_t *phase) {
     if (locate_pass1(g, m, start, num_samples, gb, apb, cpb, slot, batch_phase, period > 0 ? period : 1, a_sid,
                      a_step, a_base, sid, cursor, is_anchor, phase)) {
         for (int64_t i = 0; i < m; ++i)
@@ -153,11 +161,13 @@ int64_t locate(const int64_t *g, int64_t m, int64_t start, int32_t num_samples, 
             /* prefetch PREFETCH_AHEAD items ahead: more misses in flight than the out-of-order window holds */
             const int64_t k = i + PREFETCH_AHEAD < m ? i + PREFETCH_AHEAD : i;
             const uint32_t ck = cursor[k] & ~(-(uint32_t)is_anchor[k]);
-            PREFETCH(cur_src + ck);
-            PREFETCH(cur_cursor + ck);
+            PREFETCH(cur + 6 * (size_t)ck);
             const uint32_t mask = -(uint32_t)is_anchor[i], v = cursor[i], c = v & ~mask;
-            const int16_t cs = stream_ids[cur_src[c]];
-            const uint32_t cc = cur_cursor[c];
+            int16_t src;
+            uint32_t cc;
+            memcpy(&src, cur + 6 * (size_t)c, 2);
+            memcpy(&cc, cur + 6 * (size_t)c + 2, 4);
+            const int16_t cs = stream_ids[src];
             sid[i] = (int16_t)((sid[i] & (int16_t)mask) | (cs & (int16_t)~mask));
             cursor[i] = (v & mask) | (cc & ~mask);
         }

@@ -10,8 +10,11 @@
 #include <Python.h>
 #include <stdint.h>
 
-enum { B_SLOT, B_PHASE, B_ASID, B_ASTEP, B_ABASE, B_SIDS, B_SRC, B_CUR, NBUF };
-static const Py_ssize_t ITEMSIZE[NBUF] = {4, 4, 4, 4, 4, 2, 2, 4};
+#include <string.h>
+
+/* cur: packed 6-byte records (int16 local stream id, uint32 cursor), mixture.CUR_RECORD */
+enum { B_SLOT, B_PHASE, B_ASID, B_ASTEP, B_ABASE, B_SIDS, B_CUR, NBUF };
+static const Py_ssize_t ITEMSIZE[NBUF] = {4, 4, 4, 4, 4, 2, 6};
 
 typedef struct {
     PyObject_HEAD
@@ -68,9 +71,13 @@ static PyObject *locate(PyObject *obj, PyObject *arg) {
         sid = ((const int32_t *)self->buf[B_ASID].buf)[r];
         cursor = q * ((const int32_t *)self->buf[B_ASTEP].buf)[r] + ((const int32_t *)self->buf[B_ABASE].buf)[r];
     } else {
-        const long long c = batch * self->cpb - s - 1;
-        sid = ((const int16_t *)self->buf[B_SIDS].buf)[((const int16_t *)self->buf[B_SRC].buf)[c]];
-        cursor = ((const uint32_t *)self->buf[B_CUR].buf)[c];
+        const char *rec = (const char *)self->buf[B_CUR].buf + 6 * (size_t)(batch * self->cpb - s - 1);
+        int16_t src;
+        uint32_t cur;
+        memcpy(&src, rec, 2);
+        memcpy(&cur, rec + 2, 4);
+        sid = ((const int16_t *)self->buf[B_SIDS].buf)[src];
+        cursor = cur;
     }
     PyObject *t = PyTuple_New(4);
     if (t == NULL) return NULL;
@@ -93,14 +100,14 @@ static PyMethodDef LOCATE_DEF = {"locate", locate, METH_O,
                                  "locate(g) -> (stream id, cursor, is_anchor, phase order index) of global sample g"};
 
 /* locator(segment, start, end, global_batch, anchor_per_batch, curriculum_per_batch, period,
- *         slot, batch_phase, a_sid, a_step, a_base, stream_ids, cur_src, cur_cursor) -> locate function.
+ *         slot, batch_phase, a_sid, a_step, a_base, stream_ids, cur) -> locate function.
  * Checks every table's item size and length against the segment's shape, so a lookup never reads outside
- * them (cur_src values are local stream ids below len(stream_ids), as the chairman kernel writes them). */
+ * them (record stream ids are local ids below len(stream_ids), as the chairman kernel writes them). */
 static PyObject *locator(PyObject *mod, PyObject *args) {
     long long segment, start, end, gb, apb, cpb, period;
     PyObject *objs[NBUF];
-    if (!PyArg_ParseTuple(args, "LLLLLLLOOOOOOOO", &segment, &start, &end, &gb, &apb, &cpb, &period, &objs[0],
-                          &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &objs[6], &objs[7]))
+    if (!PyArg_ParseTuple(args, "LLLLLLLOOOOOOO", &segment, &start, &end, &gb, &apb, &cpb, &period, &objs[0],
+                          &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &objs[6]))
         return NULL;
     if (gb <= 0 || apb < 0 || cpb < 0 || apb + cpb != gb || period <= 0 || end < start || (end - start) % gb) {
         PyErr_SetString(PyExc_ValueError, "locator: inconsistent segment shape");
@@ -126,7 +133,7 @@ static PyObject *locator(PyObject *mod, PyObject *args) {
     }
     const long long nbatch = (end - start) / gb;
     const Py_ssize_t n[NBUF] = {gb, nbatch, apb ? period : 0, apb ? period : 0, apb ? period : 0, 1,
-                                nbatch * cpb, nbatch * cpb};
+                                nbatch * cpb};
     for (int k = 0; k < NBUF; ++k) {
         if (self->buf[k].len / ITEMSIZE[k] < n[k] && !(k == B_SIDS && nbatch * cpb == 0)) {
             PyErr_Format(PyExc_ValueError, "locator: table %d has %zd items, expected at least %zd", k,

@@ -75,11 +75,11 @@ def _load():
         return _lib
     lib = ctypes.CDLL(str(so))
     p = ctypes.POINTER
-    lib.chairman.argtypes = [p(ctypes.c_int64), ctypes.c_int32, ctypes.c_int64, p(ctypes.c_int16),
-                             p(ctypes.c_uint32), p(ctypes.c_int64), p(ctypes.c_int64)]
+    lib.chairman.argtypes = [p(ctypes.c_int64), ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                             ctypes.c_void_p, ctypes.c_int64, p(ctypes.c_int64), p(ctypes.c_int64)]
     lib.chairman.restype = ctypes.c_int
     i64, i32, vp = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
-    lib.locate.argtypes = [vp, i64, i64, i32, i32, i32, i32, vp, vp, i32, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp]
+    lib.locate.argtypes = [vp, i64, i64, i32, i32, i32, i32, vp, vp, i32, vp, vp, vp, vp, vp, vp, vp, vp, vp]
     lib.locate.restype = ctypes.c_int64
     _lib = lib
     return _lib
@@ -135,7 +135,8 @@ def chairman_order(counts, base: np.ndarray | None = None, force_python: bool = 
     """(source ids int16, cursors uint32) of a phase whose per-source sample counts are `counts`.
 
     `base` (int64, one per source) holds each source's cursor before the phase and is advanced in place.
-    `out`/`cursor`: optional preallocated contiguous int16/uint32 arrays of length sum(counts) to fill.
+    `out`/`cursor`: optional preallocated int16/uint32 arrays of length sum(counts) to fill; they may be
+    strided (e.g. the two fields of a packed record array).
     """
     counts = np.ascontiguousarray(counts, dtype=np.int64)
     if (counts < 0).any():
@@ -151,14 +152,14 @@ def chairman_order(counts, base: np.ndarray | None = None, force_python: bool = 
     out = np.empty(n, dtype=np.int16) if out is None else out
     cursor = np.empty(n, dtype=np.uint32) if cursor is None else cursor
     if out.shape != (n,) or cursor.shape != (n,) or out.dtype != np.int16 or cursor.dtype != np.uint32 \
-            or not (out.flags.c_contiguous and cursor.flags.c_contiguous):
-        raise TypeError("out/cursor must be contiguous int16/uint32 arrays of length sum(counts)")
+            or (n > 0 and (out.strides[0] <= 0 or cursor.strides[0] <= 0)):
+        raise TypeError("out/cursor must be int16/uint32 arrays of length sum(counts) with positive strides")
     lib = None if force_python else _load()
     if lib:
         used = np.zeros(S, dtype=np.int64)
         p = ctypes.POINTER
-        rc = lib.chairman(counts.ctypes.data_as(p(ctypes.c_int64)), S, n, out.ctypes.data_as(p(ctypes.c_int16)),
-                          cursor.ctypes.data_as(p(ctypes.c_uint32)), base.ctypes.data_as(p(ctypes.c_int64)),
+        rc = lib.chairman(counts.ctypes.data_as(p(ctypes.c_int64)), S, n, out.ctypes.data, out.strides[0],
+                          cursor.ctypes.data, cursor.strides[0], base.ctypes.data_as(p(ctypes.c_int64)),
                           used.ctypes.data_as(p(ctypes.c_int64)))
         if rc != 0:
             raise RuntimeError("chairman assignment found no eligible source (a bug: counts were valid)")

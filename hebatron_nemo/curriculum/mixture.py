@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,12 @@ from hebatron_nemo.curriculum.plan import SourceData, _seed, docs_hash, stream_d
 from hebatron_nemo.data.indexed import sha256_file
 from hebatron_nemo.data.tokenizer import MegatronTokenizerView
 from hebatron_nemo.errors import ConfigError
+
+
+# One curriculum sample: local stream id and cursor, packed (6 bytes, no padding; _chairman.c and
+# _locate_ext.c read it as int16 at byte 0 and uint32 at byte 2, native byte order).
+CUR_RECORD = np.dtype([("src", np.int16), ("cursor", np.uint32)], align=False)
+assert CUR_RECORD.itemsize == 6
 
 
 def _block_counts(desired: np.ndarray, size: int, remaining: np.ndarray) -> np.ndarray:
@@ -53,9 +60,12 @@ def _block_counts(desired: np.ndarray, size: int, remaining: np.ndarray) -> np.n
 class SegmentIndex:
     """Global sample index -> (stream id, cursor, is_anchor, phase order index) for one segment.
 
-    Arrays kept: `cur_src`/`cur_cursor` (6 bytes per curriculum sample) and small tables: `slot` (one entry
-    per position of a global batch), `batch_phase` (one per batch), `anc_sid`/`anc_step`/`anc_base` (one
-    per anchor-period slot: anchor slot j reads r = j mod period, cursor = (j div period) * step + base)."""
+    Arrays kept: `cur`, one packed 6-byte record per curriculum sample (`cur_src`: local stream id,
+    `cur_cursor`: cursor in that stream; a random lookup reads one cache line, or two for the ~8% of records
+    that straddle one, where separate arrays would read two), and
+    small tables: `slot` (one entry per position of a global batch), `batch_phase` (one per batch),
+    `anc_sid`/`anc_step`/`anc_base` (one per anchor-period slot: anchor slot j reads r = j mod period,
+    cursor = (j div period) * step + base)."""
 
     def __init__(self, plan: dict, segment: int):
         seg = plan["segments"][segment]
@@ -88,8 +98,7 @@ class SegmentIndex:
         self.stream_ids = np.array(sids, dtype=np.int16)
         base = np.zeros(len(sids), dtype=np.int64)
         total = sum(int(n) for p in phases for n in p["counts"].values())
-        self.cur_src = np.empty(total, dtype=np.int16)  # filled in place, phase by phase: no concatenation copy
-        self.cur_cursor = np.empty(total, dtype=np.uint32)
+        self.cur = np.empty(total, dtype=CUR_RECORD)  # filled in place, phase by phase: no concatenation copy
         at = 0
         for p in phases:
             counts = np.zeros(len(sids), dtype=np.int64)
@@ -116,6 +125,16 @@ class SegmentIndex:
             self.anc_sid = self.anc_step = self.anc_base = np.zeros(1, np.int32)  # never read: no anchor slot
         self._fast()
 
+    @property
+    def cur_src(self) -> np.ndarray:
+        """Local stream id (index into `stream_ids`) of each curriculum ordinal: a strided view of `cur`."""
+        return self.cur["src"]
+
+    @property
+    def cur_cursor(self) -> np.ndarray:
+        """Cursor in its stream of each curriculum ordinal: a strided view of `cur`."""
+        return self.cur["cursor"]
+
     def _fast(self) -> None:
         """Binds the per-item `locate`: the compiled one (_locate_ext.c) where it builds, else the Python
         closure of `_python_locate`. An instance attribute, so it shadows the method below, which documents it."""
@@ -123,8 +142,7 @@ class SegmentIndex:
         if make is not None:
             self.locate = make(self.segment, self.start, self.end, self.global_batch, self.anchor_per_batch,
                                self.curriculum_per_batch, max(int(self.period), 1), self.slot, self.batch_phase,
-                               self.anc_sid, self.anc_step, self.anc_base, self.stream_ids, self.cur_src,
-                               self.cur_cursor)
+                               self.anc_sid, self.anc_step, self.anc_base, self.stream_ids, self.cur)
         else:
             self.locate = self._python_locate()
 
@@ -135,7 +153,9 @@ class SegmentIndex:
                                             self.curriculum_per_batch, max(int(self.period), 1))
         slot, sids = self.slot.tolist(), self.stream_ids.tolist()
         asid, astep, abase = self.anc_sid.tolist(), self.anc_step.tolist(), self.anc_base.tolist()
-        src, cur, batch_phase = memoryview(self.cur_src), memoryview(self.cur_cursor), memoryview(self.batch_phase)
+        # the records as 16-bit words: 3 per sample (memoryview cannot index a strided record field)
+        words, batch_phase = memoryview(self.cur.view(np.uint16)), memoryview(self.batch_phase)
+        lo, hi = (1, 2) if sys.byteorder == "little" else (2, 1)  # the uint32 cursor's halves
         check = self._check
 
         def locate(g: int) -> tuple[int, int, bool, int]:
@@ -148,8 +168,8 @@ class SegmentIndex:
             if s >= 0:
                 q, r = divmod(batch * apb + s, period)
                 return asid[r], q * astep[r] + abase[r], True, batch_phase[batch]
-            c = batch * cpb - s - 1
-            return sids[src[c]], cur[c], False, batch_phase[batch]
+            w = 3 * (batch * cpb - s - 1)
+            return sids[words[w]], words[w + lo] | words[w + hi] << 16, False, batch_phase[batch]
 
         return locate
 
@@ -233,8 +253,8 @@ class SegmentIndex:
                              self.anchor_per_batch, self.curriculum_per_batch, vp(self.slot.ctypes.data),
                              vp(self.batch_phase.ctypes.data), max(int(self.period), 1), vp(self.anc_sid.ctypes.data),
                              vp(self.anc_step.ctypes.data), vp(self.anc_base.ctypes.data),
-                             vp(self.stream_ids.ctypes.data), vp(self.cur_src.ctypes.data),
-                             vp(self.cur_cursor.ctypes.data), vp(sid.ctypes.data), vp(cursor.ctypes.data),
+                             vp(self.stream_ids.ctypes.data), vp(self.cur.ctypes.data), vp(sid.ctypes.data),
+                             vp(cursor.ctypes.data),
                              vp(is_anchor.ctypes.data), vp(phase.ctypes.data))
             if bad >= 0:
                 raise IndexError(f"sample index {int(g.flat[bad])} is outside segment {self.segment} "
