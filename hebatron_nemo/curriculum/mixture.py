@@ -114,6 +114,8 @@ class SegmentIndex:
         # Anchor: one period of the pattern, repeated.
         pattern = seg["anchor_pattern"]
         self.period = seg["anchor_period"]
+        if pattern and self.period >= 2**31:
+            raise ConfigError(f"segment {segment}: anchor period {self.period} must be below 2^31")
         if pattern:
             pids = [int(s) for s in pattern]
             pcounts = np.array([pattern[str(s)] for s in pids], dtype=np.int64)
