@@ -69,7 +69,8 @@ def _load():
         return _lib
     # -O3: the vectorizer builds the batched locate's first pass (see _chairman.c); without ifunc support
     # (e.g. musl) the CPU-specific clones do not link, so retry with one generic version
-    so = _compile(_SOURCE, "chairman", ".so", ["-O3"]) or _compile(_SOURCE, "chairman", ".so", ["-O3", "-DNO_MULTIVERSION"])
+    so = (_compile(_SOURCE, "chairman", ".so", ["-O3"])
+          or _compile(_SOURCE, "chairman", ".so", ["-O3", "-DNO_MULTIVERSION"]))
     if so is None:
         _lib = False
         return _lib
@@ -79,7 +80,7 @@ def _load():
                              ctypes.c_void_p, ctypes.c_int64, p(ctypes.c_int64), p(ctypes.c_int64)]
     lib.chairman.restype = ctypes.c_int
     i64, i32, vp = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
-    lib.locate.argtypes = [vp, i64, i64, i32, i32, i32, i32, vp, vp, i32, vp, vp, vp, vp, vp, vp, vp, vp, vp]
+    lib.locate.argtypes = [vp, i64, i64, i32, i32, i32, i32, vp, vp, i32, vp, vp, vp, vp, vp, vp, vp]
     lib.locate.restype = ctypes.c_int64
     _lib = lib
     return _lib

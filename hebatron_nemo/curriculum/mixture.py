@@ -65,7 +65,7 @@ class SegmentIndex:
     that straddle one, where separate arrays would read two), and
     small tables: `slot` (one entry per position of a global batch), `batch_phase` (one per batch),
     `anc_sid`/`anc_step`/`anc_base` (one per anchor-period slot: anchor slot j reads r = j mod period,
-    cursor = (j div period) * step + base)."""
+    cursor = (j div period) * step + base) and `anc_packed`, the same three in one int64 for the C kernel."""
 
     def __init__(self, plan: dict, segment: int):
         seg = plan["segments"][segment]
@@ -83,8 +83,8 @@ class SegmentIndex:
         self.phase_end_batch = np.cumsum([p["batches"] for p in phases])
         # phase order index of every batch of the segment (4 bytes a batch)
         nb = self.num_samples // gb
-        self.batch_phase = (self.phase_ids[np.minimum(np.searchsorted(self.phase_end_batch, np.arange(nb), side="right"),
-                                                      len(phases) - 1)].astype(np.int32)
+        at_batch = np.searchsorted(self.phase_end_batch, np.arange(nb), side="right")
+        self.batch_phase = (self.phase_ids[np.minimum(at_batch, len(phases) - 1)].astype(np.int32)
                             if phases else np.zeros(0, np.int32))
 
         # Position inside a global batch -> anchor ordinal (>= 0) or -(curriculum ordinal + 1).
@@ -125,6 +125,9 @@ class SegmentIndex:
             self.anc_base = c.astype(np.int32)
         else:
             self.anc_sid = self.anc_step = self.anc_base = np.zeros(1, np.int32)  # never read: no anchor slot
+        # the three anchor tables packed into one for the batched C kernel (see _chairman.c; period < 2^24)
+        self.anc_packed = (self.anc_sid.astype(np.int64) << 48 | self.anc_step.astype(np.int64) << 24
+                           | self.anc_base.astype(np.int64)) if self.period < 2**24 else None
         self._fast()
 
     @property
@@ -249,14 +252,13 @@ class SegmentIndex:
         cursor, sid = buf[:4 * m].view(np.uint32), buf[4 * m:6 * m].view(np.int16)
         phase, is_anchor = buf[6 * m:8 * m].view(np.int16), buf[8 * m:].view(np.bool_)
         lib = None if force_numpy else _load()
-        if lib and len(self.phase_ids) and self.num_samples < 2**31 and self.period < 2**31:
+        if lib and len(self.phase_ids) and self.num_samples < 2**31 and self.anc_packed is not None:
             vp = ctypes.c_void_p
             bad = lib.locate(vp(g.ctypes.data), m, self.start, self.num_samples, self.global_batch,
                              self.anchor_per_batch, self.curriculum_per_batch, vp(self.slot.ctypes.data),
-                             vp(self.batch_phase.ctypes.data), max(int(self.period), 1), vp(self.anc_sid.ctypes.data),
-                             vp(self.anc_step.ctypes.data), vp(self.anc_base.ctypes.data),
-                             vp(self.stream_ids.ctypes.data), vp(self.cur.ctypes.data), vp(sid.ctypes.data),
-                             vp(cursor.ctypes.data),
+                             vp(self.batch_phase.ctypes.data), max(int(self.period), 1),
+                             vp(self.anc_packed.ctypes.data), vp(self.stream_ids.ctypes.data),
+                             vp(self.cur.ctypes.data), vp(sid.ctypes.data), vp(cursor.ctypes.data),
                              vp(is_anchor.ctypes.data), vp(phase.ctypes.data))
             if bad >= 0:
                 raise IndexError(f"sample index {int(g.flat[bad])} is outside segment {self.segment} "
