@@ -126,8 +126,13 @@ class SegmentIndex:
         else:
             self.anc_sid = self.anc_step = self.anc_base = np.zeros(1, np.int32)  # never read: no anchor slot
         # the three anchor tables packed into one for the batched C kernel (see _chairman.c; period < 2^24)
-        self.anc_packed = (self.anc_sid.astype(np.int64) << 48 | self.anc_step.astype(np.int64) << 24
-                           | self.anc_base.astype(np.int64)) if self.period < 2**24 else None
+        self.anc_packed = None
+        if self.period < 2**24:
+            packed = self.anc_packed = self.anc_sid.astype(np.int64)  # in place from here: no temporaries
+            packed <<= 24
+            packed |= self.anc_step
+            packed <<= 24
+            packed |= self.anc_base
         self._fast()
 
     @property
