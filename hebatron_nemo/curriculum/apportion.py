@@ -55,8 +55,11 @@ def _compile(source: Path, stem: str, suffix: str, flags: list[str]) -> Path | N
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             out = Path(tmp) / so.name
-            proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", str(out), str(source)],
-                                  capture_output=True, text=True)
+            try:
+                proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", str(out), str(source)],
+                                      capture_output=True, text=True)
+            except OSError:  # $CC names no runnable compiler
+                return None
             if proc.returncode != 0:
                 return None
             os.replace(out, so)  # atomic: concurrent ranks never load a half-written library
