@@ -5,6 +5,8 @@ orders those samples so that every prefix of the phase matches the weights withi
 (Tijdeman's chairman assignment; megatron-core's blending greedy drifts up to ~1.3 samples, measured
 in tests/test_mixture.py). The loop runs in a small C kernel compiled on first use with the system C
 compiler and cached by source hash; without a compiler a pure-Python version gives the same result.
+The same file holds the batched mixture lookup; `_load_locator` builds the per-item one (a CPython
+extension) the same way (see mixture.SegmentIndex).
 """
 
 from __future__ import annotations
