@@ -5,15 +5,20 @@ orders those samples so that every prefix of the phase matches the weights withi
 (Tijdeman's chairman assignment; megatron-core's blending greedy drifts up to ~1.3 samples, measured
 in tests/test_mixture.py). The loop runs in a small C kernel compiled on first use with the system C
 compiler and cached by source hash; without a compiler a pure-Python version gives the same result.
+The same file holds the batched mixture lookup; `_load_locator` builds the per-item one (a CPython
+extension) the same way (see mixture.SegmentIndex).
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import shutil
 import subprocess
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -22,7 +27,9 @@ import numpy as np
 from hebatron_nemo.errors import ConfigError
 
 _SOURCE = Path(__file__).with_name("_chairman.c")
+_EXT_SOURCE = Path(__file__).with_name("_locate_ext.c")
 _lib = None
+_locator = None
 
 
 def largest_remainder(weights: dict[str, float], total: int) -> dict[str, int]:
@@ -37,39 +44,72 @@ def largest_remainder(weights: dict[str, float], total: int) -> dict[str, int]:
     return {n: int(c) for n, c in zip(names, counts)}
 
 
-def _load():
-    global _lib
-    if _lib is not None:
-        return _lib
+def _compile(source: Path, stem: str, suffix: str, flags: list[str]) -> Path | None:
+    """`source` compiled to a shared library in the kernel cache, named by its source hash (and `suffix`):
+    built once, atomically renamed into place. None without a compiler or when it does not compile."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        _lib = False
-        return _lib
-    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:16]
+        return None
+    digest = hashlib.sha256(source.read_bytes() + repr(flags).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("HEBATRON_CACHE", Path.home() / ".cache" / "hebatron")) / "kernels"
-    so = cache / f"chairman-{digest}.so"
+    so = cache / f"{stem}-{digest}{suffix}"
     if not so.exists():
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             out = Path(tmp) / so.name
-            proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(_SOURCE)],
-                                  capture_output=True, text=True)
+            try:
+                proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", str(out), str(source)],
+                                      capture_output=True, text=True)
+            except OSError:  # $CC names no runnable compiler
+                return None
             if proc.returncode != 0:
-                _lib = False
-                return _lib
+                return None
             os.replace(out, so)  # atomic: concurrent ranks never load a half-written library
+    return so
+
+
+def _load():
+    global _lib
+    if _lib is not None:
+        return _lib
+    # -O3: the vectorizer builds the batched locate's first pass (see _chairman.c); without ifunc support
+    # (e.g. musl) the CPU-specific clones do not link, so retry with one generic version
+    so = (_compile(_SOURCE, "chairman", ".so", ["-O3"])
+          or _compile(_SOURCE, "chairman", ".so", ["-O3", "-DNO_MULTIVERSION"]))
+    if so is None:
+        _lib = False
+        return _lib
     lib = ctypes.CDLL(str(so))
     p = ctypes.POINTER
-    lib.chairman.argtypes = [p(ctypes.c_int64), ctypes.c_int32, ctypes.c_int64, p(ctypes.c_int16),
-                             p(ctypes.c_uint32), p(ctypes.c_int64), p(ctypes.c_int64)]
+    lib.chairman.argtypes = [p(ctypes.c_int64), ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                             ctypes.c_void_p, ctypes.c_int64, p(ctypes.c_int64), p(ctypes.c_int64)]
     lib.chairman.restype = ctypes.c_int
-    i64, i16 = p(ctypes.c_int64), p(ctypes.c_int16)
-    lib.locate.argtypes = [i64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                           ctypes.c_int64, i64, ctypes.c_int32, i64, i64, ctypes.c_int64, i16, i64, i64, i16, i16,
-                           p(ctypes.c_uint32), i64, i64, p(ctypes.c_uint8), i64]
+    i64, i32, vp = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
+    lib.locate.argtypes = [vp, i64, i64, i32, i32, i32, i32, vp, vp, i32, vp, vp, vp, vp, vp, vp, vp]
     lib.locate.restype = ctypes.c_int64
     _lib = lib
     return _lib
+
+
+def _load_locator():
+    """The `locator` factory of the per-item locate extension (_locate_ext.c), or None where it cannot be
+    built (no compiler or no Python headers): SegmentIndex then uses its Python closure."""
+    global _locator
+    if _locator is not None:
+        return _locator or None
+    _locator = False
+    include = sysconfig.get_paths().get("include")
+    if include and (Path(include) / "Python.h").exists():
+        so = _compile(_EXT_SOURCE, "locate", sysconfig.get_config_var("EXT_SUFFIX") or ".so",
+                      ["-O2", f"-I{include}"])
+        if so is not None:
+            name = "_hebatron_locate"
+            loader = importlib.machinery.ExtensionFileLoader(name, str(so))
+            spec = importlib.util.spec_from_file_location(name, str(so), loader=loader)
+            mod = importlib.util.module_from_spec(spec)
+            loader.exec_module(mod)
+            _locator = mod.locator
+    return _locator or None
 
 
 def _chairman_python(counts: np.ndarray, out: np.ndarray, cursor: np.ndarray, base: np.ndarray) -> None:
@@ -101,7 +141,8 @@ def chairman_order(counts, base: np.ndarray | None = None, force_python: bool = 
     """(source ids int16, cursors uint32) of a phase whose per-source sample counts are `counts`.
 
     `base` (int64, one per source) holds each source's cursor before the phase and is advanced in place.
-    `out`/`cursor`: optional preallocated contiguous int16/uint32 arrays of length sum(counts) to fill.
+    `out`/`cursor`: optional preallocated int16/uint32 arrays of length sum(counts) to fill; they may be
+    strided (e.g. the two fields of a packed record array).
     """
     counts = np.ascontiguousarray(counts, dtype=np.int64)
     if (counts < 0).any():
@@ -117,14 +158,14 @@ def chairman_order(counts, base: np.ndarray | None = None, force_python: bool = 
     out = np.empty(n, dtype=np.int16) if out is None else out
     cursor = np.empty(n, dtype=np.uint32) if cursor is None else cursor
     if out.shape != (n,) or cursor.shape != (n,) or out.dtype != np.int16 or cursor.dtype != np.uint32 \
-            or not (out.flags.c_contiguous and cursor.flags.c_contiguous):
-        raise TypeError("out/cursor must be contiguous int16/uint32 arrays of length sum(counts)")
+            or (n > 0 and (out.strides[0] <= 0 or cursor.strides[0] <= 0)):
+        raise TypeError("out/cursor must be int16/uint32 arrays of length sum(counts) with positive strides")
     lib = None if force_python else _load()
     if lib:
         used = np.zeros(S, dtype=np.int64)
         p = ctypes.POINTER
-        rc = lib.chairman(counts.ctypes.data_as(p(ctypes.c_int64)), S, n, out.ctypes.data_as(p(ctypes.c_int16)),
-                          cursor.ctypes.data_as(p(ctypes.c_uint32)), base.ctypes.data_as(p(ctypes.c_int64)),
+        rc = lib.chairman(counts.ctypes.data_as(p(ctypes.c_int64)), S, n, out.ctypes.data, out.strides[0],
+                          cursor.ctypes.data, cursor.strides[0], base.ctypes.data_as(p(ctypes.c_int64)),
                           used.ctypes.data_as(p(ctypes.c_int64)))
         if rc != 0:
             raise RuntimeError("chairman assignment found no eligible source (a bug: counts were valid)")

@@ -19,15 +19,22 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from hebatron_nemo.curriculum.apportion import _load, chairman_order
+from hebatron_nemo.curriculum.apportion import _load, _load_locator, chairman_order
 from hebatron_nemo.curriculum.plan import SourceData, _seed, docs_hash, stream_documents
 from hebatron_nemo.data.indexed import sha256_file
 from hebatron_nemo.data.tokenizer import MegatronTokenizerView
 from hebatron_nemo.errors import ConfigError
+
+
+# One curriculum sample: local stream id and cursor, packed (6 bytes, no padding; _chairman.c and
+# _locate_ext.c read it as int16 at byte 0 and uint32 at byte 2, native byte order).
+CUR_RECORD = np.dtype([("src", np.int16), ("cursor", np.uint32)], align=False)
+assert CUR_RECORD.itemsize == 6
 
 
 def _block_counts(desired: np.ndarray, size: int, remaining: np.ndarray) -> np.ndarray:
@@ -51,12 +58,22 @@ def _block_counts(desired: np.ndarray, size: int, remaining: np.ndarray) -> np.n
 
 
 class SegmentIndex:
-    """Global sample index -> (stream id, cursor, is_anchor, phase order index) for one segment."""
+    """Global sample index -> (stream id, cursor, is_anchor, phase order index) for one segment.
+
+    Arrays kept: `cur`, one packed 6-byte record per curriculum sample (`cur_src`: local stream id,
+    `cur_cursor`: cursor in that stream; a random lookup reads one cache line, or two for the ~8% of records
+    that straddle one, where separate arrays would read two), and
+    small tables: `slot` (one entry per position of a global batch), `batch_phase` (one per batch),
+    `anc_sid`/`anc_step`/`anc_base` (one per anchor-period slot: anchor slot j reads r = j mod period,
+    cursor = (j div period) * step + base) and `anc_packed`, the same three in one int64 for the C kernel."""
 
     def __init__(self, plan: dict, segment: int):
         seg = plan["segments"][segment]
         self.segment = segment
         self.start, self.num_samples = seg["start_sample"], seg["num_samples"]
+        if self.num_samples >= 2**32:
+            raise ConfigError(f"segment {segment} has {self.num_samples} samples; the mixture index addresses "
+                              f"fewer than 2^32 per segment (split it into several segments)")
         self.end = self.start + self.num_samples
         self.global_batch = gb = seg["global_batch"]
         self.anchor_per_batch = a = seg["anchor_per_batch"]
@@ -64,12 +81,16 @@ class SegmentIndex:
         phases = [p for p in plan["phases"] if p["segment"] == segment]
         self.phase_ids = np.array([p["order_index"] for p in phases], dtype=np.int64)
         self.phase_end_batch = np.cumsum([p["batches"] for p in phases])
+        # phase order index of every batch of the segment (4 bytes a batch)
+        nb = self.num_samples // gb
+        at_batch = np.searchsorted(self.phase_end_batch, np.arange(nb), side="right")
+        self.batch_phase = (self.phase_ids[np.minimum(at_batch, len(phases) - 1)].astype(np.int32)
+                            if phases else np.zeros(0, np.int32))
 
         # Position inside a global batch -> anchor ordinal (>= 0) or -(curriculum ordinal + 1).
         is_anc = np.zeros(gb, dtype=bool)
         is_anc[np.asarray(seg["anchor_positions"], dtype=np.int64)] = True
-        slot = np.where(is_anc, np.cumsum(is_anc) - 1, -np.cumsum(~is_anc))
-        self.slot = slot
+        self.slot = np.where(is_anc, np.cumsum(is_anc) - 1, -np.cumsum(~is_anc)).astype(np.int32)
 
         # Curriculum: phase by phase in realized order, cursors continuing per stream.
         sids = sorted({int(s) for p in phases for s in p["counts"]})
@@ -77,8 +98,7 @@ class SegmentIndex:
         self.stream_ids = np.array(sids, dtype=np.int16)
         base = np.zeros(len(sids), dtype=np.int64)
         total = sum(int(n) for p in phases for n in p["counts"].values())
-        self.cur_src = np.empty(total, dtype=np.int16)  # filled in place, phase by phase: no concatenation copy
-        self.cur_cursor = np.empty(total, dtype=np.uint32)
+        self.cur = np.empty(total, dtype=CUR_RECORD)  # filled in place, phase by phase: no concatenation copy
         at = 0
         for p in phases:
             counts = np.zeros(len(sids), dtype=np.int64)
@@ -94,34 +114,58 @@ class SegmentIndex:
         # Anchor: one period of the pattern, repeated.
         pattern = seg["anchor_pattern"]
         self.period = seg["anchor_period"]
+        if pattern and self.period >= 2**31:
+            raise ConfigError(f"segment {segment}: anchor period {self.period} must be below 2^31")
         if pattern:
             pids = [int(s) for s in pattern]
             pcounts = np.array([pattern[str(s)] for s in pids], dtype=np.int64)
             o, c = chairman_order(pcounts)
-            self.anc_src = np.array(pids, dtype=np.int16)[o]
-            self.anc_cursor = c.astype(np.int64)
-            self.anc_per_period = np.zeros(max(pids) + 1, dtype=np.int64)
-            self.anc_per_period[pids] = pcounts
+            self.anc_sid = np.array(pids, dtype=np.int32)[o]
+            self.anc_step = pcounts[o].astype(np.int32)  # the stream's anchor samples per period
+            self.anc_base = c.astype(np.int32)
         else:
-            self.anc_src = np.zeros(0, np.int16)
-            self.anc_cursor = np.zeros(0, np.int64)
-            self.anc_per_period = np.zeros(0, np.int64)
+            self.anc_sid = self.anc_step = self.anc_base = np.zeros(1, np.int32)  # never read: no anchor slot
+        # the three anchor tables packed into one for the batched C kernel (see _chairman.c; period < 2^24)
+        self.anc_packed = None
+        if self.period < 2**24:
+            packed = self.anc_packed = self.anc_sid.astype(np.int64)  # in place from here: no temporaries
+            packed *= 1 << 24  # (multiply/add, not shift/or: the same bits, and no extra numpy loops paged in)
+            packed += self.anc_step
+            packed *= 1 << 24
+            packed += self.anc_base
         self._fast()
 
+    @property
+    def cur_src(self) -> np.ndarray:
+        """Local stream id (index into `stream_ids`) of each curriculum ordinal: a strided view of `cur`."""
+        return self.cur["src"]
+
+    @property
+    def cur_cursor(self) -> np.ndarray:
+        """Cursor in its stream of each curriculum ordinal: a strided view of `cur`."""
+        return self.cur["cursor"]
+
     def _fast(self) -> None:
-        """The per-item `locate`: a closure over Python lists and memoryviews (no attribute lookups, no
-        numpy scalars). An instance attribute, so it shadows the method below, which documents it."""
+        """Binds the per-item `locate`: the compiled one (_locate_ext.c) where it builds, else the Python
+        closure of `_python_locate`. An instance attribute, so it shadows the method below, which documents it."""
+        make = _load_locator() if len(self.phase_ids) else None
+        if make is not None:
+            self.locate = make(self.segment, self.start, self.end, self.global_batch, self.anchor_per_batch,
+                               self.curriculum_per_batch, max(int(self.period), 1), self.slot, self.batch_phase,
+                               self.anc_sid, self.anc_step, self.anc_base, self.stream_ids, self.cur)
+        else:
+            self.locate = self._python_locate()
+
+    def _python_locate(self):
+        """The per-item `locate` as a closure over Python lists and memoryviews (no attribute lookups, no
+        numpy scalars)."""
         start, end, gb, apb, cpb, period = (self.start, self.end, self.global_batch, self.anchor_per_batch,
-                                            self.curriculum_per_batch, self.period)
-        slot, pids = self.slot.tolist(), self.phase_ids.tolist()
-        sids, asrc = self.stream_ids.tolist(), self.anc_src.tolist()
-        acur, app = self.anc_cursor.tolist(), self.anc_per_period.tolist()
-        src, cur = memoryview(self.cur_src), memoryview(self.cur_cursor)
-        # phase order index per batch of the segment (4 bytes a batch)
-        nb = self.num_samples // gb
-        batch_phase = memoryview(self.phase_ids[np.minimum(np.searchsorted(self.phase_end_batch, np.arange(nb),
-                                                                           side="right"), len(pids) - 1)]
-                                 .astype(np.int32)) if len(pids) else memoryview(np.zeros(0, np.int32))
+                                            self.curriculum_per_batch, max(int(self.period), 1))
+        slot, sids = self.slot.tolist(), self.stream_ids.tolist()
+        asid, astep, abase = self.anc_sid.tolist(), self.anc_step.tolist(), self.anc_base.tolist()
+        # the records as 16-bit words: 3 per sample (memoryview cannot index a strided record field)
+        words, batch_phase = memoryview(self.cur.view(np.uint16)), memoryview(self.batch_phase)
+        lo, hi = (1, 2) if sys.byteorder == "little" else (2, 1)  # the uint32 cursor's halves
         check = self._check
 
         def locate(g: int) -> tuple[int, int, bool, int]:
@@ -133,12 +177,11 @@ class SegmentIndex:
             s = slot[pos]
             if s >= 0:
                 q, r = divmod(batch * apb + s, period)
-                sid = asrc[r]
-                return sid, q * app[sid] + acur[r], True, batch_phase[batch]
-            c = batch * cpb - s - 1
-            return sids[src[c]], cur[c], False, batch_phase[batch]
+                return asid[r], q * astep[r] + abase[r], True, batch_phase[batch]
+            w = 3 * (batch * cpb - s - 1)
+            return sids[words[w]], words[w + lo] | words[w + hi] << 16, False, batch_phase[batch]
 
-        self.locate = locate
+        return locate
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "locate"}
@@ -192,64 +235,61 @@ class SegmentIndex:
     def locate(self, g: int) -> tuple[int, int, bool, int]:
         """(stream id, cursor in that stream, is_anchor, phase order index) of global sample g.
 
-        Instances use the equivalent closure `_fast` binds (several times faster per call)."""
+        Instances bind an equivalent faster function in `_fast` (this is its reference)."""
         g = int(g)
         self._check(g)
         batch, pos = divmod(g - self.start, self.global_batch)
         phase = int(self.phase_ids[int(np.searchsorted(self.phase_end_batch, batch, side="right"))])
         s = int(self.slot[pos])
         if s >= 0:
-            j = batch * self.anchor_per_batch + s
-            q, r = divmod(j, self.period)
-            sid = int(self.anc_src[r])
-            return sid, q * int(self.anc_per_period[sid]) + int(self.anc_cursor[r]), True, phase
+            q, r = divmod(batch * self.anchor_per_batch + s, self.period)
+            return int(self.anc_sid[r]), q * int(self.anc_step[r]) + int(self.anc_base[r]), True, phase
         c = batch * self.curriculum_per_batch - s - 1
         return int(self.stream_ids[self.cur_src[c]]), int(self.cur_cursor[c]), False, phase
 
-    def locate_batch(self, g: np.ndarray):
-        """Vectorized `locate` over an array of global indices: (stream ids, cursors, is_anchor, phases)."""
-        g = np.asarray(g, dtype=np.int64)
-        lib = _load()
-        if lib and g.ndim <= 1 and len(self.phase_ids):
-            return self._locate_batch_c(lib, np.ascontiguousarray(g))
+    def locate_batch(self, g: np.ndarray, force_numpy: bool = False):
+        """Vectorized `locate` over an array of global indices: (stream ids int16, cursors uint32, is_anchor
+        bool, phase order indices int16), each of g's shape. The four arrays are views of one buffer (one
+        allocation: half the page faults of four)."""
+        g = np.ascontiguousarray(g, dtype=np.int64)
+        m = g.size
+        buf = np.empty(9 * m, dtype=np.uint8)
+        cursor, sid = buf[:4 * m].view(np.uint32), buf[4 * m:6 * m].view(np.int16)
+        phase, is_anchor = buf[6 * m:8 * m].view(np.int16), buf[8 * m:].view(np.bool_)
+        lib = None if force_numpy else _load()
+        if lib and len(self.phase_ids) and self.num_samples < 2**31 and self.anc_packed is not None:
+            vp = ctypes.c_void_p
+            bad = lib.locate(vp(g.ctypes.data), m, self.start, self.num_samples, self.global_batch,
+                             self.anchor_per_batch, self.curriculum_per_batch, vp(self.slot.ctypes.data),
+                             vp(self.batch_phase.ctypes.data), max(int(self.period), 1),
+                             vp(self.anc_packed.ctypes.data), vp(self.stream_ids.ctypes.data),
+                             vp(self.cur.ctypes.data), vp(sid.ctypes.data), vp(cursor.ctypes.data),
+                             vp(is_anchor.ctypes.data), vp(phase.ctypes.data))
+            if bad >= 0:
+                raise IndexError(f"sample index {int(g.flat[bad])} is outside segment {self.segment} "
+                                 f"[{self.start}, {self.end})")
+        else:
+            self._locate_batch_numpy(g.reshape(-1), sid, cursor, is_anchor, phase)
+        return tuple(x.reshape(g.shape) for x in (sid, cursor, is_anchor, phase))
+
+    def _locate_batch_numpy(self, g, sid, cursor, is_anchor, phase) -> None:
         if g.size and (g.min() < self.start or g.max() >= self.end):
             bad = g[(g < self.start) | (g >= self.end)][0]
             raise IndexError(f"sample index {bad} is outside segment {self.segment} [{self.start}, {self.end})")
         batch, pos = np.divmod(g - self.start, self.global_batch)
-        phase = self.phase_ids[np.searchsorted(self.phase_end_batch, batch, side="right")]
+        phase[:] = self.batch_phase[batch]
         s = self.slot[pos]
-        is_anchor = s >= 0
-        sid = np.empty(g.shape, dtype=np.int64)
-        cursor = np.empty(g.shape, dtype=np.int64)
+        np.greater_equal(s, 0, out=is_anchor)
         if is_anchor.any():
             j = batch[is_anchor] * self.anchor_per_batch + s[is_anchor]
             q, r = np.divmod(j, self.period)
-            a_sid = self.anc_src[r].astype(np.int64)
-            sid[is_anchor] = a_sid
-            cursor[is_anchor] = q * self.anc_per_period[a_sid] + self.anc_cursor[r]
+            sid[is_anchor] = self.anc_sid[r]
+            cursor[is_anchor] = q * self.anc_step[r] + self.anc_base[r]
         cm = ~is_anchor
         if cm.any():
             c = batch[cm] * self.curriculum_per_batch - s[cm] - 1
             sid[cm] = self.stream_ids[self.cur_src[c]]
             cursor[cm] = self.cur_cursor[c]
-        return sid, cursor, is_anchor, phase
-
-    def _locate_batch_c(self, lib, g: np.ndarray):
-        m = g.size
-        sid, cursor, phase = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64)
-        is_anchor = np.empty(m, np.bool_)
-        P = ctypes.POINTER
-        ptr = lambda a, t: a.ctypes.data_as(P(t))  # noqa: E731
-        i64, i16 = ctypes.c_int64, ctypes.c_int16
-        bad = lib.locate(ptr(g, i64), m, self.start, self.num_samples, self.global_batch, self.anchor_per_batch,
-                         self.curriculum_per_batch, ptr(self.slot, i64), len(self.phase_ids),
-                         ptr(self.phase_end_batch, i64), ptr(self.phase_ids, i64), max(int(self.period), 1),
-                         ptr(self.anc_src, i16), ptr(self.anc_cursor, i64), ptr(self.anc_per_period, i64),
-                         ptr(self.stream_ids, i16), ptr(self.cur_src, i16), ptr(self.cur_cursor, ctypes.c_uint32),
-                         ptr(sid, i64), ptr(cursor, i64), ptr(is_anchor, ctypes.c_uint8), ptr(phase, i64))
-        if bad >= 0:
-            raise IndexError(f"sample index {int(g[bad])} is outside segment {self.segment} [{self.start}, {self.end})")
-        return sid, cursor, is_anchor, phase
 
 
 def stream_cache_dir(cache_dir: str, stream: dict, seq_length: int) -> str:
