@@ -56,8 +56,9 @@ def base_key(cfg, plan: dict) -> str:
                         "seed": cfg.seed, "optim": OmegaConf.to_container(cfg.optim, resolve=True)})
 
 
-def ensure_base(cfg, log=print) -> Path:
-    """The cached stage-0 model folder (`<base.dir>/<config hash>/model`), trained first when missing."""
+def ensure_base(cfg, log=print) -> Path | None:
+    """The cached stage-0 model folder (`<base.dir>/<config hash>/model`), trained first when missing;
+    None when training stopped on the warning signal (see preemption.py) before it was done."""
     quiet_megatron()
     bc = base_config(cfg)
     rank = distributed.init()[0]
@@ -71,7 +72,9 @@ def ensure_base(cfg, log=print) -> Path:
     plan = _plan_and_caches(bc, log)
     model = build_model(cfg.model, plan["tokenizer"]["vocab_size"], seed=cfg.seed)
     log(f"  model: {count_parameters(model)}")
-    train(bc, plan, model, Path(bc.run_dir), log=log, lr=cfg.base.lr, min_lr=cfg.base.min_lr)
+    state = train(bc, plan, model, Path(bc.run_dir), log=log, lr=cfg.base.lr, min_lr=cfg.base.min_lr)
+    if state.get("preempted"):
+        return None  # stopped on the warning signal: the next run resumes stage 0
     if rank == 0:
         export_model(model, plan, model_dir)
     distributed.barrier()
@@ -108,6 +111,8 @@ def run_cpt(cfg, log=print) -> dict:
     quiet_megatron()
     rank, world = distributed.init()
     base_dir = ensure_base(cfg, log)
+    if base_dir is None:
+        return {"preempted": True, "stop_reason": "stopped on the warning signal during stage 0"}
     plan = _plan_and_caches(cfg, log)
     if rank == 0:
         from hebatron_nemo.curriculum.report import print_plan
