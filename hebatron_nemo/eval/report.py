@@ -144,9 +144,19 @@ def write_report(run_dir: str | Path) -> Path:
     return out
 
 
+def _benchmark_average(run_dir: Path) -> float | None:
+    """Mean task score of the last model of the run's evaluated series (recipes/evaluate.py), if any."""
+    series = read_json(run_dir / "eval" / "series.json")
+    if not series or not series.get("models"):
+        return None
+    scores = series["models"][-1]["scores"]
+    return sum(scores.values()) / len(scores) if scores else None
+
+
 def sweep_summary(run_dirs: list[str | Path], out: str | Path) -> Path:
     """A table and plot comparing arms: final English anchor loss and Hebrew loss against each arm's
-    base, and the final benchmark average."""
+    base, the in-loop multiple-choice accuracies, the training tokens (budget-identical arms show the
+    same number), and the final benchmark average when the arm was evaluated (eval/series.json)."""
     rows = []
     for d in map(Path, run_dirs):
         evals = [r for r in _records(d) if r["kind"] == "eval"]
@@ -158,14 +168,19 @@ def sweep_summary(run_dirs: list[str | Path], out: str | Path) -> Path:
                      "order": plan.get("curriculum", {}).get("order"),
                      "anchor_loss_change": last.get("eval/anchor_loss", 0) - base.get("eval/anchor_loss", 0),
                      "he_loss_change": last.get("eval/he_loss", 0) - base.get("eval/he_loss", 0),
-                     "anchor_loss": last.get("eval/anchor_loss"), "he_loss": last.get("eval/he_loss")})
+                     "anchor_loss": last.get("eval/anchor_loss"), "he_loss": last.get("eval/he_loss"),
+                     "mc_acc_he": last.get("eval/mc_acc/he"), "mc_acc_en": last.get("eval/mc_acc/en"),
+                     "tokens": plan.get("totals", {}).get("tokens"), "benchmark_avg": _benchmark_average(d)})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Sweep summary", "", "| run | anchor share | order | English anchor loss (change vs base) | "
-             "Hebrew loss (change vs base) |", "|---|---|---|---|---|"]
+             "Hebrew loss (change vs base) | MC acc he / en | tokens | benchmark avg |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        mc = " / ".join("-" if r[k] is None else f"{r[k]:.3f}" for k in ("mc_acc_he", "mc_acc_en"))
+        bench = "-" if r["benchmark_avg"] is None else f"{r['benchmark_avg']:.1f}"
         lines.append(f"| {r['run']} | {r['anchor_share']} | {r['order']} | {r['anchor_loss']:.4f} "
-                     f"({r['anchor_loss_change']:+.4f}) | {r['he_loss']:.4f} ({r['he_loss_change']:+.4f}) |")
+                     f"({r['anchor_loss_change']:+.4f}) | {r['he_loss']:.4f} ({r['he_loss_change']:+.4f}) | {mc} "
+                     f"| {r['tokens'] if r['tokens'] is not None else '-'} | {bench} |")
     if rows:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(7, 4))

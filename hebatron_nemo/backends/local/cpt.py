@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -58,7 +59,10 @@ def base_key(cfg, plan: dict) -> str:
 
 def ensure_base(cfg, log=print) -> Path | None:
     """The cached stage-0 model folder (`<base.dir>/<config hash>/model`), trained first when missing;
-    None when training stopped on the warning signal (see preemption.py) before it was done."""
+    None when training stopped on the warning signal (see preemption.py) before it was done.
+
+    Runs that share the cache (the arms of a sweep, started at once on a cluster) take turns: the
+    first trains stage 0 under a file lock, the others wait for it and reuse the model."""
     quiet_megatron()
     bc = base_config(cfg)
     rank = distributed.init()[0]
@@ -67,6 +71,30 @@ def ensure_base(cfg, log=print) -> Path | None:
     model_dir = root / "model"
     if (model_dir / "COMPLETE").exists():
         return model_dir
+    lock = None
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / ".lock", "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+    distributed.barrier()
+    try:
+        if (model_dir / "COMPLETE").exists():  # another run trained it while we waited
+            return model_dir
+        bc.run_dir = str(root / "run")
+        log(f"stage 0: pretraining the base model on {dict(cfg.base.sources)} -> {model_dir}")
+        plan = _plan_and_caches(bc, log)
+        model = build_model(cfg.model, plan["tokenizer"]["vocab_size"], seed=cfg.seed)
+        log(f"  model: {count_parameters(model)}")
+        state = train(bc, plan, model, Path(bc.run_dir), log=log, lr=cfg.base.lr, min_lr=cfg.base.min_lr)
+        if state.get("preempted"):
+            return None  # stopped on the warning signal: the next run resumes stage 0
+        if rank == 0:
+            export_model(model, plan, model_dir)
+        distributed.barrier()
+        return model_dir
+    finally:
+        if lock is not None:
+            lock.close()
     bc.run_dir = str(root / "run")
     log(f"stage 0: pretraining the base model on {dict(cfg.base.sources)} -> {model_dir}")
     plan = _plan_and_caches(bc, log)
