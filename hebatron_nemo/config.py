@@ -385,6 +385,7 @@ class TrainConfig(PlanConfig):
     seed: int = 1234
     threads: int = 2  # torch CPU threads per process
     max_steps: Optional[int] = None  # stop after this many steps (testing); the plan is unchanged
+    stop_after_segment: Optional[str] = None  # stop at this segment's end and export <run_dir>/segments/<name>/model (one Slurm job per segment)
 
 
 @dataclass

@@ -140,7 +140,8 @@ def render_sbatch(cluster, job: StageJob) -> str:
              "# hebatron_nemo/launch/slurm.py (python launchers/slurm/submit.py --help). Do not edit; re-render.",
              *[f"#SBATCH {flag}" for flag in sb],
              "set -euo pipefail",
-             f"cd {q(repo_dir)}",
+             # with a container the step starts in container.workdir; the batch shell stays on the host
+             f"cd {q(repo_dir)}" if not cluster.container.image else f"# the step runs in {cluster.container.workdir or '(the image default)'} inside the container",
              f"export HEBATRON_STOP_SIGNAL=SIG{cluster.signal}  # the training stages stop cleanly on it",
              *[f"export {k}={q(str(v))}" for k, v in cluster.env.items()],
              *list(cluster.setup),
@@ -153,6 +154,7 @@ def render_sbatch(cluster, job: StageJob) -> str:
         fwd = cluster.signal if handles else "TERM"
         what = "checkpoint at the next step boundary" if handles else "stop (this stage restarts from its start)"
         lines += ["warned=0", 'step=""',
+                  "# shellcheck disable=SC2317  # run by the trap below",
                   "on_warning() {",
                   "  warned=1",
                   f'  echo "[hebatron] SIG{cluster.signal}: preemption or time limit within {cluster.signal_seconds} s: {what}"',

@@ -45,6 +45,7 @@ def base_config(cfg):
                                    "sources": OmegaConf.to_container(b.sources), "select": {}}]},
         "anchor": {"share": 0.0, "sources": {}},
         "eval": {"early_stop": {"enabled": False}},
+        "stop_after_segment": None,  # a CPT segment name; stage 0 has its own single segment
     })
     return bc
 
@@ -153,6 +154,10 @@ def run_cpt(cfg, log=print) -> dict:
     if rank == 0 and state["consumed_samples"] >= plan["totals"]["samples"]:
         export_model(model, plan, run_dir / "model")
         log(f"CPT done: {state['step']} steps, {state['tokens']:,} tokens -> {run_dir / 'model'}")
+    elif rank == 0 and (state.get("stop_reason") or "").startswith("stop_after_segment="):
+        out = run_dir / "segments" / str(cfg.stop_after_segment) / "model"
+        export_model(model, plan, out)  # what a per-segment export (e.g. base_8k) reads
+        log(f"segment {cfg.stop_after_segment} done: {state['step']} steps, {state['tokens']:,} tokens -> {out}")
     distributed.barrier()
     state["base_dir"] = str(base_dir)
     return state

@@ -150,10 +150,20 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
     stop_reason = None
     preempted = False
     stopper = StopOnSignal()
+    stop_seg = cfg.get("stop_after_segment")
+    stop_seg_end = None
+    if stop_seg:
+        ends = {s["name"]: s["start_sample"] + s["num_samples"] for s in plan["segments"]}
+        if stop_seg not in ends:
+            raise ConfigError(f"stop_after_segment={stop_seg!r}: the plan's segments are {sorted(ends)}")
+        stop_seg_end = ends[stop_seg]
     try:
         while state["consumed_samples"] < total_samples:
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 stop_reason = f"max_steps={cfg.max_steps}"
+                break
+            if stop_seg_end is not None and state["consumed_samples"] >= stop_seg_end:
+                stop_reason = f"stop_after_segment={stop_seg}"  # its end was checkpointed (forced)
                 break
             c = state["consumed_samples"]
             k = next(i for i, s in enumerate(plan["segments"]) if s["start_sample"] <= c < s["start_sample"] + s["num_samples"])
