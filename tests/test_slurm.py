@@ -1,6 +1,7 @@
 """Launchers on a real Slurm: the rendered sbatch of a tiny CPT (torch.distributed.run, 2 processes over
-gloo) runs to completion, and a job warned as Slurm warns before a preemption checkpoints, requeues
-itself, resumes and ends in the same state as the uninterrupted run."""
+gloo) runs to completion; a job warned as Slurm warns before a preemption checkpoints, requeues
+itself, resumes and ends in the same state as the uninterrupted run; and a short chain (plan -> CPT
+segment 1 -> export of that segment's model) runs as afterok-dependent jobs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stage_conf import stage_args, write_stage_conf
+import os
+
+from stage_conf import flat_stage_args, stage_args, write_stage_conf
 
 from hebatron_nemo.launch.compose import compose_launch
 from hebatron_nemo.launch.slurm import StageJob, submit
@@ -112,3 +115,26 @@ def test_warned_job_checkpoints_requeues_and_resumes(stage, reference):
     b = load_file(str(run / "model" / "training_state.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((run / "ledger.json").read_text())["phases"] == json.loads((reference["run"] / "ledger.json").read_text())["phases"]
+
+
+def test_a_short_chain_runs_as_dependent_jobs(slurm_cluster, tmp_path):
+    conf = write_stage_conf(tmp_path, steps_per_phase=3, long_steps=3)
+    work = tmp_path / "work"
+    cmd = [sys.executable, "launchers/slurm/chain.py", "--set", f"paths.work={work}", "--set",
+           f"cluster.python={sys.executable}", "--only", "plan,cpt_s1,export_s1", *flat_stage_args(conf, work)]
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ids = dict(kv.split("=") for kv in proc.stdout.split("jobs: ", 1)[1].splitlines()[0].split())
+    assert list(ids) == ["plan", "cpt_s1", "export_s1"]
+    assert job_info(ids["cpt_s1"])["Dependency"] in (f"afterok:{ids['plan']}(unfulfilled)", "(null)")
+    logs = work / "slurm" / "logs"
+    for name in ("plan", "cpt_s1", "export_s1"):
+        wait_for(ids[name], {"COMPLETED"}, log=logs / f"heb-{name}-{ids[name]}.out")
+    run = work / "runs" / "synth-easy_to_hard-anchor0.25"
+    plan = json.loads((run / "plan.json").read_text())
+    s1_end = plan["segments"][0]["num_samples"] // plan["segments"][0]["global_batch"]
+    assert max(r["step"] for r in train_records(run)) == s1_end  # stopped at the end of segment s1
+    assert (run / "segments" / "s1" / "model" / "COMPLETE").exists() and not (run / "model").exists()
+    assert (run / "hf" / "base_s1" / "config.json").exists()
+    assert "segment s1 done" in (logs / f"heb-cpt_s1-{ids['cpt_s1']}.out").read_text()

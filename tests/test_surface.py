@@ -38,7 +38,8 @@ def surface() -> dict:
     from hebatron_nemo.export.hf import ExportConfig
 
     recipes = {"prepare_data": C.PrepareConfig, "plan": C.PlanConfig, "cpt": C.TrainConfig, "sft": C.SFTRunConfig,
-               "install_demo_corpora": C.InstallDemoConfig, "evaluate": C.EvaluateRunConfig, "export": ExportConfig}
+               "install_demo_corpora": C.InstallDemoConfig, "evaluate": C.EvaluateRunConfig, "export": ExportConfig,
+               "launch": C.LaunchConfig}
     groups = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in sorted((REPO / "conf").iterdir()) if g.is_dir()}
     return {"recipes": {name: _keys(cls) for name, cls in recipes.items()}, "config_groups": groups}
 
