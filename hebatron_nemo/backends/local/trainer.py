@@ -110,6 +110,13 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
     """Runs (or resumes) the plan's steps on `model`; returns the final trainer state."""
     rank, world = distributed.init()
     torch.set_num_threads(int(cfg.threads))
+    stop_seg = cfg.get("stop_after_segment")
+    stop_seg_end = None
+    if stop_seg:  # checked before anything is loaded or run
+        ends = {s["name"]: s["start_sample"] + s["num_samples"] for s in plan["segments"]}
+        if stop_seg not in ends:
+            raise ConfigError(f"stop_after_segment={stop_seg!r}: the plan's segments are {sorted(ends)}")
+        stop_seg_end = ends[stop_seg]
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     optim_cfg = cfg.optim
@@ -150,13 +157,6 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
     stop_reason = None
     preempted = False
     stopper = StopOnSignal()
-    stop_seg = cfg.get("stop_after_segment")
-    stop_seg_end = None
-    if stop_seg:
-        ends = {s["name"]: s["start_sample"] + s["num_samples"] for s in plan["segments"]}
-        if stop_seg not in ends:
-            raise ConfigError(f"stop_after_segment={stop_seg!r}: the plan's segments are {sorted(ends)}")
-        stop_seg_end = ends[stop_seg]
     try:
         while state["consumed_samples"] < total_samples:
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
