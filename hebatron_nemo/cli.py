@@ -9,6 +9,7 @@ import sys
 from hebatron_nemo.errors import HebatronError
 
 EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on the cluster's warning signal after a checkpoint; run again to resume
 
 
 @contextlib.contextmanager

@@ -385,6 +385,7 @@ class TrainConfig(PlanConfig):
     seed: int = 1234
     threads: int = 2  # torch CPU threads per process
     max_steps: Optional[int] = None  # stop after this many steps (testing); the plan is unchanged
+    stop_after_segment: Optional[str] = None  # stop at this segment's end and export <run_dir>/segments/<name>/model (one Slurm job per segment)
 
 
 @dataclass
@@ -445,6 +446,56 @@ class InstallDemoConfig:
     use_apt: bool = True  # add modern Hebrew from Debian's l10n packages when apt-get works
 
 
+@dataclass
+class ContainerConfig:
+    """The container a Slurm step runs in, through Pyxis/Enroot (`srun --container-image=...`).
+    No image: the step runs on the host (machines without Pyxis, e.g. `cluster=local_slurm`)."""
+
+    image: Optional[str] = None  # e.g. nvcr.io/nvidia/nemo:26.08, or a squashfs (.sqsh) built from docker/Dockerfile
+    mounts: List[str] = field(default_factory=list)  # "host:container[:flags]" pairs, joined into --container-mounts
+    workdir: Optional[str] = None  # --container-workdir: where the repository is inside the container
+    mount_home: bool = False  # Pyxis mounts $HOME by default; off keeps the container hermetic
+    extra_flags: List[str] = field(default_factory=list)  # any other srun flag for the container (e.g. --container-writable)
+
+
+@dataclass
+class ClusterConfig:
+    """Where and how a stage runs as a Slurm batch job (`conf/cluster/<name>.yaml`)."""
+
+    name: str = MISSING
+    account: Optional[str] = None  # --account
+    partition: Optional[str] = None  # --partition
+    qos: Optional[str] = None  # --qos
+    time: str = "04:00:00"  # --time (the preemption warning counts back from it)
+    nodes: int = 1  # --nodes of a distributed (training) stage; other stages use one node
+    gpus_per_node: int = 0  # --gpus-per-node (0: CPU-only nodes)
+    procs_per_node: int = 1  # torch.distributed.run --nproc-per-node (one per GPU on GPU nodes)
+    cpus_per_task: Optional[int] = None  # --cpus-per-task of the one launcher task per node
+    mem: Optional[str] = None  # --mem (e.g. "0" for all of a node's memory)
+    exclusive: bool = False  # --exclusive
+    container: ContainerConfig = field(default_factory=ContainerConfig)
+    env: Dict[str, str] = field(default_factory=dict)  # exported before srun: NCCL / network settings, caches
+    setup: List[str] = field(default_factory=list)  # shell lines run before srun (module loads, venv activation)
+    python: str = "python"  # the interpreter on the node (inside the container when there is one)
+    repo_dir: Optional[str] = None  # where the jobs cd to (inside the container: container.workdir); default: this checkout
+    log_dir: str = MISSING  # sbatch --output/--error go to <log_dir>/<job name>-<job id>.{out,err}
+    script_dir: str = MISSING  # rendered sbatch scripts are written here before submission
+    rdzv_port: int = 29500  # torch.distributed.run c10d rendezvous port on the first node
+    signal: str = "USR1"  # the preemption warning signal, sent to the batch shell (--signal=B:<signal>@<seconds>)
+    signal_seconds: int = 300  # how long before the time limit (or preemption) the warning comes
+    requeue: bool = True  # --requeue, and the batch shell requeues itself after a clean stop on the warning
+    max_restarts: int = 20  # stop requeueing after this many restarts (SLURM_RESTART_COUNT)
+    sbatch_flags: List[str] = field(default_factory=list)  # any other #SBATCH line, e.g. "--constraint=h100"
+
+
+@dataclass
+class LaunchConfig:
+    """`launchers/slurm/*.py`: the cluster profile the stages are submitted with."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
 def register_configs() -> None:
     """Register the schemas so `conf/` YAML files are validated against them at compose time."""
     from hydra.core.config_store import ConfigStore
@@ -458,3 +509,5 @@ def register_configs() -> None:
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="data", name="data_schema", node=DataConfig)
     cs.store(group="tokenizer", name="tokenizer_schema", node=TokenizerConfig)
+    cs.store(name="launch_schema", node=LaunchConfig)
+    cs.store(group="cluster", name="cluster_schema", node=ClusterConfig)

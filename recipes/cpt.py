@@ -15,10 +15,12 @@ register_configs()
 @hydra.main(config_path="../conf", config_name="cpt", version_base="1.3")
 def main(cfg) -> None:
     from hebatron_nemo.backends.local.cpt import run_cpt
-    from hebatron_nemo.cli import clean_errors
+    from hebatron_nemo.cli import EXIT_PREEMPTED, clean_errors
 
     with clean_errors():
-        run_cpt(cfg)
+        state = run_cpt(cfg)
+    if state.get("preempted"):
+        sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

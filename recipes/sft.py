@@ -15,10 +15,12 @@ register_configs()
 @hydra.main(config_path="../conf", config_name="sft", version_base="1.3")
 def main(cfg) -> None:
     from hebatron_nemo.backends.local.sft import run_sft
-    from hebatron_nemo.cli import clean_errors
+    from hebatron_nemo.cli import EXIT_PREEMPTED, clean_errors
 
     with clean_errors():
-        run_sft(cfg)
+        state = run_sft(cfg)
+    if state.get("preempted"):
+        sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 #
 #   scripts/env.sh cpu      -> prints the main CPU venv (Python 3.12, requirements/cpu.lock)
 #   scripts/env.sh compat   -> prints the compatibility layer dir (requirements/compat.lock, for PYTHONPATH)
+#   scripts/env.sh launch   -> prints the launch tier dir (requirements/launch.lock: hydra-submitit-launcher, for PYTHONPATH)
 #
 # Environment: HEBATRON_ENV_ROOT (default ~/.cache/hebatron/envs), PYTHON312 (a Python 3.12 interpreter).
 set -euo pipefail
@@ -30,7 +31,8 @@ find_python312() {
 }
 
 build_cpu() {
-  local venv="$root/cpu-$(lock_hash cpu)"
+  local venv
+  venv="$root/cpu-$(lock_hash cpu)"
   if [ -f "$venv/.complete" ]; then echo "$venv"; return 0; fi
   exec 9>"$venv.lock"; flock 9          # one builder at a time; the others wait and reuse
   if [ -f "$venv/.complete" ]; then echo "$venv"; return 0; fi
@@ -46,8 +48,23 @@ build_cpu() {
   echo "$venv"
 }
 
+build_target() {  # build_target NAME: requirements/NAME.lock installed --no-deps into a relocatable folder
+  local name=$1 dir venv
+  dir="$root/$name-$(lock_hash "$name")"
+  if [ -f "$dir/.complete" ]; then echo "$dir"; return 0; fi
+  venv=$(build_cpu)
+  exec 8>"$dir.lock"; flock 8
+  if [ -f "$dir/.complete" ]; then echo "$dir"; return 0; fi
+  rm -rf "$dir" "$dir.tmp"
+  "$venv/bin/python" -m pip install -q --no-deps --require-hashes --target "$dir.tmp" -r "$here/requirements/$name.lock" >&2
+  touch "$dir.tmp/.complete"
+  mv "$dir.tmp" "$dir"
+  echo "$dir"
+}
+
 build_compat() {
-  local dir="$root/compat-$(lock_hash compat)"
+  local dir
+  dir="$root/compat-$(lock_hash compat)"
   if [ -f "$dir/.complete" ]; then echo "$dir"; return 0; fi
   local venv; venv=$(build_cpu)
   exec 8>"$dir.lock"; flock 8
@@ -62,5 +79,6 @@ build_compat() {
 case "$kind" in
   cpu) build_cpu ;;
   compat) build_compat ;;
-  *) echo "usage: $0 cpu|compat" >&2; exit 2 ;;
+  launch) build_target launch ;;
+  *) echo "usage: $0 cpu|compat|launch" >&2; exit 2 ;;
 esac

@@ -3,7 +3,10 @@
 # freeze it. Review the diff; the new lock hash gives a new environment on the next `make env`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-py=${PYTHON312:-$(ls -1 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python 2>/dev/null | head -n1)}
+py=${PYTHON312:-}
+if [ -z "$py" ]; then  # the first pyenv 3.12 (glob order)
+  for c in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python; do [ -x "$c" ] && { py=$c; break; }; done
+fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 "$py" -m venv "$scratch/venv"

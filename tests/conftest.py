@@ -30,3 +30,42 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node Slurm (slurmctld + slurmd + munge on localhost, launchers/slurm/local_cluster.sh).
+
+    Reuses a running one when HEBATRON_SLURM_DIR names it (.ci/run starts one); otherwise starts its own
+    in a temp folder and stops it at the end. Without slurm-wlm/munge or root the tests skip, unless
+    HEBATRON_REQUIRE_SLURM=1 (CI), where they fail."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "launchers" / "slurm" / "local_cluster.sh"
+    missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch") if shutil.which(b) is None]
+    problem = (f"{', '.join(missing)} not installed (launchers/slurm/local_cluster.sh install)" if missing
+               else "local Slurm needs root" if os.geteuid() != 0 else None)
+    if problem:
+        if os.environ.get("HEBATRON_REQUIRE_SLURM"):
+            pytest.fail(f"HEBATRON_REQUIRE_SLURM is set but {problem}")
+        pytest.skip(f"{problem}; set HEBATRON_REQUIRE_SLURM=1 to make this a failure")
+    env = dict(os.environ)
+    own = not (env.get("HEBATRON_SLURM_DIR") and Path(env["HEBATRON_SLURM_DIR"], "slurmctld.pid").exists())
+    if own:
+        env["HEBATRON_SLURM_DIR"] = str(tmp_path_factory.mktemp("slurm"))
+        env["HEBATRON_SLURM_PORT"] = str(17000 + 2 * (os.getpid() % 1000))
+    proc = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        pytest.fail(f"local Slurm did not start: {proc.stdout}{proc.stderr}")
+    conf = str(Path(env["HEBATRON_SLURM_DIR"]) / "slurm.conf")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    yield {"conf": conf, "dir": env["HEBATRON_SLURM_DIR"]}
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
+    if own:
+        subprocess.run([str(script), "stop"], env=env, capture_output=True, text=True, timeout=120)

@@ -40,7 +40,7 @@ def surface() -> dict:
 
     recipes = {"prepare_data": C.PrepareConfig, "plan": C.RunConfig, "cpt": C.RunConfig, "sft": C.RunConfig,
                "install_demo_corpora": C.InstallDemoConfig, "evaluate": C.RunConfig, "export": ExportConfig,
-               "pipeline": PipelineConfig}
+               "pipeline": PipelineConfig, "launch": C.LaunchConfig}
     groups = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in sorted((REPO / "conf").iterdir()) if g.is_dir()}
     return {"recipes": {name: _keys(cls) for name, cls in recipes.items()}, "config_groups": groups}
 

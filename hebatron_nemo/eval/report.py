@@ -71,11 +71,14 @@ def _arm_row(run_dir: Path) -> dict | None:
     base, last = evals[0]["values"], evals[-1]["values"]
     plan = read_json(run_dir / "plan.json") or {}
     return {"run": run_dir.name, "anchor_share": plan.get("anchor", {}).get("share"),
-            "order": plan.get("curriculum", {}).get("order"), "tokens": evals[-1]["tokens"],
+            "order": plan.get("curriculum", {}).get("order"),
+            "tokens": plan.get("totals", {}).get("tokens", evals[-1]["tokens"]),
             "anchor_loss": last.get("eval/anchor_loss"),
             "anchor_loss_change": last.get("eval/anchor_loss", 0) - base.get("eval/anchor_loss", 0),
             "he_loss": last.get("eval/he_loss"),
-            "he_loss_change": last.get("eval/he_loss", 0) - base.get("eval/he_loss", 0)}
+            "he_loss_change": last.get("eval/he_loss", 0) - base.get("eval/he_loss", 0),
+            "mc_acc_he": last.get("eval/mc_acc/he"), "mc_acc_en": last.get("eval/mc_acc/en"),
+            "benchmark_avg": _benchmark_average(run_dir)}
 
 
 def eval_change(run_dir: str | Path) -> dict:
@@ -218,17 +221,30 @@ def write_report(run_dir: str | Path) -> Path:
     return out
 
 
+def _benchmark_average(run_dir: Path) -> float | None:
+    """Mean task score of the last model of the run's evaluated series (recipes/evaluate.py), if any."""
+    series = read_json(run_dir / "eval" / "series.json")
+    if not series or not series.get("models"):
+        return None
+    scores = series["models"][-1]["scores"]
+    return sum(scores.values()) / len(scores) if scores else None
+
+
 def sweep_summary(run_dirs: list[str | Path], out: str | Path) -> Path:
     """A table and plot comparing arms: final English anchor loss and Hebrew loss against each arm's
-    base, and the final benchmark average."""
+    base, the in-loop multiple-choice accuracies, the training tokens (budget-identical arms show the
+    same number), and the final benchmark average when the arm was evaluated (eval/series.json)."""
     rows = [row for row in (_arm_row(Path(d)) for d in run_dirs) if row]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Sweep summary", "", "| run | anchor share | order | English anchor loss (change vs base) | "
-             "Hebrew loss (change vs base) |", "|---|---|---|---|---|"]
+             "Hebrew loss (change vs base) | MC acc he / en | tokens | benchmark avg |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        mc = " / ".join("-" if r[k] is None else f"{r[k]:.3f}" for k in ("mc_acc_he", "mc_acc_en"))
+        bench = "-" if r["benchmark_avg"] is None else f"{r['benchmark_avg']:.1f}"
         lines.append(f"| {r['run']} | {r['anchor_share']} | {r['order']} | {r['anchor_loss']:.4f} "
-                     f"({r['anchor_loss_change']:+.4f}) | {r['he_loss']:.4f} ({r['he_loss_change']:+.4f}) |")
+                     f"({r['anchor_loss_change']:+.4f}) | {r['he_loss']:.4f} ({r['he_loss_change']:+.4f}) | {mc} "
+                     f"| {r['tokens'] if r['tokens'] is not None else '-'} | {bench} |")
     if rows:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(7, 4))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -44,6 +45,7 @@ def base_config(cfg):
                                    "sources": OmegaConf.to_container(b.sources), "select": {}}]},
         "anchor": {"share": 0.0, "sources": {}},
         "eval": {"early_stop": {"enabled": False}},
+        "stop_after_segment": None,  # a CPT segment name; stage 0 has its own single segment
     })
     return bc
 
@@ -56,8 +58,12 @@ def base_key(cfg, plan: dict) -> str:
                         "seed": cfg.seed, "optim": OmegaConf.to_container(cfg.optim, resolve=True)})
 
 
-def ensure_base(cfg, log=print) -> Path:
-    """The cached stage-0 model folder (`<base.dir>/<config hash>/model`), trained first when missing."""
+def ensure_base(cfg, log=print) -> Path | None:
+    """The cached stage-0 model folder (`<base.dir>/<config hash>/model`), trained first when missing;
+    None when training stopped on the warning signal (see preemption.py) before it was done.
+
+    Runs that share the cache (the arms of a sweep, started at once on a cluster) take turns: the
+    first trains stage 0 under a file lock, the others wait for it and reuse the model."""
     quiet_megatron()
     bc = base_config(cfg)
     rank = distributed.init()[0]
@@ -66,12 +72,38 @@ def ensure_base(cfg, log=print) -> Path:
     model_dir = root / "model"
     if (model_dir / "COMPLETE").exists():
         return model_dir
+    lock = None
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / ".lock", "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+    distributed.barrier()
+    try:
+        if (model_dir / "COMPLETE").exists():  # another run trained it while we waited
+            return model_dir
+        bc.run_dir = str(root / "run")
+        log(f"stage 0: pretraining the base model on {dict(cfg.base.sources)} -> {model_dir}")
+        plan = _plan_and_caches(bc, log)
+        model = build_model(cfg.model, plan["tokenizer"]["vocab_size"], seed=cfg.seed)
+        log(f"  model: {count_parameters(model)}")
+        state = train(bc, plan, model, Path(bc.run_dir), log=log, lr=cfg.base.lr, min_lr=cfg.base.min_lr)
+        if state.get("preempted"):
+            return None  # stopped on the warning signal: the next run resumes stage 0
+        if rank == 0:
+            export_model(model, plan, model_dir)
+        distributed.barrier()
+        return model_dir
+    finally:
+        if lock is not None:
+            lock.close()
     bc.run_dir = str(root / "run")
     log(f"stage 0: pretraining the base model on {dict(cfg.base.sources)} -> {model_dir}")
     plan = _plan_and_caches(bc, log)
     model = build_model(cfg.model, plan["tokenizer"]["vocab_size"], seed=cfg.seed)
     log(f"  model: {count_parameters(model)}")
-    train(bc, plan, model, Path(bc.run_dir), log=log, lr=cfg.base.lr, min_lr=cfg.base.min_lr)
+    state = train(bc, plan, model, Path(bc.run_dir), log=log, lr=cfg.base.lr, min_lr=cfg.base.min_lr)
+    if state.get("preempted"):
+        return None  # stopped on the warning signal: the next run resumes stage 0
     if rank == 0:
         export_model(model, plan, model_dir)
     distributed.barrier()
@@ -111,6 +143,8 @@ def run_cpt(cfg, log=print) -> dict:
     quiet_megatron()
     rank, world = distributed.init()
     base_dir = ensure_base(cfg, log)
+    if base_dir is None:
+        return {"preempted": True, "stop_reason": "stopped on the warning signal during stage 0"}
     plan = _plan_and_caches(cfg, log)
     if rank == 0:
         from hebatron_nemo.curriculum.report import print_plan
@@ -123,6 +157,10 @@ def run_cpt(cfg, log=print) -> dict:
     if rank == 0 and state["consumed_samples"] >= plan["totals"]["samples"]:
         export_model(model, plan, run_dir / "model")
         log(f"CPT done: {state['step']} steps, {state['tokens']:,} tokens -> {run_dir / 'model'}")
+    elif rank == 0 and (state.get("stop_reason") or "").startswith("stop_after_segment="):
+        out = run_dir / "segments" / str(cfg.stop_after_segment) / "model"
+        export_model(model, plan, out)  # what a per-segment export (e.g. base_8k) reads
+        log(f"segment {cfg.stop_after_segment} done: {state['step']} steps, {state['tokens']:,} tokens -> {out}")
     distributed.barrier()
     state["base_dir"] = str(base_dir)
     return state

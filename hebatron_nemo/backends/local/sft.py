@@ -19,6 +19,7 @@ from hebatron_nemo.backends.local import checkpoint, distributed
 from hebatron_nemo.backends.local.cpt import export_model, load_weights
 from hebatron_nemo.backends.local.router import RouterBalancer
 from hebatron_nemo.backends.local.schedule import WSDSchedule
+from hebatron_nemo.backends.local.preemption import StopOnSignal
 from hebatron_nemo.backends.local.trainer import RunLogger, make_optimizer
 from hebatron_nemo.data.indexed import quiet_megatron, read_json
 from hebatron_nemo.data.tokenizer import LocalTokenizer
@@ -114,6 +115,8 @@ def run_sft(cfg, log=print) -> dict:
         logger.log({"kind": "eval", "step": 0, "consumed_samples": 0, "tokens": 0, "phase": "sft", "segment": "sft",
                     "values": evaluate(model, valid_ex, s.micro_batch)})
     t0 = time.time()
+    stopper = StopOnSignal()  # the cluster's warning: checkpoint at the next step and exit (see preemption.py)
+    preempted = False
     try:
         for step in range(state["step"], steps):
             mine = micro_batches[step * per_step:(step + 1) * per_step][rank::world]
@@ -159,16 +162,24 @@ def run_sft(cfg, log=print) -> dict:
             if (s.eval_every_steps and state["step"] % s.eval_every_steps == 0) or last:
                 logger.log({**{k: record[k] for k in ("step", "consumed_samples", "tokens", "phase", "segment")},
                             "kind": "eval", "values": evaluate(model, valid_ex, s.micro_batch)})
-            if last or (cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0):
+            periodic = bool(cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0)
+            preempted = stopper.requested() and not last  # a collective: every rank asks
+            if last or periodic or preempted:
                 if rank == 0:
                     checkpoint.save(run_dir, state["step"], model, optimizer,
                                     {**state, "plan": {"fingerprint": "sft", "phases": []}},
                                     {"counts": counts.tolist(), "kinds": list(KINDS)}, forced=last)
                     checkpoint.prune(run_dir, cfg.checkpoint.keep_last)
                 distributed.barrier()
+            if preempted:
+                log(f"stopped: {stopper.name}: checkpointed at step {state['step']}; run again to resume")
+                break
     finally:
+        stopper.restore()
         logger.close()
         router.remove()
+    if preempted:
+        return {**state, "counts": counts.tolist(), "preempted": True}
     if rank == 0:
         plan = read_json(init.parent / "plan.json") or {"tokenizer": {"path": str(cfg.tokenizer.path)}, "fingerprint": "sft"}
         export_model(model, plan, run_dir / "model", finalize=lambda d: _add_chat_template(d, tokenizer))

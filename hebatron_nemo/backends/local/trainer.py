@@ -18,6 +18,7 @@ import torch
 
 from hebatron_nemo.backends.local import checkpoint, distributed
 from hebatron_nemo.backends.local.evaluation import EarlyStop, InLoopEval, token_losses
+from hebatron_nemo.backends.local.preemption import StopOnSignal
 from hebatron_nemo.backends.local.router import RouterBalancer
 from hebatron_nemo.backends.local.schedule import WSDSchedule
 from hebatron_nemo.curriculum.ledger import Ledger, MetricsWriter, check_resume
@@ -109,6 +110,13 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
     """Runs (or resumes) the plan's steps on `model`; returns the final trainer state."""
     rank, world = distributed.init()
     torch.set_num_threads(int(cfg.threads))
+    stop_seg = cfg.get("stop_after_segment")
+    stop_seg_end = None
+    if stop_seg:  # checked before anything is loaded or run
+        ends = {s["name"]: s["start_sample"] + s["num_samples"] for s in plan["segments"]}
+        if stop_seg not in ends:
+            raise ConfigError(f"stop_after_segment={stop_seg!r}: the plan's segments are {sorted(ends)}")
+        stop_seg_end = ends[stop_seg]
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     optim_cfg = cfg.optim
@@ -147,10 +155,15 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
                     "segment": plan["segments"][0]["name"], "values": evaluator.run(model)})
     t_last = time.time()
     stop_reason = None
+    preempted = False
+    stopper = StopOnSignal()
     try:
         while state["consumed_samples"] < total_samples:
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 stop_reason = f"max_steps={cfg.max_steps}"
+                break
+            if stop_seg_end is not None and state["consumed_samples"] >= stop_seg_end:
+                stop_reason = f"stop_after_segment={stop_seg}"  # its end was checkpointed (forced)
                 break
             c = state["consumed_samples"]
             k = next(i for i, s in enumerate(plan["segments"]) if s["start_sample"] <= c < s["start_sample"] + s["num_samples"])
@@ -224,7 +237,17 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
                 logger.log({**_where(record), "kind": "eval", "values": values})
                 stop_reason = early.update(values, state["tokens"])
             forced = at_phase_end or at_seg_end or stop_reason is not None
-            if forced or (cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0):
+            saved = forced or bool(cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0)
+            if stopper.requested() and state["consumed_samples"] < total_samples:
+                # the cluster's warning (preemption or time limit): checkpoint this step and stop
+                preempted = True
+                stop_reason = f"{stopper.name}: checkpointed at step {state['step']}; run again to resume"
+                if not saved:
+                    _save(run_dir, model, optimizer, state, ledger, plan, rank, False, cfg)
+                    if rank == 0:
+                        logger.log({**_where(record), "kind": "checkpoint",
+                                    "values": {"forced": False, "phase_end": "", "segment_end": ""}})
+            if saved:
                 _save(run_dir, model, optimizer, state, ledger, plan, rank, forced, cfg)
                 if rank == 0:
                     logger.log({**_where(record), "kind": "checkpoint",
@@ -234,9 +257,10 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
                 progress.update(progress.task_ids[0], completed=state["step"],
                                 description=f"{seg['name']}/{phase['name']} loss {record['loss']:.3f}")
             if stop_reason:
-                log(f"early stop: {stop_reason}")
+                log(f"stopped: {stop_reason}" if preempted else f"early stop: {stop_reason}")
                 break
     finally:
+        stopper.restore()
         if progress:
             progress.stop()
         logger.close()
@@ -245,6 +269,7 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
     if rank == 0:
         state["ledger"] = global_ledger.save(run_dir / "ledger.json", state["consumed_samples"])
     state["stop_reason"] = stop_reason
+    state["preempted"] = preempted
     return state
 
 
