@@ -14,11 +14,17 @@ register_configs()
 
 @hydra.main(config_path="../conf", config_name="cpt", version_base="1.3")
 def main(cfg) -> None:
-    from hebatron_nemo.backends.local.cpt import run_cpt
     from hebatron_nemo.cli import clean_errors
 
     with clean_errors():
-        run_cpt(cfg)
+        if cfg.backend == "megatron_bridge":
+            from hebatron_nemo.backends.megatron_bridge.run import run_cpt_mb
+
+            run_cpt_mb(cfg)
+        else:
+            from hebatron_nemo.backends.local.cpt import run_cpt
+
+            run_cpt(cfg)
 
 
 if __name__ == "__main__":

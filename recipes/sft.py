@@ -14,11 +14,17 @@ register_configs()
 
 @hydra.main(config_path="../conf", config_name="sft", version_base="1.3")
 def main(cfg) -> None:
-    from hebatron_nemo.backends.local.sft import run_sft
     from hebatron_nemo.cli import clean_errors
 
     with clean_errors():
-        run_sft(cfg)
+        if cfg.backend == "megatron_bridge":
+            from hebatron_nemo.backends.megatron_bridge.run import run_sft_mb
+
+            run_sft_mb(cfg)
+        else:
+            from hebatron_nemo.backends.local.sft import run_sft
+
+            run_sft(cfg)
 
 
 if __name__ == "__main__":

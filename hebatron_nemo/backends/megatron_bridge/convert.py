@@ -1,0 +1,74 @@
+"""HF <-> Megatron conversion of Nemotron-3 Nano through Megatron-Bridge's `AutoBridge`, and the logit
+parity gate run before training (Nano's conversion had a logit mismatch: Megatron-Bridge #2381).
+
+GPU only (Megatron models need CUDA and Transformer Engine); the tests are marked `gpu`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hebatron_nemo.errors import ConfigError
+
+PROMPTS = ("שלום, מה שלומך היום?", "The capital of France is", "בית המשפט העליון קבע כי",
+           "def fibonacci(n):")
+
+
+def import_hf(hf_dir: str, megatron_dir: str) -> None:
+    """HF folder -> Megatron (torch_dist) checkpoint."""
+    from megatron.bridge import AutoBridge
+
+    if not (Path(hf_dir) / "config.json").exists():
+        raise ConfigError(f"{hf_dir}: not an HF model folder (no config.json)")
+    AutoBridge.import_ckpt(hf_dir, megatron_dir)
+
+
+def export_hf(megatron_dir: str, hf_source_dir: str, out_dir: str) -> None:
+    """Megatron checkpoint -> HF folder (config and tokenizer from `hf_source_dir`), written aside and renamed."""
+    import os
+    import shutil
+
+    from megatron.bridge import AutoBridge
+
+    tmp = Path(str(out_dir) + f".tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    bridge = AutoBridge.from_hf_pretrained(hf_source_dir)
+    bridge.export_ckpt(megatron_dir, str(tmp))
+    if Path(out_dir).exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def logit_parity(hf_dir: str, prompts=PROMPTS, atol: float = 0.5, min_cosine: float = 0.999) -> dict:
+    """Compares the HF model's logits with the Megatron model converted from it (one GPU, TP=EP=1).
+
+    Returns {"max_abs": ..., "min_cosine": ..., "argmax_agreement": ...}; raises ConfigError when the
+    conversion is off (then no training should start from it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megatron.bridge import AutoBridge
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.bfloat16).cuda().eval()
+    bridge = AutoBridge.from_hf_pretrained(hf_dir)
+    provider = bridge.to_megatron_provider(load_weights=True)
+    provider.tensor_model_parallel_size = provider.expert_model_parallel_size = 1
+    provider.finalize()
+    megatron = provider.provide_distributed_model(wrap_with_ddp=False)[0].cuda().eval()
+    worst, cos_min, agree, n = 0.0, 1.0, 0, 0
+    with torch.no_grad():
+        for p in prompts:
+            ids = tok(p, return_tensors="pt").input_ids.cuda()
+            a = hf(ids).logits.float()
+            pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+            b = megatron(input_ids=ids, position_ids=pos, attention_mask=None).float()[..., : a.shape[-1]]
+            worst = max(worst, float((a - b).abs().max()))
+            cos_min = min(cos_min, float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min()))
+            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+            n += ids.numel()
+    result = {"max_abs": worst, "min_cosine": cos_min, "argmax_agreement": agree / max(n, 1)}
+    if worst > atol or cos_min < min_cosine:
+        raise ConfigError(f"HF -> Megatron logit parity failed for {hf_dir}: {result} (limits atol={atol}, "
+                          f"cosine>={min_cosine}); do not train from this conversion (Megatron-Bridge #2381)")
+    return result
