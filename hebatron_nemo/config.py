@@ -410,7 +410,7 @@ class MegatronBridgeConfig:
     precision: str = "bf16"  # bf16 | fp8 (fp8 keeps bf16 in the first/last layers, as the recipe does)
     save_interval: int = 200  # steps between periodic checkpoints (phase ends are forced)
     eval_interval: int = 200
-    eval_iters: int = 8
+    eval_iters: int = 1  # global batches per evaluation (per-phase Hebrew sets + the English anchor set)
     log_interval: int = 1
     tensorboard_dir: Optional[str] = None  # default <save_dir>/../tensorboard
     wandb_project: Optional[str] = None  # None: no W&B

@@ -198,3 +198,29 @@ def test_mb_scheduler_wiring_follows_the_plan(cluster):
         tokens += seg["tokens"]
         state = sched.state_dict()
     assert worst <= 1e-9, worst
+
+
+@pytest.mark.parametrize("name", CPT_EXPERIMENTS)
+def test_dry_run_prints_the_resolved_container(cluster, name, capsys):
+    from hebatron_nemo.backends.megatron_bridge.run import run_cpt_mb
+
+    _, exps = cluster
+    cfg, _ = exps[name]
+    cfg = copy.deepcopy(cfg)
+    cfg.megatron_bridge.dry_run = True
+    run_cpt_mb(cfg)
+    out = capsys.readouterr().out
+    assert "# resolved ConfigContainer" in out and "data parallel DP = 64 / " in out
+    assert "hybrid_layer_pattern: MEMEM*EMEMEM*" in out and "HebatronCurriculumDatasetProvider" not in out.split("#")[0]
+    assert "dataloader_type: single" in out and f"context_parallel_size: {cfg.parallelism.context}" in out
+
+
+def test_sft_dry_run_prints_the_resolved_container(cluster, capsys):
+    from hebatron_nemo.backends.megatron_bridge.run import run_sft_mb
+
+    _, exps = cluster
+    cfg = copy.deepcopy(exps["hebatron_sft_h100x16"][0])
+    cfg.megatron_bridge.dry_run = True
+    run_sft_mb(cfg)
+    out = capsys.readouterr().out
+    assert "# resolved ConfigContainer" in out and "loss_mode: assistant" in out and "data parallel DP = 16 / 1 = 16" in out

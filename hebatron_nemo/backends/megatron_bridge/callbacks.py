@@ -81,7 +81,19 @@ def check_resume_before_pretrain(load_dir: str | Path, plan: dict, segment: int,
     return consumed
 
 
-def make_callback(plan: dict, segment: int, stats, run_dir: str | Path, save_dir: str | Path):
+def eval_losses(counts, set_names: list[str]) -> dict[str, float]:
+    """`eval/<set>` = loss-token-weighted mean loss of each validation set, from reduced eval counts
+    [set, source, (samples, tokens, anchor, loss sum)]; sets with no tokens are left out."""
+    out = {}
+    for k, name in enumerate(set_names):
+        tokens = float(counts[k, :, 1].sum())
+        if tokens > 0:
+            out[f"eval/{name}"] = float(counts[k, :, 3].sum()) / tokens
+    return out
+
+
+def make_callback(plan: dict, segment: int, stats, run_dir: str | Path, save_dir: str | Path, eval_stats=None,
+                  set_names: list[str] | None = None):
     """The MB Callback for one CPT segment job (MB imported here)."""
     from megatron.bridge.training.callbacks import Callback
 
@@ -108,6 +120,27 @@ def make_callback(plan: dict, segment: int, stats, run_dir: str | Path, save_dir
 
         def on_eval_end(self, context):
             stats.paused = False
+            if eval_stats is None:
+                return
+            from megatron.core import parallel_state
+
+            group = parallel_state.get_data_parallel_group(with_context_parallel=True) \
+                if parallel_state.model_parallel_is_initialized() else None
+            values = eval_losses(eval_stats.reduce(group).numpy(), list(set_names or []))
+            step = context.state.train_state.step
+            tb, wb = getattr(context.state, "tensorboard_logger", None), getattr(context.state, "wandb_logger", None)
+            for key, value in values.items():
+                if tb is not None:
+                    tb.add_scalar(key, value, step)
+            if wb is not None and values:
+                wb.log(values, step)
+            if self._writer() and values:
+                import json
+
+                with open(Path(run_dir) / "mb_eval.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": step, "segment": segment,
+                                        "consumed_samples": context.state.train_state.consumed_train_samples,
+                                        "values": values}) + "\n")
 
         def on_test_start(self, context):
             stats.paused = True

@@ -18,6 +18,7 @@ from functools import partial
 import torch
 
 KEEP = ("source_id", "phase_id", "is_anchor")
+EVAL_SET = "eval_set"  # present on validation samples (dataset_provider.ValidationWindows)
 
 
 def per_source_sums(token_loss: torch.Tensor, loss_mask: torch.Tensor, source_id: torch.Tensor, n_sources: int):
@@ -82,22 +83,28 @@ class _KeepKeys:
 
     def __next__(self):
         batch = next(self.it)
-        self.last = {k: batch[k] for k in KEEP if isinstance(batch, dict) and k in batch}
+        self.last = {k: batch[k] for k in (*KEEP, EVAL_SET) if isinstance(batch, dict) and k in batch}
         return batch
 
 
-def _with_sources(loss_fn, stats: SourceStats, meta: dict, count_samples: bool, output_tensor):
+def _with_sources(loss_fn, stats: SourceStats, eval_stats, meta: dict, count_samples: bool, output_tensor):
     result = loss_fn(output_tensor)
-    if meta and len(meta) == len(KEEP):
+    if meta and all(k in meta for k in KEEP):
         # MB's masked_next_token_loss partial carries this rank's (CP-sliced) loss mask first
         loss_mask = loss_fn.args[0]
         token_loss = output_tensor[0] if isinstance(output_tensor, tuple) else output_tensor
-        stats.add(meta["source_id"], meta["phase_id"], meta["is_anchor"], token_loss, loss_mask, count_samples)
+        if EVAL_SET in meta:  # a validation window: counted per validation set, never as training
+            if eval_stats is not None:
+                eval_stats.add(meta["source_id"], meta[EVAL_SET], meta["is_anchor"], token_loss, loss_mask,
+                               count_samples)
+        else:
+            stats.add(meta["source_id"], meta["phase_id"], meta["is_anchor"], token_loss, loss_mask, count_samples)
     return result
 
 
-def make_forward_step(stats: SourceStats, base_forward_step=None):
-    """MB's GPT forward step (or `base_forward_step`) with per-source accounting into `stats`."""
+def make_forward_step(stats: SourceStats, base_forward_step=None, eval_stats: SourceStats | None = None):
+    """MB's GPT forward step (or `base_forward_step`) with per-source accounting into `stats`, and per
+    validation set into `eval_stats` (its first axis is the validation set, not the phase)."""
 
     def forward_step(state, data_iterator, model, return_schedule_plan: bool = False):
         base = base_forward_step
@@ -112,6 +119,6 @@ def make_forward_step(stats: SourceStats, base_forward_step=None):
 
         cp_rank = parallel_state.get_context_parallel_rank() if parallel_state.model_parallel_is_initialized() else 0
         meta = keep.last if keep is not None else None
-        return output, partial(_with_sources, loss_fn, stats, meta or {}, cp_rank == 0)
+        return output, partial(_with_sources, loss_fn, stats, eval_stats, meta or {}, cp_rank == 0)
 
     return forward_step

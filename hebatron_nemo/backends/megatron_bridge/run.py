@@ -73,11 +73,15 @@ def run_cpt_mb(cfg, log=print) -> None:
 
     check_resume_before_pretrain(container.checkpoint.load, plan, segment,
                                  bool(cfg.checkpoint.allow_future_changes), log)
+    from hebatron_nemo.backends.megatron_bridge.dataset_provider import validation_sets
+
+    sets = [s["name"] for s in validation_sets(plan, segment)]
     stats = SourceStats(len(plan["phases"]), len(plan["source_names"]))
-    callback = make_callback(plan, segment, stats, cfg.run_dir, container.checkpoint.save)
+    eval_stats = SourceStats(len(sets), len(plan["source_names"]))
+    callback = make_callback(plan, segment, stats, cfg.run_dir, container.checkpoint.save, eval_stats, sets)
     from megatron.bridge.training.pretrain import pretrain
 
-    pretrain(container, make_forward_step(stats), callbacks=[callback])
+    pretrain(container, make_forward_step(stats, eval_stats=eval_stats), callbacks=[callback])
 
 
 def run_sft_mb(cfg, log=print) -> None:

@@ -71,7 +71,7 @@ def cpt_overrides(cfg, plan: dict, segment: int) -> dict:
         "model": model_fields(cfg, seg["seq_length"]),
         "train": {"train_iters": None, "train_samples": int(end), "global_batch_size": int(seg["global_batch"]),
                   "micro_batch_size": int(seg["micro_batch"]), "exit_interval": None},
-        "validation": {"eval_interval": int(mb.eval_interval), "eval_iters": 0},
+        "validation": {"eval_interval": int(mb.eval_interval), "eval_iters": int(mb.eval_iters)},
         "optimizer": sched["optimizer"],
         "scheduler": sched["scheduler"],
         "checkpoint": {"save": str(save), "save_interval": int(mb.save_interval),
@@ -88,11 +88,14 @@ def cpt_overrides(cfg, plan: dict, segment: int) -> dict:
     }
 
 
-def dataset_fields(cfg, segment: int) -> dict:
+def dataset_fields(cfg, segment: int, plan: dict | None = None) -> dict:
     """Our dataset provider's fields (the object itself is made in `build_cpt_container`)."""
+    period = 0
+    if plan is not None:  # one evaluation = eval_iters global batches: the validation set's period
+        period = int(cfg.megatron_bridge.eval_iters) * int(plan["segments"][segment]["global_batch"])
     return {"plan_path": str(Path(str(cfg.run_dir)) / "plan.json"), "segment": int(segment),
             "cache_dir": str(cfg.cache_dir), "dataloader_type": "single",
-            "num_workers": int(cfg.megatron_bridge.num_workers)}
+            "num_workers": int(cfg.megatron_bridge.num_workers), "valid_period": period}
 
 
 def _apply(container, overrides: dict, cli: list[str]):
@@ -124,7 +127,7 @@ def build_cpt_container(cfg, plan: dict, segment: int):
     # dicts that must replace, not merge into, the recipe's (env: the preset is the whole list)
     container.env_vars = {}
     _apply(container, overrides, list(cfg.megatron_bridge.overrides))
-    container.dataset = provider_class()(**dataset_fields(cfg, segment))
+    container.dataset = provider_class()(**dataset_fields(cfg, segment, plan))
     return container
 
 
