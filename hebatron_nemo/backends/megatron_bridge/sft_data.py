@@ -42,7 +42,8 @@ def materialize_sft_mixture(cfg, out_dir: str | Path, log=print) -> dict:
     tmp.mkdir(parents=True)
     n_train = write_chat_jsonl(tmp / "training.jsonl", train.examples, messages)
     n_valid = write_chat_jsonl(tmp / "validation.jsonl", valid.examples[: s.eval_conversations], messages)
-    report = {"examples": n_train, "validation_examples": n_valid, **train.report}
+    report = {**train.report, "examples_by_stream": train.report["examples"], "examples": n_train,
+              "validation_examples": n_valid}
     write_json_atomic(tmp / "mixture.json", report)
     if out.exists():
         shutil.rmtree(out)
