@@ -30,7 +30,17 @@ def test_mb_tier_pins_the_container_version():
     versions = yaml.safe_load((REPO / "versions.yaml").read_text())
     installed = [p.name for p in Path(mb).glob("megatron_bridge-*.dist-info")]
     assert installed == [f"megatron_bridge-{versions['pypi_nearest']['megatron_bridge']}.dist-info"]
-    assert f"megatron-bridge=={versions['container']['megatron_bridge']}" in (REPO / "requirements/mb.lock").read_text()
+    lock = {}
+    for line in (REPO / "requirements/mb.lock").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"mb.lock: {line!r} is not an exact pin"
+            lock[name.lower().replace("_", "-")] = version
+    assert lock["megatron-bridge"] == versions["container"]["megatron_bridge"] == versions["mb_tier"]["megatron_bridge"]
+    for name in versions["never_install"]:  # the tier adds MB's config path, never a second torch/mcore/TE
+        if name != "megatron-bridge":
+            assert name.replace("_", "-") not in lock, name
 
 
 def test_mb_tier():
