@@ -417,6 +417,7 @@ class MegatronBridgeConfig:
     wandb_exp_name: Optional[str] = None
     num_workers: int = 2  # dataloader workers per rank
     dry_run: bool = False  # print the resolved ConfigContainer (YAML) and the world-size arithmetic, run nothing
+    require_parity: bool = True  # segment 0 refuses to start without a passing HF->Megatron logit parity record (recipes/convert.py parity)
     overrides: List[str] = field(default_factory=list)  # Hydra-syntax ConfigContainer overrides applied last
     sft_seq_length: int = 4096  # packed sequence length for SFT (padded to 2 x CP)
     sft_train_iters: Optional[int] = None  # SFT optimizer steps; None = one epoch of the packed data

@@ -100,3 +100,19 @@ def test_eval_losses_per_set():
     c[0, 1] = (2, 50, 0, 50.0)
     c[2, 1] = (3, 30, 3, 60.0)
     assert eval_losses(c, ["he/formal", "he/colloquial", "en/anchor"]) == {"eval/he/formal": 2.0, "eval/en/anchor": 2.0}
+
+
+def test_segment_0_requires_a_parity_record_for_its_hf_folder(tmp_path):
+    from hebatron_nemo.backends.megatron_bridge.convert import parity_problem, write_parity_record
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "nemotron_h"}')
+    (hf / "model.safetensors").write_bytes(b"weights")
+    run = tmp_path / "run"
+    assert "no HF -> Megatron logit parity record" in parity_problem(run, str(hf))
+    assert "recipes/convert.py parity" in parity_problem(run, str(hf))
+    write_parity_record(run, str(hf), {"max_abs": 0.1, "min_cosine": 0.9999, "argmax_agreement": 1.0})
+    assert parity_problem(run, str(hf)) is None
+    (hf / "model.safetensors").write_bytes(b"other weights")  # a different model behind the same path
+    assert "is for another HF folder" in parity_problem(run, str(hf))

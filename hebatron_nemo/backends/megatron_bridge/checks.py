@@ -116,6 +116,12 @@ def path_problems(cfg, segment: int, sft: bool = False) -> list[str]:
         if hf is None or not (Path(str(hf)) / "config.json").exists():
             p.append(f"megatron_bridge.hf_model_dir={hf}: segment 0 starts from a local HF folder with config.json "
                      "and safetensors. Fix: set it (never a hub id: clusters are air-gapped)")
+        elif mb.require_parity:
+            from hebatron_nemo.backends.megatron_bridge.convert import parity_problem
+
+            problem = parity_problem(cfg.run_dir, str(hf))
+            if problem:
+                p.append(problem)
     if segment > 0:
         load = Path(str(mb.load_dir or mb.save_dir))
         if not (load / "latest_checkpointed_iteration.txt").exists():

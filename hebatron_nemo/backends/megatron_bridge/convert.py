@@ -7,7 +7,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hebatron_nemo.data.indexed import read_json, sha256_file, write_json_atomic
 from hebatron_nemo.errors import ConfigError
+
+PARITY_RECORD = "parity.json"
+
+
+def hf_fingerprint(hf_dir: str | Path) -> str:
+    """The HF folder's identity: config.json and the safetensors index (or the single weights file)."""
+    d = Path(hf_dir)
+    files = [d / "config.json", d / "model.safetensors.index.json"]
+    if not files[1].exists():
+        files[1] = d / "model.safetensors"
+    return "-".join(sha256_file(f)[:16] for f in files if f.exists())
+
+
+def write_parity_record(run_dir: str | Path, hf_dir: str, result: dict) -> Path:
+    path = Path(run_dir) / PARITY_RECORD
+    write_json_atomic(path, {"hf_dir": str(hf_dir), "hf_fingerprint": hf_fingerprint(hf_dir), "passed": True,
+                             **result})
+    return path
+
+
+def parity_problem(run_dir: str | Path, hf_dir: str) -> str | None:
+    """None when `run_dir` holds a passing parity record for this exact HF folder; else what to do."""
+    rec = read_json(Path(run_dir) / PARITY_RECORD)
+    fix = (f"Fix: run `python recipes/convert.py parity --hf-dir {hf_dir} --run-dir {run_dir}` on one GPU "
+           "(or set megatron_bridge.require_parity=false)")
+    if rec is None:
+        return f"megatron_bridge.require_parity: no HF -> Megatron logit parity record in {run_dir}. {fix}"
+    if not rec.get("passed") or rec.get("hf_fingerprint") != hf_fingerprint(hf_dir):
+        return (f"megatron_bridge.require_parity: {Path(run_dir) / PARITY_RECORD} is for another HF folder or did not "
+                f"pass (recorded {rec.get('hf_dir')}, fingerprint {rec.get('hf_fingerprint')}). {fix}")
+    return None
 
 PROMPTS = ("שלום, מה שלומך היום?", "The capital of France is", "בית המשפט העליון קבע כי",
            "def fibonacci(n):")
