@@ -416,6 +416,7 @@ class MegatronBridgeConfig:
     wandb_project: Optional[str] = None  # None: no W&B
     wandb_exp_name: Optional[str] = None
     num_workers: int = 2  # dataloader workers per rank
+    plan_only: bool = False  # write plan.json and the index caches of this experiment, then stop (once, on a CPU node)
     dry_run: bool = False  # print the resolved ConfigContainer (YAML) and the world-size arithmetic, run nothing
     require_parity: bool = True  # segment 0 refuses to start without a passing HF->Megatron logit parity record (recipes/convert.py parity)
     overrides: List[str] = field(default_factory=list)  # Hydra-syntax ConfigContainer overrides applied last

@@ -3,6 +3,7 @@ checks before GPU time, the dry run, and the per-source loss reduction over data
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -203,3 +204,19 @@ def test_stats_reduce_over_data_parallel(tmp_path):
     total = r0["local"] + r1["local"]
     assert torch.equal(r0["reduced"], total) and torch.equal(r1["reduced"], total)
     assert total[..., 0].sum() == 12  # 2 ranks x 3 micro-batches x 2 samples
+
+
+def test_plan_only_writes_the_plan_the_jobs_check(cluster, tmp_path):
+    _, data, exps = cluster
+    env = {**os.environ, "HEBATRON_TRACEBACK": ""}
+    over = [o for o in cluster_overrides(tmp_path, data)]
+    missing = subprocess.run([sys.executable, "recipes/cpt.py", "experiment=hebatron_cpt_8k_h100x64",
+                              "megatron_bridge.dry_run=true", *over], cwd=REPO, capture_output=True, text=True,
+                             env=env, timeout=600)
+    assert missing.returncode == 2 and "megatron_bridge.plan_only=true" in missing.stderr
+    r = subprocess.run([sys.executable, "recipes/cpt.py", "experiment=hebatron_cpt_8k_h100x64",
+                        "megatron_bridge.plan_only=true", *over], cwd=REPO, capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    plan = json.loads(next(tmp_path.glob("runs/*/plan.json")).read_text())
+    assert plan["fingerprint"] == exps["hebatron_cpt_8k_h100x64"][1]["fingerprint"]  # same config + data, same plan
