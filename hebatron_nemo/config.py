@@ -421,7 +421,7 @@ class MegatronBridgeConfig:
     require_parity: bool = True  # segment 0 refuses to start without a passing HF->Megatron logit parity record (recipes/convert.py parity)
     overrides: List[str] = field(default_factory=list)  # Hydra-syntax ConfigContainer overrides applied last
     sft_seq_length: int = 4096  # packed sequence length for SFT (padded to 2 x CP)
-    sft_train_iters: Optional[int] = None  # SFT optimizer steps; None = one epoch of the packed data
+    sft_train_iters: Optional[int] = None  # SFT optimizer steps; None = sft.epochs over the packed data
     sft_data_dir: Optional[str] = None  # where the SFT mixture is materialized; default <sft.run_dir>/mb_data
 
 

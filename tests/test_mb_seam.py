@@ -136,6 +136,7 @@ def test_preflight_paths_and_segment(cluster, tmp_path):
         checks.preflight(local, plan, 1, check_paths=False)
 
 
+@pytest.mark.slow  # two recipe subprocesses
 def test_dry_run_prints_layout_and_config(cluster):
     tmp, data, _ = cluster
     env = {**os.environ, "HEBATRON_TRACEBACK": ""}
@@ -206,6 +207,7 @@ def test_stats_reduce_over_data_parallel(tmp_path):
     assert total[..., 0].sum() == 12  # 2 ranks x 3 micro-batches x 2 samples
 
 
+@pytest.mark.slow  # two recipe subprocesses
 def test_plan_only_writes_the_plan_the_jobs_check(cluster, tmp_path):
     _, data, exps = cluster
     env = {**os.environ, "HEBATRON_TRACEBACK": ""}

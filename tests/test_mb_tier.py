@@ -43,6 +43,7 @@ def test_mb_tier_pins_the_container_version():
             assert name.replace("_", "-") not in lock, name
 
 
+@pytest.mark.slow  # a second process that imports Megatron-Bridge (~30 s on 2 cores)
 def test_mb_tier():
     mb, compat = _tier_dirs()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([mb, compat, str(REPO)]), "HEBATRON_MB_TIER_CHILD": "1",

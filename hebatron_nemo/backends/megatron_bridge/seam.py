@@ -153,17 +153,17 @@ def sft_overrides(cfg, data_dir: Path) -> dict:
     save = Path(str(mb.save_dir))
     iters = mb.sft_train_iters
     steps = int(iters) if iters is not None else None
-    warmup = max(1, int(round(float(s.warmup_fraction) * steps))) if steps else 0
     return {
         "model": {**model_fields(cfg, lay["seq_length"]), "calculate_per_token_loss": True},
-        "train": {"train_iters": steps, "train_samples": None, "global_batch_size": int(s.global_batch),
-                  "micro_batch_size": int(s.micro_batch)},
+        # no step count: sft.epochs over the packed data (MB derives the steps from the dataset size)
+        "train": {"train_iters": steps, "num_epochs": None if steps else int(s.epochs), "train_samples": None,
+                  "global_batch_size": int(s.global_batch), "micro_batch_size": int(s.micro_batch)},
         "validation": {"eval_interval": int(mb.eval_interval), "eval_iters": int(mb.eval_iters)},
         "optimizer": {"lr": float(s.lr), "min_lr": float(s.min_lr), "weight_decay": float(cfg.optim.weight_decay),
                       "adam_beta1": float(cfg.optim.beta1), "adam_beta2": float(cfg.optim.beta2),
                       "adam_eps": float(cfg.optim.eps), "clip_grad": float(cfg.optim.clip_grad)},
-        "scheduler": {"lr_decay_style": "cosine", "lr_warmup_iters": warmup, "lr_warmup_samples": 0,
-                      "lr_decay_iters": steps, "lr_decay_samples": None, "lr_warmup_init": 0.0,
+        "scheduler": {"lr_decay_style": "cosine", "lr_warmup_fraction": float(s.warmup_fraction), "lr_warmup_iters": 0,
+                      "lr_warmup_samples": 0, "lr_decay_iters": steps, "lr_decay_samples": None, "lr_warmup_init": 0.0,
                       "start_weight_decay": float(cfg.optim.weight_decay),
                       "end_weight_decay": float(cfg.optim.weight_decay), "weight_decay_incr_style": "constant"},
         "checkpoint": {"save": str(save), "save_interval": int(mb.save_interval), "load": str(mb.load_dir or save),
