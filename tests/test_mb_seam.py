@@ -222,3 +222,15 @@ def test_plan_only_writes_the_plan_the_jobs_check(cluster, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     plan = json.loads(next(tmp_path.glob("runs/*/plan.json")).read_text())
     assert plan["fingerprint"] == exps["hebatron_cpt_8k_h100x64"][1]["fingerprint"]  # same config + data, same plan
+
+
+def test_parallelism_presets_compose(tmp_path):
+    from mb_fixtures import compose_experiment as compose
+
+    for preset, (ep_backend, cp, world) in {"h100_8gpu": ("hybridep", 1, 8), "h100_8gpu_deepep": ("deepep", 1, 8),
+                                            "h100_16gpu": ("hybridep", 1, 16), "h100_64gpu": ("hybridep", 1, 64),
+                                            "h100_64gpu_64k_cp8": ("hybridep", 8, 64)}.items():
+        cfg = compose("tiny_cpu", [f"parallelism={preset}"])
+        assert cfg.parallelism.name == preset and cfg.parallelism.moe_dispatcher == ep_backend
+        assert checks.layout(cfg.parallelism)["world"] == world and cfg.parallelism.context == cp
+        assert checks.parallelism_problems(cfg.parallelism, 128, []) == []

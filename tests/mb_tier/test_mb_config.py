@@ -230,3 +230,17 @@ def test_sft_dry_run_prints_the_resolved_container(cluster, capsys):
     run_sft_mb(cfg)
     out = capsys.readouterr().out
     assert "# resolved ConfigContainer" in out and "loss_mode: assistant" in out and "data parallel DP = 16 / 1 = 16" in out
+
+
+def test_precision_and_dispatcher_choices(cluster):
+    _, exps = cluster
+    cfg, plan = exps["hebatron_cpt_8k_h100x64"]
+    cfg = copy.deepcopy(cfg)
+    cfg.megatron_bridge.precision = "fp8"
+    cfg.parallelism.moe_dispatcher = "deepep"
+    c = build_cpt_container(cfg, plan, 0)
+    assert c.mixed_precision.fp8 == "hybrid" and c.mixed_precision.fp8_recipe == "tensorwise"
+    assert c.mixed_precision.first_last_layers_bf16 and c.mixed_precision.bf16
+    assert c.model.moe_token_dispatcher_type == "flex" and c.model.moe_flex_dispatcher_backend == "deepep"
+    cfg.parallelism.moe_dispatcher = "alltoall"
+    assert build_cpt_container(cfg, plan, 0).model.moe_token_dispatcher_type == "alltoall"
