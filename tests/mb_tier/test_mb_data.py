@@ -116,3 +116,7 @@ def test_forward_step_wrapper_with_mb_loss_function(plan):
         rows = batch["source_id"] == s
         assert c[:, s, 3].sum().item() == pytest.approx(float((token_loss[rows].double() * mask[rows].double()).sum()))
     assert isinstance(loss_fn, partial)
+    # MB's train loop injects its GlobalState into this wrapper exactly as into gpt_step.forward_step
+    from megatron.bridge.training.utils.train_utils import needs_global_state_injection
+
+    assert needs_global_state_injection(make_forward_step(stats)) is True
