@@ -1,6 +1,6 @@
-"""Our Megatron-Bridge Callback on MB's Callback base class, driven through the events MB fires (the
-training loop itself needs GPUs; its state objects are stood in by plain namespaces carrying the
-fields the callback reads: train_state.step / consumed_train_samples, cfg.train / cfg.checkpoint)."""
+"""Our Megatron-Bridge Callback on MB's Callback base class, driven through the events MB fires, with
+MB's real GlobalState (the Nano recipe's ConfigContainer, TrainState, its TensorBoard writer). The
+training loop itself needs GPUs: the test advances train_state the way MB's loop does."""
 
 from __future__ import annotations
 
@@ -31,13 +31,23 @@ def plan(tmp_path_factory):
     return make_plan(cfg, log=lambda *a, **k: None), tmp
 
 
-def _context(step, consumed, interval=1000):
+def _global_state(tb_dir):
+    from megatron.bridge.recipes.nemotronh import nemotron_3_nano_pretrain_config
+    from megatron.bridge.training.state import GlobalState
+
+    cfg = nemotron_3_nano_pretrain_config()
+    cfg.train.global_batch_size = 16
+    cfg.checkpoint.save_interval = 1000
+    cfg.logger.tensorboard_dir, cfg.logger.wandb_project = str(tb_dir), None
+    state = GlobalState()
+    state.cfg = cfg
+    return state
+
+
+def _context(state, step, consumed):
     from megatron.bridge.training.callbacks import CallbackContext
 
-    state = SimpleNamespace(train_state=SimpleNamespace(step=step, consumed_train_samples=consumed),
-                            cfg=SimpleNamespace(train=SimpleNamespace(global_batch_size=16),
-                                                checkpoint=SimpleNamespace(save_interval=interval)),
-                            tensorboard_logger=None, wandb_logger=None)
+    state.train_state.step, state.train_state.consumed_train_samples = step, consumed
     return CallbackContext(state=state, model=[])
 
 
@@ -68,7 +78,8 @@ def test_phase_end_checkpoint_sidecar_ledger_and_eval(plan, tmp_path):
     step = formal_end // 16 - 1
     batch = torch.utils.data.default_collate([ds[i] for i in range(formal_end - 16, formal_end)])
     _loss_step(fwd, batch)
-    ctx = _context(step, formal_end - 16)
+    state = _global_state(tmp_path / "tb")
+    ctx = _context(state, step, formal_end - 16)
     cb.on_train_step_end(ctx)
     assert ctx.state.cfg.checkpoint.save_interval == step + 1  # MB's `step % save_interval == 0` saves now
     assert cb.ledger.counts[..., 0].sum() == 16
@@ -80,7 +91,7 @@ def test_phase_end_checkpoint_sidecar_ledger_and_eval(plan, tmp_path):
     ledger = json.loads((tmp_path / "ledger.json").read_text())
     assert sum(ledger["phases"]["formal"]["samples"].values()) == 16
     # a step inside a phase does not force a save
-    ctx2 = _context(step + 1, formal_end)
+    ctx2 = _context(state, step + 1, formal_end)
     _loss_step(fwd, torch.utils.data.default_collate([ds[i] for i in range(formal_end, formal_end + 16)]))
     cb.on_train_step_end(ctx2)
     assert ctx2.state.cfg.checkpoint.save_interval == 1000
@@ -94,3 +105,8 @@ def test_phase_end_checkpoint_sidecar_ledger_and_eval(plan, tmp_path):
     line = json.loads((tmp_path / "mb_eval.jsonl").read_text().splitlines()[-1])
     assert set(line["values"]) == {f"eval/{s}" for s in sets}
     assert all(v == pytest.approx(2.0) for v in line["values"].values())  # the constant per-token loss above
+    state.tensorboard_logger.flush()  # per-source train loss and per-set eval loss went to MB's writer
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(tmp_path / "tb")).Reload().Tags()["scalars"]
+    assert "train/loss/he_a" in tags and "train/loss/en_x" in tags and "eval/en/anchor" in tags
