@@ -54,7 +54,7 @@ def _recipe():
 
 def _leaves(d: dict, prefix=()):
     for k, v in d.items():
-        if isinstance(v, dict) and prefix != ("env_vars",) and k != "env_vars":
+        if isinstance(v, dict) and v:
             yield from _leaves(v, prefix + (k,))
         else:
             yield prefix + (k,), v
@@ -77,7 +77,9 @@ def test_recipe_plus_our_overrides_through_mb_utilities(cluster, name):
     for path, value in _leaves(ours):
         got = _get(c, path)
         assert got == value, (path, got, value)
-    assert c.env_vars == ours["env_vars"]  # the preset's list, not merged into the recipe's
+    recipe_env = _recipe().env_vars
+    assert set(c.env_vars) == set(recipe_env) | set(ours["env_vars"])  # the recipe's stay, the preset's win
+    assert c.env_vars["PYTORCH_CUDA_ALLOC_CONF"] == recipe_env["PYTORCH_CUDA_ALLOC_CONF"]
     # the recipe's own architecture is untouched
     assert c.model.hybrid_layer_pattern == cfg.model.pattern and c.model.num_moe_experts == 128
     assert c.model.moe_router_topk == 6 and c.model.moe_router_score_function == "sigmoid"
@@ -243,4 +245,6 @@ def test_precision_and_dispatcher_choices(cluster):
     assert c.mixed_precision.first_last_layers_bf16 and c.mixed_precision.bf16
     assert c.model.moe_token_dispatcher_type == "flex" and c.model.moe_flex_dispatcher_backend == "deepep"
     cfg.parallelism.moe_dispatcher = "alltoall"
-    assert build_cpt_container(cfg, plan, 0).model.moe_token_dispatcher_type == "alltoall"
+    a2a = build_cpt_container(cfg, plan, 0).model
+    assert a2a.moe_token_dispatcher_type == "alltoall" and a2a.moe_flex_dispatcher_backend is None
+    assert a2a.moe_shared_expert_overlap is True

@@ -18,9 +18,13 @@ from omegaconf import OmegaConf
 from hebatron_nemo.backends.megatron_bridge.schedule import scheduler_fields
 from hebatron_nemo.errors import ConfigError
 
-DISPATCH = {"hybridep": {"moe_token_dispatcher_type": "flex", "moe_flex_dispatcher_backend": "hybridep"},
-            "deepep": {"moe_token_dispatcher_type": "flex", "moe_flex_dispatcher_backend": "deepep"},
-            "alltoall": {"moe_token_dispatcher_type": "alltoall"}}
+# the recipe's own two branches (flex + a backend, or plain all-to-all with the shared-expert overlap)
+DISPATCH = {"hybridep": {"moe_token_dispatcher_type": "flex", "moe_flex_dispatcher_backend": "hybridep",
+                         "moe_shared_expert_overlap": False},
+            "deepep": {"moe_token_dispatcher_type": "flex", "moe_flex_dispatcher_backend": "deepep",
+                       "moe_shared_expert_overlap": False},
+            "alltoall": {"moe_token_dispatcher_type": "alltoall", "moe_flex_dispatcher_backend": None,
+                         "moe_shared_expert_overlap": True}}
 RECIPE_PRETRAIN = "megatron.bridge.recipes.nemotronh.nemotron_3_nano_pretrain_config"
 RECIPE_SFT = "megatron.bridge.recipes.nemotronh.nemotron_3_nano_sft_config"
 
@@ -123,10 +127,8 @@ def build_cpt_container(cfg, plan: dict, segment: int):
     from hebatron_nemo.backends.megatron_bridge.dataset_provider import provider_class
 
     container = _recipe(RECIPE_PRETRAIN)()
-    overrides = cpt_overrides(cfg, plan, segment)
-    # dicts that must replace, not merge into, the recipe's (env: the preset is the whole list)
-    container.env_vars = {}
-    _apply(container, overrides, list(cfg.megatron_bridge.overrides))
+    # env_vars merge: the recipe's (NVTE, allocator, NCCL) stay, the preset's win where both set one
+    _apply(container, cpt_overrides(cfg, plan, segment), list(cfg.megatron_bridge.overrides))
     container.dataset = provider_class()(**dataset_fields(cfg, segment, plan))
     return container
 
@@ -197,7 +199,6 @@ def sft_dataset_config(cfg, data_dir: Path):
 def build_sft_container(cfg, data_dir: Path):
     """The MB ConfigContainer for SFT: the Nano SFT recipe's values, our fields, the local model."""
     container = _sft_recipe_from_local_folder(str(cfg.sft.init_from))
-    container.env_vars = {}
     _apply(container, sft_overrides(cfg, data_dir), list(cfg.megatron_bridge.overrides))
     container.dataset = sft_dataset_config(cfg, data_dir)
     return container
