@@ -106,7 +106,9 @@ def test_mb_validate_accepts_the_container(cluster, name, monkeypatch):
     assert c.data_parallel_size == {0: 64, 1: 8}[k]
     assert c.scheduler.lr_decay_steps == c.scheduler.lr_decay_samples
     assert c.scheduler.wsd_decay_steps == c.scheduler.lr_wsd_decay_samples
-    assert c.train.train_samples == seg["start_sample"] + seg["num_samples"]
+    # MB's own finalize turns our train_samples into the step the segment must stop at: a segment-1 job
+    # resumes at step start_step (the checkpoint's) and runs exactly the plan's batches
+    assert c.train.train_iters == seg["start_step"] + seg["batches"]
 
 
 # what every CPT/SFT experiment must set itself; DIFFER: must also differ from the from-scratch recipe's value

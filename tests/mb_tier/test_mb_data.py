@@ -44,7 +44,7 @@ def test_get_dataset_provider_routes_ours_to_our_builder(plan):
     ours = provider_class()(plan_path=str(tmp / "run" / "plan.json"), segment=1, cache_dir=str(tmp / "cache"))
     build = get_dataset_provider(ours)
     assert build is not pretrain_train_valid_test_datasets_provider
-    train, valid, test = build([end, 0, 0], ours)
+    train, valid, test = build([(seg["start_step"] + seg["batches"]) * seg["global_batch"], 0, 0], ours)
     assert isinstance(train, CurriculumDataset) and len(train) == end and valid is None and test is None
     assert int(train[seg["start_sample"]]["phase_id"]) == 1
     # the recipe's own GPTDatasetConfig goes to MB's stock blended builder, not ours

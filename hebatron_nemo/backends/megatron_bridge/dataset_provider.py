@@ -119,20 +119,24 @@ class ValidationWindows:
 
 def build_curriculum_datasets(plan_path: str, segment: int, cache_dir: str | None, train_samples: int,
                               valid_samples: int = 0, test_samples: int = 0, valid_period: int = 0):
-    """(train, valid, test) for one segment. MB's requested train samples must equal the segment's
-    planned end, `start_sample + num_samples` (MB counts samples from the start of the whole run, and
-    segment k resumes from the previous segment's checkpoint): anything else means the run config and
-    the plan disagree, and training would stop early or index past the plan."""
+    """(train, valid, test) for one segment. MB's requested train samples must be the segment job's
+    `(start_step + batches) x global_batch` (MB trains `train_samples // global_batch` steps counted
+    from step 0 of the run, and segment k resumes the previous segment's checkpoint): anything else
+    means the run config and the plan disagree, and training would stop early or run past the plan.
+    The train dataset is indexed by global sample; its length is the segment's end sample."""
     plan = load_plan(plan_path)
     if not 0 <= segment < len(plan["segments"]):
         raise ConfigError(f"segment {segment} is not in the plan (it has {len(plan['segments'])})")
     seg = plan["segments"][segment]
     end = seg["start_sample"] + seg["num_samples"]
-    if train_samples != end:
+    end_step = seg["start_step"] + seg["batches"]
+    expected = end_step * seg["global_batch"]
+    if train_samples != expected:
         raise ConfigError(
             f"Megatron-Bridge requested {train_samples:,} train samples, but segment {seg['name']!r} of plan "
-            f"{plan['fingerprint']} covers global samples [{seg['start_sample']:,}, {end:,}) ({seg['num_samples']:,} "
-            f"planned samples, {seg['batches']:,} steps of {seg['global_batch']}): set train.train_samples={end:,}")
+            f"{plan['fingerprint']} ends at step {end_step:,} ({seg['batches']:,} steps of {seg['global_batch']} from "
+            f"step {seg['start_step']:,}; global samples [{seg['start_sample']:,}, {end:,})): set "
+            f"train.train_samples={expected:,} (steps x this segment's global batch)")
     cache_dir = cache_dir or plan.get("cache_dir")
     ensure_caches(plan, cache_dir)
     valid = None

@@ -63,17 +63,27 @@ def _logger_fields(cfg, save_dir: Path, tag: str) -> dict:
             "save_config_filepath": str(save_dir.parent / f"config_{tag}.yaml")}
 
 
+def mb_train_samples(plan: dict, segment: int) -> int:
+    """`train.train_samples` for one segment job. MB turns it into `train_iters = train_samples //
+    global_batch` and trains while `step < train_iters`, with `step` continued from the checkpoint:
+    a count in *this* segment's global batches of every step since the run began. For segment 0 that is
+    its sample count; for a later segment with another global batch it is not the global sample index
+    (the sampler walks that from the checkpoint's consumed samples up to the dataset's length)."""
+    seg = plan["segments"][segment]
+    return int((seg["start_step"] + seg["batches"]) * seg["global_batch"])
+
+
 def cpt_overrides(cfg, plan: dict, segment: int) -> dict:
     """Our ConfigContainer fields for one CPT segment (everything but the dataset provider object)."""
     mb = cfg.megatron_bridge
     seg = plan["segments"][segment]
-    end = seg["start_sample"] + seg["num_samples"]
     save = Path(str(mb.save_dir))
     first = segment == 0
     sched = scheduler_fields(plan, cfg.optim, segment)
     return {
         "model": model_fields(cfg, seg["seq_length"]),
-        "train": {"train_iters": None, "train_samples": int(end), "global_batch_size": int(seg["global_batch"]),
+        "train": {"train_iters": None, "train_samples": mb_train_samples(plan, segment),
+                  "global_batch_size": int(seg["global_batch"]),
                   "micro_batch_size": int(seg["micro_batch"]), "exit_interval": None},
         "validation": {"eval_interval": int(mb.eval_interval), "eval_iters": int(mb.eval_iters)},
         "optimizer": sched["optimizer"],
