@@ -120,3 +120,24 @@ def test_forward_step_wrapper_with_mb_loss_function(plan):
     from megatron.bridge.training.utils.train_utils import needs_global_state_injection
 
     assert needs_global_state_injection(make_forward_step(stats)) is True
+
+
+def test_validation_resumes_at_any_consumed_count(plan):
+    """MB builds the validation loader at the checkpoint's consumed validation samples (counted in the
+    previous segment's batches): our periodic set serves it, and one evaluation sees every window once."""
+    from megatron.bridge.data.samplers import build_pretraining_data_loader
+
+    from hebatron_nemo.backends.megatron_bridge.dataset_provider import build_curriculum_datasets
+
+    p, tmp = plan
+    seg = p["segments"][1]
+    period = 2 * seg["global_batch"]
+    _, valid, _ = build_curriculum_datasets(str(tmp / "run" / "plan.json"), 1, str(tmp / "cache"),
+                                            (seg["start_step"] + seg["batches"]) * seg["global_batch"], 3 * period, 0,
+                                            period)
+    consumed = 21 * p["segments"][0]["global_batch"] + 3  # from segment 0, not a multiple of the period
+    loader = build_pretraining_data_loader(valid, consumed, "single", 1, 0, True, pin_memory=False,
+                                           data_parallel_rank=0, data_parallel_size=1)
+    it = iter(loader)
+    one_eval = [tuple(next(it)["tokens"][0].tolist()) for _ in range(period)]
+    assert sorted(one_eval) == sorted(tuple(valid[i]["tokens"].tolist()) for i in range(period))

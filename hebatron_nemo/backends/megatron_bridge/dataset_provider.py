@@ -26,6 +26,9 @@ from hebatron_nemo.curriculum.mixture import CurriculumDataset, ensure_caches
 from hebatron_nemo.errors import ConfigError
 
 
+VALID_LENGTH = 1 << 40  # the validation dataset's length: periodic, so only an upper bound on indices
+
+
 def validation_sets(plan: dict, segment: int) -> list[dict]:
     """[{name, sources, phase_id, is_anchor}]: `he/<phase>` for each phase of the segment (its curriculum
     sources), then `en/anchor` (the segment's anchor sources), in this order (eval_set = position)."""
@@ -78,7 +81,8 @@ def _windows(prefix: str, seq: int, n: int, source: str) -> np.ndarray:
 
 class ValidationWindows:
     """One segment's validation samples: `period` windows split evenly between the sets, repeated to
-    `length` (MB's requested count)."""
+    `length`; index i is window i mod period, so every run of `period` consecutive indices (one
+    evaluation) holds each window once, wherever it starts."""
 
     def __init__(self, plan: dict, segment: int, length: int, period: int):
         from hebatron_nemo.curriculum.apportion import largest_remainder
@@ -141,7 +145,10 @@ def build_curriculum_datasets(plan_path: str, segment: int, cache_dir: str | Non
     ensure_caches(plan, cache_dir)
     valid = None
     if valid_samples and valid_period:
-        valid = ValidationWindows(plan, segment, valid_samples, valid_period)
+        # MB resumes the validation sampler at the checkpoint's consumed validation samples, counted in
+        # earlier segments' batch sizes: a periodic set with room to spare never runs out, and any
+        # `period` consecutive indices are the same windows
+        valid = ValidationWindows(plan, segment, max(int(valid_samples), VALID_LENGTH), valid_period)
     return CurriculumDataset(plan, segment, cache_dir), valid, None
 
 
