@@ -93,7 +93,12 @@ def cpt_overrides(cfg, plan: dict, segment: int) -> dict:
                        # else MB loads the HF weights (step reset to 0); later segments continue a checkpoint
                        "load": str(mb.load_dir or save),
                        "pretrained_checkpoint": str(mb.hf_model_dir) if first and mb.hf_model_dir else None,
-                       "finetune": False},
+                       "finetune": False,
+                       # segments change the layout (the 64K job has CP 8, DP 8): optimizer state saved
+                       # reshardable over TP/PP/EP/DP, and the RNG state (per-rank, tied to the old layout;
+                       # Nano has no dropout) not loaded into a new one
+                       "dist_ckpt_optim_fully_reshardable": True,
+                       "load_rng": first},
         "tokenizer": {"tokenizer_type": "HuggingFaceTokenizer", "tokenizer_model": str(cfg.tokenizer.path)},
         "mixed_precision": precision_fields(str(mb.precision)),
         "logger": _logger_fields(cfg, save, f"seg{segment}-{seg['name']}"),
