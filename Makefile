@@ -11,8 +11,9 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 export HF_DATASETS_OFFLINE = 1
 PYTEST_ARGS ?=
+ARGS ?=
 
-.PHONY: help env demo test test-fast lock clean-work
+.PHONY: help env demo smoke test test-fast lock clean-work
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,12 +22,11 @@ env:  ## build (once) the CPU environment, the compatibility layer and the Megat
 	@echo "cpu env:      $(VENV)"; echo "compat layer: $(COMPAT)"; echo "MB tier:      $(MB)"
 	@test -n "$(MB)" && test -f "$(MB)/.complete" || { echo "error: the Megatron-Bridge test tier did not install (scripts/env.sh mb)"; exit 1; }
 
-demo: env  ## demo corpora -> prepare -> plan -> base model -> CPT -> SFT on a tiny Nemotron-H (CPU)
-	$(PY) recipes/install_demo_corpora.py
-	$(PY) recipes/prepare_data.py data=demo
-	$(PY) recipes/plan.py experiment=tiny_cpu
-	$(PY) recipes/cpt.py experiment=tiny_cpu
-	$(PY) recipes/sft.py experiment=tiny_cpu
+demo: env  ## the whole method on a tiny Nemotron-H (CPU): corpora, prepare, plan, base, CPT, SFT, export, evaluate, report
+	HEBATRON_COMPAT_DIR=$(COMPAT) $(PY) recipes/pipeline.py experiment=tiny_cpu $(ARGS)
+
+smoke: env  ## the same graph with fewer steps (what CI runs end to end)
+	HEBATRON_COMPAT_DIR=$(COMPAT) $(PY) recipes/pipeline.py experiment=smoke_cpu $(ARGS)
 
 test: env  ## the whole CPU test suite (slow end-to-end tests included; GPU tests skip without CUDA)
 	HEBATRON_COMPAT_DIR=$(COMPAT) HEBATRON_MB_DIR=$(MB) $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)

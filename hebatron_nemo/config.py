@@ -416,7 +416,6 @@ class MegatronBridgeConfig:
     wandb_project: Optional[str] = None  # None: no W&B
     wandb_exp_name: Optional[str] = None
     num_workers: int = 2  # dataloader workers per rank
-    plan_only: bool = False  # write plan.json and the index caches of this experiment, then stop (once, on a CPU node)
     dry_run: bool = False  # print the resolved ConfigContainer (YAML) and the world-size arithmetic, run nothing
     require_parity: bool = True  # segment 0 refuses to start without a passing HF->Megatron logit parity record (recipes/convert.py parity)
     overrides: List[str] = field(default_factory=list)  # Hydra-syntax ConfigContainer overrides applied last
@@ -468,13 +467,6 @@ class SFTConfig:
 
 
 @dataclass
-class SFTRunConfig(TrainConfig):
-    """`recipes/sft.py`: the TrainConfig groups (model, tokenizer, optim, router, logging, checkpoint) plus SFT."""
-
-    sft: SFTConfig = field(default_factory=SFTConfig)
-
-
-@dataclass
 class EvaluateConfig:
     """What `recipes/evaluate.py` scores and how."""
 
@@ -482,13 +474,23 @@ class EvaluateConfig:
     tasks: List[str] = field(default_factory=lambda: ["all"])  # schema names, or groups (all, averages)
     n_shot: Optional[int] = 0  # overrides each schema's few-shot count (tiny models: 0); None = schema's
     limit: Optional[int] = None  # rows per task
+    max_new_tokens: Optional[int] = None  # caps every generative task's generation (CPU demo); None = schema's
     model_dir: Optional[str] = None  # one HF folder; default: the run's series (base, phase ends, final, SFT)
     write_demo_tasks: bool = True  # write the demo task files when task_root has none
 
 
 @dataclass
-class EvaluateRunConfig(TrainConfig):
+class RunConfig(TrainConfig):
+    """The one schema of every stage of a run: `recipes/plan.py`, `cpt.py`, `sft.py`, `evaluate.py`
+    (and, extended, `export.py` and `pipeline.py`). One schema means one experiment file
+    (`conf/experiment/*.yaml`) composes unchanged in every stage, and a stage reads only its part."""
+
+    sft: SFTConfig = field(default_factory=SFTConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+SFTRunConfig = RunConfig  # the names the recipes' schemas had before they were one
+EvaluateRunConfig = RunConfig
 
 
 @dataclass
@@ -507,10 +509,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="prepare_schema", node=PrepareConfig)
     cs.store(name="install_demo_schema", node=InstallDemoConfig)
-    cs.store(name="plan_schema", node=PlanConfig)
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="sft_schema", node=SFTRunConfig)
-    cs.store(name="evaluate_schema", node=EvaluateRunConfig)
+    cs.store(name="run_schema", node=RunConfig)
     cs.store(group="curriculum", name="curriculum_schema", node=CurriculumConfig)
     cs.store(group="anchor", name="anchor_schema", node=AnchorConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)

@@ -210,20 +210,19 @@ def test_stats_reduce_over_data_parallel(tmp_path):
 
 
 @pytest.mark.slow  # two recipe subprocesses
-def test_plan_only_writes_the_plan_the_jobs_check(cluster, tmp_path):
+def test_plan_recipe_writes_the_plan_the_cluster_jobs_check(cluster, tmp_path):
     _, data, exps = cluster
     env = {**os.environ, "HEBATRON_TRACEBACK": ""}
-    over = [o for o in cluster_overrides(tmp_path, data)]
+    over = cluster_overrides(tmp_path, data)
     missing = subprocess.run([sys.executable, "recipes/cpt.py", "experiment=hebatron_cpt_8k_h100x64",
                               "megatron_bridge.dry_run=true", *over], cwd=REPO, capture_output=True, text=True,
                              env=env, timeout=600)
-    assert missing.returncode == 2 and "megatron_bridge.plan_only=true" in missing.stderr
-    r = subprocess.run([sys.executable, "recipes/cpt.py", "experiment=hebatron_cpt_8k_h100x64",
-                        "megatron_bridge.plan_only=true", *over], cwd=REPO, capture_output=True, text=True,
-                       env=env, timeout=600)
+    assert missing.returncode == 2 and "recipes/plan.py" in missing.stderr
+    r = subprocess.run([sys.executable, "recipes/plan.py", "experiment=hebatron_cpt_64k_h100x64", *over], cwd=REPO,
+                       capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     plan = json.loads(next(tmp_path.glob("runs/*/plan.json")).read_text())
-    assert plan["fingerprint"] == exps["hebatron_cpt_8k_h100x64"][1]["fingerprint"]  # same config + data, same plan
+    assert plan["fingerprint"] == exps["hebatron_cpt_8k_h100x64"][1]["fingerprint"]  # one plan for both jobs
 
 
 def test_parallelism_presets_compose(tmp_path):
@@ -236,3 +235,20 @@ def test_parallelism_presets_compose(tmp_path):
         assert cfg.parallelism.name == preset and cfg.parallelism.moe_dispatcher == ep_backend
         assert checks.layout(cfg.parallelism)["world"] == world and cfg.parallelism.context == cp
         assert checks.parallelism_problems(cfg.parallelism, 128, []) == []
+
+
+def test_pipeline_refuses_the_cluster_backend(cluster, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from hebatron_nemo.config import register_configs
+    from hebatron_nemo.export.hf import register_export_config
+    from hebatron_nemo.pipeline.config import register_pipeline_config
+    from hebatron_nemo.pipeline.stages import run_pipeline
+
+    register_configs(), register_export_config(), register_pipeline_config()
+    _, data, _ = cluster
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="pipeline", overrides=["experiment=hebatron_cpt_8k_h100x64",
+                                                         *cluster_overrides(tmp_path, data)])
+    with pytest.raises(ConfigError, match="backend=megatron_bridge: the pipeline runs the local backend"):
+        run_pipeline(cfg, log=lambda *a, **k: None)

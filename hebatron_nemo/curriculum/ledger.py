@@ -24,9 +24,25 @@ from hebatron_nemo.errors import ConfigError
 LEDGER_SCHEMA_VERSION = 1
 
 
+def _anchor_slot_counts(seg: dict, n: int) -> dict[int, int]:
+    """Anchor stream -> samples among the segment's first `n` anchor slots: slot j reads the
+    segment's pattern (chairman order, as in mixture.SegmentIndex) at j mod period."""
+    from hebatron_nemo.curriculum.apportion import chairman_order
+
+    pattern = seg["anchor_pattern"]
+    if not pattern or n <= 0:
+        return {}
+    pids = [int(sid) for sid in pattern]
+    counts = np.array([pattern[str(sid)] for sid in pids], dtype=np.int64)
+    order, _ = chairman_order(counts)
+    full, rest = divmod(n, int(seg["anchor_period"]))
+    tail = np.bincount(np.asarray(order[:rest], dtype=np.int64), minlength=len(pids))
+    return {sid: full * int(c) + int(t) for sid, c, t in zip(pids, counts, tail)}
+
+
 def planned_samples(plan: dict) -> dict[str, dict[str, int]]:
-    """phase name -> source -> planned samples (curriculum counts exactly; the anchor's per-phase split
-    by its pattern, rounded)."""
+    """phase name -> source -> planned samples, exactly: the curriculum's counts, and the anchor
+    slots that fall inside the phase's batches."""
     out: dict[str, dict[str, int]] = {}
     for p in plan["phases"]:
         seg = plan["segments"][p["segment"]]
@@ -34,9 +50,13 @@ def planned_samples(plan: dict) -> dict[str, dict[str, int]]:
         for sid, n in p["counts"].items():
             src = plan["streams"][int(sid)]["source"]
             row[src] = row.get(src, 0) + n
-        for sid, c in seg["anchor_pattern"].items():
-            src = plan["streams"][int(sid)]["source"]
-            row[src] = row.get(src, 0) + int(round(p["anchor_samples"] * c / seg["anchor_period"]))
+        first_batch = (p["start_sample"] - seg["start_sample"]) // seg["global_batch"]
+        a = seg["anchor_per_batch"]
+        lo, hi = _anchor_slot_counts(seg, first_batch * a), _anchor_slot_counts(seg, (first_batch + p["batches"]) * a)
+        for sid, n in hi.items():
+            if n - lo.get(sid, 0):
+                src = plan["streams"][sid]["source"]
+                row[src] = row.get(src, 0) + n - lo.get(sid, 0)
         out[p["name"]] = row
     return out
 

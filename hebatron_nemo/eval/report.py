@@ -40,6 +40,60 @@ def _phase_lines(ax, recs: list[dict]) -> None:
             last = r["phase"]
 
 
+def _eval_records(run_dir: Path) -> list[dict]:
+    return [r for r in _records(run_dir) if r["kind"] == "eval"]
+
+
+def sibling_arms(run_dir: Path) -> list[Path]:
+    """Other runs beside `run_dir` of the same curriculum and order with another anchor share (the
+    anchor sweep's arms), ordered by share."""
+    run_dir = Path(run_dir)
+    mine = read_json(run_dir / "plan.json") if (run_dir / "plan.json").exists() else None
+    if not mine or not run_dir.parent.is_dir():
+        return []
+    key = (mine["curriculum"].get("name"), mine["curriculum"].get("order"))
+    arms = []
+    for d in sorted(run_dir.parent.iterdir()):
+        if d == run_dir or not (d / "plan.json").is_file() or not (d / "metrics.jsonl").is_file():
+            continue
+        plan = read_json(d / "plan.json") or {}
+        if (plan.get("curriculum", {}).get("name"), plan.get("curriculum", {}).get("order")) != key:
+            continue
+        if plan.get("anchor", {}).get("share") != mine["anchor"].get("share"):
+            arms.append((plan["anchor"]["share"], d))
+    return [d for _, d in sorted(arms)]
+
+
+def _arm_row(run_dir: Path) -> dict | None:
+    evals = _eval_records(run_dir)
+    if not evals:
+        return None
+    base, last = evals[0]["values"], evals[-1]["values"]
+    plan = read_json(run_dir / "plan.json") or {}
+    return {"run": run_dir.name, "anchor_share": plan.get("anchor", {}).get("share"),
+            "order": plan.get("curriculum", {}).get("order"), "tokens": evals[-1]["tokens"],
+            "anchor_loss": last.get("eval/anchor_loss"),
+            "anchor_loss_change": last.get("eval/anchor_loss", 0) - base.get("eval/anchor_loss", 0),
+            "he_loss": last.get("eval/he_loss"),
+            "he_loss_change": last.get("eval/he_loss", 0) - base.get("eval/he_loss", 0)}
+
+
+def eval_change(run_dir: str | Path) -> dict:
+    """Validation losses of the base (the first eval, before any CPT step) and of the last eval, and
+    the sibling anchor arms' rows: {"he_loss": {start, end}, "anchor_loss": {...}, "arms": [...]}."""
+    run_dir = Path(run_dir)
+    evals = _eval_records(run_dir)
+    out: dict = {}
+    if evals:
+        base, last = evals[0]["values"], evals[-1]["values"]
+        for key in ("he_loss", "anchor_loss"):
+            if f"eval/{key}" in base and f"eval/{key}" in last:
+                out[key] = {"start": base[f"eval/{key}"], "end": last[f"eval/{key}"],
+                            "start_tokens": evals[0]["tokens"], "end_tokens": evals[-1]["tokens"]}
+    out["arms"] = [row for row in map(_arm_row, sibling_arms(run_dir)) if row]
+    return out
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Writes <run_dir>/report.md and report_*.png; returns the report's path."""
     run_dir = Path(run_dir)
@@ -118,6 +172,26 @@ def write_report(run_dir: str | Path) -> Path:
         _save(fig, run_dir / "report_router.png")
         lines += ["## Router health", "", "![](report_router.png)", ""]
 
+    mine = _arm_row(run_dir)
+    arms = [row for row in map(_arm_row, sibling_arms(run_dir)) if row]
+    if mine and arms:
+        rows = sorted([mine] + arms, key=lambda r: r["anchor_share"] or 0)
+        lines += ["## Anchor arms (the anchor sweep)", "",
+                  "Same curriculum and order, other anchor shares. Changes are against each arm's own base.", "",
+                  "| run | anchor share | English anchor loss (change) | Hebrew loss (change) |", "|---|---|---|---|"]
+        for r in rows:
+            me = " (this run)" if r["run"] == mine["run"] else ""
+            lines.append(f"| {r['run']}{me} | {r['anchor_share']} | {r['anchor_loss']:.4f} ({r['anchor_loss_change']:+.4f}) "
+                         f"| {r['he_loss']:.4f} ({r['he_loss_change']:+.4f}) |")
+        none = [r for r in arms if not r["anchor_share"]]
+        if none and mine["anchor_share"]:
+            n = none[0]
+            lines += ["", f"Against the no-anchor arm: English anchor loss at the end {mine['anchor_loss']:.4f} here vs "
+                          f"{n['anchor_loss']:.4f} without the anchor ({mine['anchor_loss'] - n['anchor_loss']:+.4f}); "
+                          f"Hebrew loss {mine['he_loss']:.4f} vs {n['he_loss']:.4f} "
+                          f"({mine['he_loss'] - n['he_loss']:+.4f})."]
+        lines.append("")
+
     ledger = read_json(run_dir / "ledger.json")
     if ledger:
         lines += ["## Ledger: planned vs realized samples", "", "| phase | source | planned | realized | loss tokens |",
@@ -147,18 +221,7 @@ def write_report(run_dir: str | Path) -> Path:
 def sweep_summary(run_dirs: list[str | Path], out: str | Path) -> Path:
     """A table and plot comparing arms: final English anchor loss and Hebrew loss against each arm's
     base, and the final benchmark average."""
-    rows = []
-    for d in map(Path, run_dirs):
-        evals = [r for r in _records(d) if r["kind"] == "eval"]
-        if not evals:
-            continue
-        base, last = evals[0]["values"], evals[-1]["values"]
-        plan = read_json(d / "plan.json") or {}
-        rows.append({"run": d.name, "anchor_share": plan.get("anchor", {}).get("share"),
-                     "order": plan.get("curriculum", {}).get("order"),
-                     "anchor_loss_change": last.get("eval/anchor_loss", 0) - base.get("eval/anchor_loss", 0),
-                     "he_loss_change": last.get("eval/he_loss", 0) - base.get("eval/he_loss", 0),
-                     "anchor_loss": last.get("eval/anchor_loss"), "he_loss": last.get("eval/he_loss")})
+    rows = [row for row in (_arm_row(Path(d)) for d in run_dirs) if row]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Sweep summary", "", "| run | anchor share | order | English anchor loss (change vs base) | "

@@ -62,7 +62,7 @@ def evaluate_series(cfg, run_dir: Path, models: list[dict], log=print) -> dict:
             log(f"evaluating {m['name']} ({m['tokens']:,} tokens)")
             summary = evaluate_model(m["dir"], list(cfg.evaluate.tasks), cfg.evaluate.task_root, cfg.evaluate.n_shot,
                                      cfg.evaluate.limit, out_dir, chat=bool(m.get("chat")), threads=cfg.threads,
-                                     log=lambda *a: None)
+                                     max_new_tokens=cfg.evaluate.max_new_tokens, log=lambda *a: None)
         results.append({**m, "summary": summary})
     series = {"models": [{k: v for k, v in r.items() if k != "summary"} |
                          {"scores": {t: s["score"] for t, s in r["summary"]["tasks"].items()},
@@ -107,3 +107,24 @@ def plot_series(run_dir: Path, series: dict) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(run_dir / "eval" / "series.png")
+
+
+def run_evaluate(cfg, log=print) -> dict:
+    """`recipes/evaluate.py`: one model folder (`evaluate.model_dir`), or the run's series; writes the
+    demo task files first when `task_root` has none; prints one line per model."""
+    root = Path(str(cfg.evaluate.task_root))
+    if cfg.evaluate.write_demo_tasks and not any(root.glob("*/test.jsonl")):
+        from hebatron_nemo.eval.demo_tasks import write_demo_tasks
+
+        write_demo_tasks(root, corpus_dir=cfg.data.raw_dir)
+    run_dir = Path(str(cfg.run_dir))
+    if cfg.evaluate.model_dir:
+        models = [{"name": Path(str(cfg.evaluate.model_dir)).name, "tokens": 0, "dir": str(cfg.evaluate.model_dir)}]
+    else:
+        models = checkpoint_models(cfg, run_dir, log=log)
+    series = evaluate_series(cfg, run_dir, models, log=log)
+    for m in series["models"]:
+        log(f"{m['name']:>14} {m['tokens']:>10,} tokens  "
+            + "  ".join(f"{t} {s:.1f}" for t, s in sorted(m["scores"].items())))
+    log(f"series: {run_dir / 'eval' / 'series.json'}, plot: {run_dir / 'eval' / 'series.png'}")
+    return series

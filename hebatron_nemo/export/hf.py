@@ -91,7 +91,7 @@ from typing import Any, Callable, Dict, Iterable, Optional
 
 from omegaconf import MISSING
 
-from hebatron_nemo.config import AnchorConfig, CurriculumConfig, DataConfig, PathsConfig
+from hebatron_nemo.config import RunConfig
 from hebatron_nemo.errors import ConfigError, HebatronError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -728,14 +728,10 @@ def export_hf(model_dir_or_model, out_dir, tokenizer_dir=None, chat_template=Non
 
 
 @dataclass
-class ExportConfig:
-    """`recipes/export.py`: a run's CPT or SFT model as a release-format HF folder, parity-checked."""
+class ExportConfig(RunConfig):
+    """`recipes/export.py`: a run's CPT or SFT model as a release-format HF folder, parity-checked.
+    The run's schema (so experiment files compose unchanged) plus the export's own fields."""
 
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    data: DataConfig = field(default_factory=DataConfig)  # composed so experiment files compose unchanged
-    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)  # names the run folder
-    anchor: AnchorConfig = field(default_factory=AnchorConfig)  # names the run folder
-    run_dir: str = MISSING  # the run (same interpolation as conf/cpt.yaml)
     source: str = "sft"  # sft: <run_dir>/sft/model | cpt: <run_dir>/model
     source_dir: Optional[str] = None  # any other model folder (overrides `source`)
     out_dir: str = MISSING  # the export folder (replaced atomically)

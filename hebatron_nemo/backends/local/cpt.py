@@ -78,9 +78,10 @@ def ensure_base(cfg, log=print) -> Path:
     return model_dir
 
 
-def export_model(model, plan: dict, out: Path) -> None:
+def export_model(model, plan: dict, out: Path, finalize=None) -> None:
     """The trained weights as an HF folder (config + safetensors + tokenizer), written atomically;
-    `COMPLETE` marks it usable. (The release export with parity checks is recipes/export.py.)"""
+    `COMPLETE` marks it usable. `finalize(folder)` adds files (e.g. the chat template) before the
+    folder is marked and renamed. (The release export with parity checks is recipes/export.py.)"""
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -92,6 +93,8 @@ def export_model(model, plan: dict, out: Path) -> None:
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tok_dir / f).exists():
             shutil.copy(tok_dir / f, tmp / f)
+    if finalize is not None:
+        finalize(tmp)
     (tmp / "COMPLETE").write_text(plan["fingerprint"])
     if out.exists():
         shutil.rmtree(out)

@@ -171,8 +171,7 @@ def run_sft(cfg, log=print) -> dict:
         router.remove()
     if rank == 0:
         plan = read_json(init.parent / "plan.json") or {"tokenizer": {"path": str(cfg.tokenizer.path)}, "fingerprint": "sft"}
-        export_model(model, plan, run_dir / "model")
-        _add_chat_template(run_dir / "model", tokenizer)
+        export_model(model, plan, run_dir / "model", finalize=lambda d: _add_chat_template(d, tokenizer))
         log(f"SFT done: {state['step']} steps, {state['tokens']:,} tokens; conversations/loss tokens by kind "
             f"{dict(zip(KINDS, counts.tolist()))} -> {run_dir / 'model'}")
     distributed.barrier()

@@ -34,8 +34,8 @@ def current_plan(cfg, log=print) -> dict:
 
     path = Path(str(cfg.run_dir)) / "plan.json"
     if not path.exists():
-        raise ConfigError(f"no plan at {path}. Fix: run this command once with megatron_bridge.plan_only=true (on a "
-                          "CPU node: it writes the plan and the index caches every rank loads)")
+        raise ConfigError(f"no plan at {path}. Fix: run `python recipes/plan.py` with the same experiment and "
+                          "overrides once (on a CPU node: it writes the plan and the index caches every rank loads)")
     saved = load_plan(path)
     fresh = build_plan(cfg, log=lambda *a, **k: None)
     if fresh["fingerprint"] != saved["fingerprint"]:
@@ -62,12 +62,6 @@ def dry_run_text(cfg, plan: dict, segment: int, container=None) -> str:
 def run_cpt_mb(cfg, log=print) -> None:
     mb = cfg.megatron_bridge
     segment = int(mb.segment)
-    if mb.plan_only:
-        from hebatron_nemo.curriculum.runplan import make_plan
-
-        plan = make_plan(cfg, log=log)  # validates, prints, builds the caches, writes plan.json atomically
-        checks.preflight(cfg, plan, segment, check_paths=False)
-        return
     plan = current_plan(cfg, log)
     checks.preflight(cfg, plan, segment, check_paths=not mb.dry_run)
     container = build_cpt_container(cfg, plan, segment) if (_mb_importable() or not mb.dry_run) else None

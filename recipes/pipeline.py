@@ -1,0 +1,33 @@
+"""The whole method in one command: python recipes/pipeline.py experiment=tiny_cpu [overrides].
+
+corpora -> prepare -> plan -> base -> cpt -> sft -> export -> evaluate -> report, skipping stages whose
+completion markers match their inputs (see hebatron_nemo/pipeline/stages.py).
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hebatron_nemo.config import register_configs  # noqa: E402
+from hebatron_nemo.export.hf import register_export_config  # noqa: E402
+from hebatron_nemo.pipeline.config import register_pipeline_config  # noqa: E402
+
+register_configs()
+register_export_config()
+register_pipeline_config()
+
+
+@hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")
+def main(cfg) -> None:
+    from hebatron_nemo.cli import clean_errors
+    from hebatron_nemo.pipeline.stages import run_pipeline
+
+    with clean_errors():
+        run_pipeline(cfg)
+
+
+if __name__ == "__main__":
+    main()
