@@ -220,8 +220,10 @@ def test_killed_in_any_stage_the_rerun_finishes_without_redoing_completed_stages
     assert set(_markers(work)) == set(STAGE_NAMES)
     # the interrupted run ends where the uninterrupted one did: same plan, same ledger, same weights
     run, ref = (d / "runs" / "smoke-easy_to_hard-anchor0.25" for d in (work, reference))
-    assert json.loads((run / "plan.json").read_text())["fingerprint"] == \
-        json.loads((ref / "plan.json").read_text())["fingerprint"]
+    # (plan fingerprints differ: they include the work folders' paths)
+    phases = [[(p["name"], p["counts"], p["start_sample"], p["end_sample"]) for p in
+               json.loads((d / "plan.json").read_text())["phases"]] for d in (run, ref)]
+    assert phases[0] == phases[1]
     assert json.loads((run / "ledger.json").read_text())["phases"] == json.loads((ref / "ledger.json").read_text())["phases"]
     from safetensors.torch import load_file
 
