@@ -3,6 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV = $(shell scripts/env.sh cpu)
 COMPAT = $(shell scripts/env.sh compat)
+MB = $(shell scripts/env.sh mb)
 PY = $(VENV)/bin/python
 export HEBATRON_WORK ?= $(CURDIR)/work
 export WANDB_MODE ?= offline
@@ -17,8 +18,9 @@ ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-env:  ## build (once) the CPU environment and the compatibility layer, outside the clone
-	@echo "cpu env:      $(VENV)"; echo "compat layer: $(COMPAT)"
+env:  ## build (once) the CPU environment, the compatibility layer and the Megatron-Bridge test tier, outside the clone
+	@echo "cpu env:      $(VENV)"; echo "compat layer: $(COMPAT)"; echo "MB tier:      $(MB)"
+	@test -n "$(MB)" && test -f "$(MB)/.complete" || { echo "error: the Megatron-Bridge test tier did not install (scripts/env.sh mb)"; exit 1; }
 
 demo: env  ## the whole method on a tiny Nemotron-H (CPU): corpora, prepare, plan, base, CPT, SFT, export, evaluate, report
 	HEBATRON_COMPAT_DIR=$(COMPAT) $(PY) recipes/pipeline.py experiment=tiny_cpu $(ARGS)
@@ -27,10 +29,10 @@ smoke: env  ## the same graph with fewer steps (what CI runs end to end)
 	HEBATRON_COMPAT_DIR=$(COMPAT) $(PY) recipes/pipeline.py experiment=smoke_cpu $(ARGS)
 
 test: env  ## the whole CPU test suite (slow end-to-end tests included; GPU tests skip without CUDA)
-	HEBATRON_COMPAT_DIR=$(COMPAT) $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+	HEBATRON_COMPAT_DIR=$(COMPAT) HEBATRON_MB_DIR=$(MB) $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 test-fast: env  ## the fast tier only
-	HEBATRON_COMPAT_DIR=$(COMPAT) $(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+	HEBATRON_COMPAT_DIR=$(COMPAT) HEBATRON_MB_DIR=$(MB) $(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
 lock:  ## regenerate requirements/cpu.lock from requirements/cpu.in in a scratch environment
 	scripts/lock.sh

@@ -370,6 +370,60 @@ class BaseModelConfig:
     dir: str = MISSING  # cached at <dir>/<config hash>
 
 
+BACKENDS = ("local", "megatron_bridge")
+MOE_DISPATCHERS = ("hybridep", "deepep", "alltoall")
+
+
+@dataclass
+class ParallelismConfig:
+    """How one Megatron-Bridge job lays the model over GPUs (`conf/parallelism/<hardware>.yaml`).
+
+    Data parallel is what is left: DP = GPUs / (TP x PP x CP). Experts are sharded inside the
+    DP x CP group (EP must divide it and the model's expert count). The local backend ignores this."""
+
+    name: str = "none"
+    nodes: int = 1
+    gpus_per_node: int = 8
+    tensor: int = 1  # TP; Nano regressed with TP > 1 in NeMo 26.06, so presets keep 1
+    pipeline: int = 1  # PP
+    context: int = 1  # CP; the 64K segment uses 4-8 (p2p: 2 KV heads cap all-to-all CP)
+    expert: int = 1  # EP
+    expert_tensor: int = 1  # ETP
+    sequence_parallel: bool = False  # needs TP > 1
+    cp_comm_type: str = "p2p"
+    moe_dispatcher: str = "hybridep"  # hybridep (the recipe's) | deepep (opt-in; times out across nodes) | alltoall
+    recompute_modules: List[str] = field(default_factory=lambda: ["moe", "layernorm"])  # selective recompute
+    env: Dict[str, str] = field(default_factory=dict)  # environment variables the job needs (NCCL, HybridEP)
+
+
+@dataclass
+class MegatronBridgeConfig:
+    """What the Megatron-Bridge backend needs beyond the plan (`backend=megatron_bridge`).
+
+    One job trains one plan segment (one sequence length); the next segment's job loads this one's
+    checkpoint, so consumed samples, the LR schedule and the data stream continue."""
+
+    segment: int = 0  # the plan segment this job trains
+    hf_model_dir: Optional[str] = None  # local HF folder of the base model (never a hub id): segment 0's weights
+    save_dir: str = MISSING  # Megatron checkpoints of this run (all segments)
+    load_dir: Optional[str] = None  # the checkpoint to continue from; default: save_dir for segment > 0
+    precision: str = "bf16"  # bf16 | fp8 (fp8 keeps bf16 in the first/last layers, as the recipe does)
+    save_interval: int = 200  # steps between periodic checkpoints (phase ends are forced)
+    eval_interval: int = 200
+    eval_iters: int = 1  # global batches per evaluation (per-phase Hebrew sets + the English anchor set)
+    log_interval: int = 1
+    tensorboard_dir: Optional[str] = None  # default <save_dir>/../tensorboard
+    wandb_project: Optional[str] = None  # None: no W&B
+    wandb_exp_name: Optional[str] = None
+    num_workers: int = 2  # dataloader workers per rank
+    dry_run: bool = False  # print the resolved ConfigContainer (YAML) and the world-size arithmetic, run nothing
+    require_parity: bool = True  # segment 0 refuses to start without a passing HF->Megatron logit parity record (recipes/convert.py parity)
+    overrides: List[str] = field(default_factory=list)  # Hydra-syntax ConfigContainer overrides applied last
+    sft_seq_length: int = 4096  # packed sequence length for SFT (padded to 2 x CP)
+    sft_train_iters: Optional[int] = None  # SFT optimizer steps; None = sft.epochs over the packed data
+    sft_data_dir: Optional[str] = None  # where the SFT mixture is materialized; default <sft.run_dir>/mb_data
+
+
 @dataclass
 class TrainConfig(PlanConfig):
     """`recipes/cpt.py`: the plan's CPT, trained by the local backend (or handed to Megatron-Bridge)."""
@@ -386,6 +440,9 @@ class TrainConfig(PlanConfig):
     threads: int = 2  # torch CPU threads per process
     max_steps: Optional[int] = None  # stop after this many steps (testing); the plan is unchanged
     stop_after_segment: Optional[str] = None  # stop at this segment's end and export <run_dir>/segments/<name>/model (one Slurm job per segment)
+    backend: str = "local"  # local (CPU, PyTorch) | megatron_bridge (cluster, NeMo container)
+    parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
+    megatron_bridge: MegatronBridgeConfig = field(default_factory=MegatronBridgeConfig)
 
 
 @dataclass
@@ -511,3 +568,4 @@ def register_configs() -> None:
     cs.store(group="tokenizer", name="tokenizer_schema", node=TokenizerConfig)
     cs.store(name="launch_schema", node=LaunchConfig)
     cs.store(group="cluster", name="cluster_schema", node=ClusterConfig)
+    cs.store(group="parallelism", name="parallelism_schema", node=ParallelismConfig)

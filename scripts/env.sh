@@ -5,6 +5,8 @@
 #   scripts/env.sh cpu      -> prints the main CPU venv (Python 3.12, requirements/cpu.lock)
 #   scripts/env.sh compat   -> prints the compatibility layer dir (requirements/compat.lock, for PYTHONPATH)
 #   scripts/env.sh launch   -> prints the launch tier dir (requirements/launch.lock: hydra-submitit-launcher, for PYTHONPATH)
+#   scripts/env.sh mb       -> prints the Megatron-Bridge test tier dir (requirements/mb.lock, for PYTHONPATH
+#                              in front of the compat layer; see tests/mb_tier/)
 #
 # Environment: HEBATRON_ENV_ROOT (default ~/.cache/hebatron/envs), PYTHON312 (a Python 3.12 interpreter).
 set -euo pipefail
@@ -76,9 +78,25 @@ build_compat() {
   echo "$dir"
 }
 
+build_mb() {
+  local dir="$root/mb-$(lock_hash mb)"
+  if [ -f "$dir/.complete" ]; then echo "$dir"; return 0; fi
+  local venv; venv=$(build_cpu)
+  build_compat >/dev/null
+  exec 7>"$dir.lock"; flock 7
+  if [ -f "$dir/.complete" ]; then echo "$dir"; return 0; fi
+  rm -rf "$dir" "$dir.tmp"
+  # one pip call: packages sharing the `megatron` namespace (bridge, energon) must land in one --target
+  "$venv/bin/python" -m pip install -q --no-deps --target "$dir.tmp" -r "$here/requirements/mb.lock" >&2
+  touch "$dir.tmp/.complete"
+  mv "$dir.tmp" "$dir"
+  echo "$dir"
+}
+
 case "$kind" in
   cpu) build_cpu ;;
   compat) build_compat ;;
   launch) build_target launch ;;
-  *) echo "usage: $0 cpu|compat|launch" >&2; exit 2 ;;
+  mb) build_mb ;;
+  *) echo "usage: $0 cpu|compat|launch|mb" >&2; exit 2 ;;
 esac

@@ -198,7 +198,11 @@ def test_provider_requires_the_segments_planned_samples(data, tmp_path):
     s1, s2 = plan["segments"]
     with pytest.raises(ConfigError, match=rf"set train.train_samples={s1['num_samples']:,}"):
         build_curriculum_datasets(path, 0, None, train_samples=s1["num_samples"] + 1)
-    train, valid, test = build_curriculum_datasets(path, 1, None, train_samples=s2["start_sample"] + s2["num_samples"])
+    with pytest.raises(ConfigError, match=r"ends at step"):  # the global end sample is not MB's count
+        build_curriculum_datasets(path, 1, None, train_samples=s2["start_sample"] + s2["num_samples"])
+    # MB trains train_samples // global_batch steps from step 0 of the run
+    mb_samples = (s2["start_step"] + s2["batches"]) * s2["global_batch"]
+    train, valid, test = build_curriculum_datasets(path, 1, None, train_samples=mb_samples)
     assert len(train) == s2["start_sample"] + s2["num_samples"] and valid is None and test is None
     with pytest.raises(IndexError):
         train[s2["start_sample"] - 1]  # segment 2 never serves segment 1's indices

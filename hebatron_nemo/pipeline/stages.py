@@ -302,6 +302,10 @@ def run_pipeline(cfg, log=print) -> dict:
     print_table(rows, log)
     if cfg.pipeline.dry_run:
         return {"stages": rows, "dry_run": True}
+    if cfg.get("backend", "local") != "local":
+        raise ConfigError(f"backend={cfg.backend}: the pipeline runs the local backend end to end. On a cluster run "
+                          "its stages as jobs (docs/megatron_bridge.md): recipes/plan.py, recipes/cpt.py once per "
+                          "segment, recipes/convert.py export, recipes/sft.py")
     by_name = {st.name: st for st in STAGES}
     t_all = time.time()
     for row in rows:

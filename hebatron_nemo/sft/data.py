@@ -590,14 +590,16 @@ def length_bucketed_batches(examples: Sequence[SFTExample], batch_size: int, see
 def build_demo_sft(corpus_dir: str | Path, tokenizer, max_length: int = 512, anchor_share: float = 0.25,
                    seed: int = 0, split: str = "train", overflow: str = "drop",
                    anchor_sources: Sequence[str] = ("en_kjv", "en_jps"), decontam_ngram: int = 13,
-                   max_pairs: int | None = None, max_anchor_documents: int | None = None) -> SFTMixture:
+                   max_pairs: int | None = None, max_anchor_documents: int | None = None,
+                   messages: dict | None = None) -> SFTMixture:
     """The demo's SFT mixture for one split of ``pairs_{split}.jsonl`` in `corpus_dir`.
 
     Translation chats in both directions, plus anchor chats from the English sources (``en_kjv.jsonl``,
     ``en_jps.jsonl``; JSONL ``{"id", "text"}``) at `anchor_share` of the loss tokens (0 for none).
     Anchor windows that share a `decontam_ngram`-gram with the English of the valid or test pairs are
     left out: the JPS text *is* the pairs' English, so without this the anchor would teach the eval
-    references. The report adds tokenization and anchor counts."""
+    references. The report adds tokenization and anchor counts. When `messages` is a dict, it receives
+    every tokenized chat's messages by id (to write the mixture as chat JSONL for Megatron-Bridge)."""
     from hebatron_nemo.data.filters import Decontaminator
     from hebatron_nemo.data.readers import iter_documents
 
@@ -605,7 +607,10 @@ def build_demo_sft(corpus_dir: str | Path, tokenizer, max_length: int = 512, anc
     pairs = read_pairs(corpus / f"pairs_{split}.jsonl", clean_hebrew=True)
     if max_pairs is not None and len(pairs) > max_pairs:  # a seeded subset: small CPU budgets
         pairs = [pairs[i] for i in sorted(_permutation(len(pairs), seed, f"pairs-{split}")[:max_pairs])]
-    hebrew, tok_report = tokenize_conversations(translation_conversations(pairs), tokenizer, max_length, overflow)
+    convs = translation_conversations(pairs)
+    if messages is not None:
+        messages.update({c["id"]: c["messages"] for c in convs})
+    hebrew, tok_report = tokenize_conversations(convs, tokenizer, max_length, overflow)
     anchor: dict[str, list[SFTExample]] = {}
     anchor_report: dict = {}
     if anchor_share > 0:
@@ -618,6 +623,9 @@ def build_demo_sft(corpus_dir: str | Path, tokenizer, max_length: int = 512, anc
             if max_anchor_documents is not None:
                 docs = itertools.islice(docs, max_anchor_documents)
             convs = anchor_conversations(docs, name, decontaminator=decontaminator, stats=stats)
+            if messages is not None:
+                convs = list(convs)
+                messages.update({c["id"]: c["messages"] for c in convs})
             anchor[name], counts = tokenize_conversations(convs, tokenizer, max_length, overflow)
             anchor_report[name] = {"windows": stats.windows, "contaminated": stats.contaminated,
                                    "tasks": stats.tasks, "tokenization": counts}

@@ -1,0 +1,118 @@
+"""Entry points of the Megatron-Bridge backend: one CPT segment job, the SFT job, their dry runs.
+
+Run inside the NeMo container through `python -m torch.distributed.run ... recipes/cpt.py
+backend=megatron_bridge experiment=...`. A dry run (`megatron_bridge.dry_run=true`) needs no GPU:
+it checks the config, prints the world-size arithmetic, the LR boundaries and the resolved
+ConfigContainer as YAML (when Megatron-Bridge is importable; otherwise our overrides)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from hebatron_nemo.backends.megatron_bridge import checks
+from hebatron_nemo.backends.megatron_bridge.schedule import boundaries_report
+from hebatron_nemo.backends.megatron_bridge.seam import (build_cpt_container, build_sft_container, container_yaml,
+                                                        cpt_overrides, sft_layout, sft_overrides)
+from hebatron_nemo.errors import ConfigError
+
+
+def _mb_importable() -> bool:
+    try:
+        import megatron.bridge  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not in the container"
+        return False
+    return True
+
+
+def current_plan(cfg, log=print) -> dict:
+    """plan.json of the run, checked against a plan recomputed from the config and the prepared data
+    (infeasible budgets raise here: the plan must fit the data)."""
+    from hebatron_nemo.curriculum.ledger import load_plan
+    from hebatron_nemo.curriculum.plan import build_plan
+
+    path = Path(str(cfg.run_dir)) / "plan.json"
+    if not path.exists():
+        raise ConfigError(f"no plan at {path}. Fix: run `python recipes/plan.py` with the same experiment and "
+                          "overrides once (on a CPU node: it writes the plan and the index caches every rank loads)")
+    saved = load_plan(path)
+    fresh = build_plan(cfg, log=lambda *a, **k: None)
+    if fresh["fingerprint"] != saved["fingerprint"]:
+        raise ConfigError(f"{path} (plan {saved['fingerprint']}) does not match this config and data (plan "
+                          f"{fresh['fingerprint']}). Fix: rerun recipes/plan.py with the same overrides")
+    return saved
+
+
+def dry_run_text(cfg, plan: dict, segment: int, container=None) -> str:
+    seg = plan["segments"][segment]
+    lines = [f"Megatron-Bridge CPT, segment {segment} ({seg['name']}): samples [{seg['start_sample']:,}, "
+             f"{seg['start_sample'] + seg['num_samples']:,}), {seg['batches']:,} steps, "
+             f"{seg['tokens']:,} tokens, parallelism={cfg.parallelism.name}"]
+    lines += ["  " + x for x in checks.layout_lines(cfg.parallelism, seg, int(cfg.model.n_routed_experts))]
+    lines += boundaries_report(plan, cfg.optim)
+    if container is not None:
+        lines += ["", "# resolved ConfigContainer", container_yaml(container)]
+    else:
+        lines += ["", "# Megatron-Bridge is not importable here: our ConfigContainer overrides (the recipe's other "
+                  "values apply)", OmegaConf.to_yaml(OmegaConf.create(cpt_overrides(cfg, plan, segment)))]
+    return "\n".join(lines)
+
+
+def run_cpt_mb(cfg, log=print) -> None:
+    mb = cfg.megatron_bridge
+    segment = int(mb.segment)
+    plan = current_plan(cfg, log)
+    checks.preflight(cfg, plan, segment, check_paths=not mb.dry_run)
+    container = build_cpt_container(cfg, plan, segment) if (_mb_importable() or not mb.dry_run) else None
+    if mb.dry_run:
+        print(dry_run_text(cfg, plan, segment, container))
+        return
+    from hebatron_nemo.backends.megatron_bridge.callbacks import check_resume_before_pretrain, make_callback
+    from hebatron_nemo.backends.megatron_bridge.forward import SourceStats, make_forward_step
+
+    check_resume_before_pretrain(container.checkpoint.load, plan, segment,
+                                 bool(cfg.checkpoint.allow_future_changes), log)
+    from hebatron_nemo.backends.megatron_bridge.dataset_provider import validation_sets
+
+    sets = [s["name"] for s in validation_sets(plan, segment)]
+    stats = SourceStats(len(plan["phases"]), len(plan["source_names"]))
+    eval_stats = SourceStats(len(sets), len(plan["source_names"]))
+    callback = make_callback(plan, segment, stats, cfg.run_dir, container.checkpoint.save, eval_stats, sets)
+    from megatron.bridge.training.pretrain import pretrain
+
+    pretrain(container, make_forward_step(stats, eval_stats=eval_stats), callbacks=[callback])
+
+
+def run_sft_mb(cfg, log=print) -> None:
+    from hebatron_nemo.backends.megatron_bridge.sft_data import materialize_sft_mixture
+
+    mb = cfg.megatron_bridge
+    problems = checks.config_problems(cfg)
+    problems += checks.parallelism_problems(cfg.parallelism, int(cfg.model.n_routed_experts), [])
+    lay = checks.layout(cfg.parallelism)
+    if lay["dp"] and cfg.sft.global_batch % (lay["dp"] * cfg.sft.micro_batch):
+        problems.append(f"sft.global_batch={cfg.sft.global_batch} is not divisible by DP x micro_batch = {lay['dp']} x "
+                        f"{cfg.sft.micro_batch}. Fix: a multiple of {lay['dp'] * cfg.sft.micro_batch}")
+    if not mb.dry_run:
+        problems += checks.path_problems(cfg, 0, sft=True)
+    checks.raise_if(problems, "megatron_bridge SFT")
+    data_dir = Path(str(mb.sft_data_dir or Path(str(cfg.sft.run_dir)) / "mb_data"))
+    text = [f"Megatron-Bridge SFT: parallelism={cfg.parallelism.name}, packed length {sft_layout(cfg)['seq_length']}, "
+            f"data {data_dir}"] + ["  " + x for x in checks.layout_lines(cfg.parallelism)]
+    if mb.dry_run:
+        if _mb_importable() and (Path(str(cfg.sft.init_from)) / "config.json").exists():
+            text += ["", "# resolved ConfigContainer", container_yaml(build_sft_container(cfg, data_dir))]
+        else:
+            text += ["", "# our ConfigContainer overrides (Megatron-Bridge or the HF folder is not available here)",
+                     OmegaConf.to_yaml(OmegaConf.create(sft_overrides(cfg, data_dir)))]
+        print("\n".join(text))
+        return
+    report = materialize_sft_mixture(cfg, data_dir, log)
+    log(f"SFT mixture: {report['examples']} conversations, anchor share of loss tokens "
+        f"{report['effective_anchor_share']:.4f} -> {data_dir}")
+    container = build_sft_container(cfg, data_dir)
+    from megatron.bridge.training.finetune import finetune
+    from megatron.bridge.training.gpt_step import forward_step
+
+    finetune(container, forward_step)
