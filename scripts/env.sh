@@ -79,7 +79,8 @@ build_compat() {
 }
 
 build_mb() {
-  local dir="$root/mb-$(lock_hash mb)"
+  local dir
+  dir="$root/mb-$(lock_hash mb)"
   if [ -f "$dir/.complete" ]; then echo "$dir"; return 0; fi
   local venv; venv=$(build_cpu)
   build_compat >/dev/null

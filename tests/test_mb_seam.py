@@ -57,7 +57,8 @@ def test_every_cluster_experiment_emits_our_fields(cluster, name):
     assert checks.layout(cfg.parallelism)["dp"] == dp
     # MB trains train_samples // global_batch steps, counting from step 0 of the run: the plan's end step
     assert o["train"] == {"train_iters": None, "train_samples": (seg["start_step"] + seg["batches"]) * gbs,
-                          "global_batch_size": gbs, "micro_batch_size": 1, "exit_interval": None}
+                          "global_batch_size": gbs, "micro_batch_size": 1, "exit_interval": None,
+                          "exit_signal_handler": True, "exit_signal": 10}
     assert o["train"]["train_samples"] // gbs - seg["start_step"] == seg["batches"]
     assert gbs * seq == 10_485_760  # the ~10.5M-token global batch in both segments
     assert o["optimizer"]["lr"] == 2e-4 and o["optimizer"]["min_lr"] == 2e-5
