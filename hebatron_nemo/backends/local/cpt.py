@@ -96,18 +96,6 @@ def ensure_base(cfg, log=print) -> Path | None:
     finally:
         if lock is not None:
             lock.close()
-    bc.run_dir = str(root / "run")
-    log(f"stage 0: pretraining the base model on {dict(cfg.base.sources)} -> {model_dir}")
-    plan = _plan_and_caches(bc, log)
-    model = build_model(cfg.model, plan["tokenizer"]["vocab_size"], seed=cfg.seed)
-    log(f"  model: {count_parameters(model)}")
-    state = train(bc, plan, model, Path(bc.run_dir), log=log, lr=cfg.base.lr, min_lr=cfg.base.min_lr)
-    if state.get("preempted"):
-        return None  # stopped on the warning signal: the next run resumes stage 0
-    if rank == 0:
-        export_model(model, plan, model_dir)
-    distributed.barrier()
-    return model_dir
 
 
 def export_model(model, plan: dict, out: Path, finalize=None) -> None:
