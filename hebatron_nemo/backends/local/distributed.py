@@ -13,11 +13,13 @@ def init() -> tuple[int, int]:
     """(rank, world size). Always a process group (gloo), even for one process: megatron-core's
     expert-bias update and dataset builders expect one."""
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 2000))
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-        dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=30))
+        timeout = datetime.timedelta(minutes=30)
+        if "RANK" in os.environ:  # torchrun / srun: env:// rendezvous
+            dist.init_process_group("gloo", timeout=timeout)
+        else:
+            # one process: an in-memory store, no port and no RANK/MASTER_PORT written into os.environ
+            # (child processes, e.g. test subprocesses or sweep arms, would inherit them and collide)
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 
