@@ -233,3 +233,31 @@ def test_killed_in_any_stage_the_rerun_finishes_without_redoing_completed_stages
         assert a.keys() == b.keys()
         worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
         assert worst < 1e-4, (model, worst)
+
+
+def _fake_run(root: Path, name: str, share: float, order: str, anchor_loss: tuple, he_loss: tuple) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "plan.json").write_text(json.dumps({"curriculum": {"name": "tiny", "order": order},
+                                             "anchor": {"share": share}, "fingerprint": "f" + name,
+                                             "totals": {"tokens": 1000, "curriculum_tokens": 750,
+                                                        "anchor_tokens": 250, "steps": 10}}))
+    recs = [{"kind": "eval", "step": s, "tokens": t, "values": {"eval/anchor_loss": a, "eval/he_loss": h}}
+            for s, t, a, h in ((0, 0, anchor_loss[0], he_loss[0]), (10, 1000, anchor_loss[1], he_loss[1]))]
+    (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    return d
+
+
+def test_report_compares_the_anchor_arms_of_the_same_curriculum(tmp_path):
+    from hebatron_nemo.eval.report import eval_change, sibling_arms, write_report
+
+    mine = _fake_run(tmp_path, "tiny-easy_to_hard-anchor0.25", 0.25, "easy_to_hard", (4.2, 4.0), (8.0, 6.0))
+    none = _fake_run(tmp_path, "tiny-easy_to_hard-anchor0.0", 0.0, "easy_to_hard", (4.2, 10.3), (8.0, 5.9))
+    _fake_run(tmp_path, "tiny-reversed-anchor0.0", 0.0, "reversed", (4.2, 9.0), (8.0, 6.1))  # another order
+    assert sibling_arms(mine) == [none]
+    change = eval_change(mine)
+    assert change["he_loss"] == {"start": 8.0, "end": 6.0, "start_tokens": 0, "end_tokens": 1000}
+    assert [a["run"] for a in change["arms"]] == [none.name]
+    text = write_report(mine).read_text()
+    assert "## Anchor arms" in text
+    assert "Against the no-anchor arm: English anchor loss at the end 4.0000 here vs 10.3000 without the anchor (-6.3000)" in text
