@@ -273,19 +273,9 @@ def _sentiment_rows(rng: random.Random, per_label: int) -> list[dict]:
 
 
 def _ted_rows(pairs: Path, rng: random.Random, n: int) -> list[dict]:
-    rows = []
-    with open(pairs, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON: {e.msg}", path=str(pairs), line=line_no) from None
-            for key in ("id", "he", "en"):
-                if not isinstance(obj.get(key), str) or not obj[key].strip():
-                    raise DataError("expected a non-empty string", path=str(pairs), line=line_no, field=key)
-            rows.append({"id": obj["id"], "he": obj["he"], "en": obj["en"]})
+    from hebatron_nemo.sft.data import read_pairs  # the one validating reader of the pairs files
+
+    rows = [{"id": p.id, "he": p.he, "en": p.en} for p in read_pairs(pairs, clean_hebrew=False)]
     if not rows:
         raise DataError("no pairs", path=str(pairs))
     picked = sorted(rng.sample(range(len(rows)), min(n, len(rows))))

@@ -308,15 +308,15 @@ def print_table(rows: list[dict], log=print) -> None:
 def run_pipeline(cfg, log=print) -> dict:
     """Runs every stage that is not done, in order; writes markers and `<run_dir>/pipeline/summary.json`;
     prints a table of stages with their wall times and the run's headline results."""
+    if cfg.get("backend", "local") != "local":
+        raise ConfigError(f"backend={cfg.backend}: the pipeline runs the local backend end to end. On a cluster run "
+                          "its stages as jobs (docs/megatron_bridge.md): recipes/plan.py, recipes/cpt.py once per "
+                          "segment, recipes/convert.py export, recipes/sft.py")
     rows = stage_table(cfg)
     log("pipeline plan:")
     print_table(rows, log)
     if cfg.pipeline.dry_run:
         return {"stages": rows, "dry_run": True}
-    if cfg.get("backend", "local") != "local":
-        raise ConfigError(f"backend={cfg.backend}: the pipeline runs the local backend end to end. On a cluster run "
-                          "its stages as jobs (docs/megatron_bridge.md): recipes/plan.py, recipes/cpt.py once per "
-                          "segment, recipes/convert.py export, recipes/sft.py")
     by_name = {st.name: st for st in STAGES}
     t_all = time.time()
     for row in rows:
