@@ -35,16 +35,7 @@ def main(argv=None) -> None:
 
     with clean_errors():
         if a.cmd == "parity":
-            import torch.distributed as dist
-            from megatron.core import parallel_state
-
-            if not dist.is_initialized():
-                import os
-
-                os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-                os.environ.setdefault("MASTER_PORT", "29517")
-                dist.init_process_group("nccl", rank=0, world_size=1)
-            parallel_state.initialize_model_parallel()
+            convert.init_single_gpu_parallel_state()
             result = convert.logit_parity(a.hf_dir, atol=a.atol, min_cosine=a.min_cosine)
             print(f"parity passed: {result} -> {convert.write_parity_record(a.run_dir, a.hf_dir, result)}")
         elif a.cmd == "import":

@@ -23,18 +23,9 @@ def _base_dir() -> str:
 
 def test_hf_to_megatron_logit_parity():
     """The gate before training (Megatron-Bridge #2381): HF and converted Megatron logits agree."""
-    import torch.distributed as dist
+    from hebatron_nemo.backends.megatron_bridge.convert import init_single_gpu_parallel_state, logit_parity
 
-    from hebatron_nemo.backends.megatron_bridge.convert import logit_parity
-
-    if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29513")
-        dist.init_process_group("nccl", rank=0, world_size=1)
-    from megatron.core import parallel_state
-
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel()
+    init_single_gpu_parallel_state(port=29513)  # the same setup as `recipes/convert.py parity`
     result = logit_parity(_base_dir())
     assert result["argmax_agreement"] > 0.99, result
 

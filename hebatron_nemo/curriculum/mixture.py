@@ -336,7 +336,11 @@ class StreamSamples:
                 sequence_length=self.seq_length, blend=([st["prefix"]], None), split="100,0,0",
                 path_to_cache=stream_cache_dir(self.cache_dir, st, self.seq_length),
                 tokenizer=MegatronTokenizerView.from_plan(self.plan["tokenizer"]), reset_position_ids=False,
-                reset_attention_mask=False, eod_mask_loss=False, mmap_bin_files=True)
+                reset_attention_mask=False, eod_mask_loss=False, mmap_bin_files=True,
+                # no per-sample [1, S, S] causal mask (4 GiB of bools at 64K, through the dataloader
+                # workers): Megatron-Bridge's step and the local backend build causal attention
+                # themselves and never read it
+                create_attention_mask=False)
             ds = GPTDataset(self.indexed, st["prefix"], self.docs, None, Split.train, cfg)
             if len(ds) != self.spe:
                 raise RuntimeError(f"stream {st['key']} epoch {e}: GPTDataset has {len(ds)} samples, the plan "

@@ -5,6 +5,7 @@ experiment must decide."""
 from __future__ import annotations
 
 import copy
+import signal
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from mb_fixtures import (CPT_EXPERIMENTS, SFT_EXPERIMENTS, cluster_overrides, co
 from hebatron_nemo.backends.megatron_bridge.seam import (build_cpt_container, build_sft_container, container_yaml,
                                                         cpt_overrides, sft_overrides)
 from hebatron_nemo.curriculum.runplan import make_plan
+from hebatron_nemo.errors import ConfigError
 
 
 def _tiny_hf_folder(path):
@@ -250,3 +252,176 @@ def test_precision_and_dispatcher_choices(cluster):
     a2a = build_cpt_container(cfg, plan, 0).model
     assert a2a.moe_token_dispatcher_type == "alltoall" and a2a.moe_flex_dispatcher_backend is None
     assert a2a.moe_shared_expert_overlap is True
+
+
+# ------------------------------------------------------------------ MB's runtime path on every container
+
+
+def _sft(cfg, precision):
+    cfg = copy.deepcopy(cfg)
+    cfg.megatron_bridge.precision = precision
+    return cfg
+
+
+def _world(cfg) -> str:
+    return str(cfg.parallelism.nodes * cfg.parallelism.gpus_per_node)
+
+
+@pytest.fixture
+def mb_runtime(monkeypatch):
+    """MB's `runtime_config_update` as `pretrain()`/`finetune()` run it first, at the job's world size;
+    its one GPU query (the flex dispatcher's device check) disabled. It writes the container's env vars
+    into os.environ: restored after the test."""
+    import os
+
+    import megatron.bridge.training.config as mbc
+
+    saved = dict(os.environ)
+    monkeypatch.setattr(mbc, "validate_flex_dispatcher_backend", lambda model: None)
+
+    def run(container, cfg):
+        monkeypatch.setenv("WORLD_SIZE", _world(cfg))
+        mbc.runtime_config_update(container)
+        return container
+
+    yield run
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+@pytest.mark.parametrize("name", CPT_EXPERIMENTS)
+def test_runtime_config_update_on_every_cpt_container(cluster, name, precision, mb_runtime):
+    """MB's runtime_config_update (env vars, mixed-precision finalize + setup onto model/optimizer/DDP,
+    data-parallel size, comm overlap, validate) on both segments' containers, bf16 and fp8."""
+    from megatron.bridge.training.mixed_precision import MixedPrecisionConfig
+
+    _, exps = cluster
+    cfg, plan = exps[name]
+    cfg = _sft(cfg, precision)
+    k = cfg.megatron_bridge.segment
+    c = mb_runtime(build_cpt_container(cfg, plan, k), cfg)
+    mp = c.mixed_precision
+    assert isinstance(mp, MixedPrecisionConfig) and mp.bf16 and c.model.bf16 and c.optimizer.bf16
+    assert mp.grad_reduce_in_fp32 is False  # the pretrain recipe's own tuning kept
+    if precision == "fp8":
+        assert (c.model.fp8, c.model.fp8_recipe, c.model.first_last_layers_bf16) == ("hybrid", "tensorwise", True)
+        assert c.model.num_layers_at_start_in_bf16 == c.model.num_layers_at_end_in_bf16 == 2
+    else:
+        assert c.model.fp8 is None
+    assert c.data_parallel_size == {0: 64, 1: 8}[k]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_runtime_config_update_on_the_sft_container(cluster, precision, mb_runtime, tmp_path):
+    """The SFT recipe holds mixed_precision as the name "bf16_mixed"; our container must still be
+    something MB's runtime_config_update can finalize (a dict there raised AttributeError)."""
+    from megatron.bridge.training.mixed_precision import MixedPrecisionConfig
+
+    _, exps = cluster
+    cfg = _sft(exps["hebatron_sft_h100x16"][0], precision)
+    c = mb_runtime(build_sft_container(cfg, tmp_path / "data"), cfg)
+    assert isinstance(c.mixed_precision, MixedPrecisionConfig) and c.model.bf16
+    assert c.model.fp8 == ("hybrid" if precision == "fp8" else None)
+    assert c.data_parallel_size == 16 and c.model.calculate_per_token_loss
+
+
+def test_sft_resumes_its_own_checkpoint_with_optimizer_state(cluster, tmp_path, monkeypatch):
+    """MB's own `load_checkpoint` decides what an SFT job loads (its model/optimizer loading, which needs
+    GPUs, replaced by a recorder): the first job takes the HF weights from `pretrained_checkpoint`
+    (MB turns `finetune` on for that load: step 0, no optimizer state); a requeued job whose save dir
+    holds a checkpoint loads that one whole (`finetune` off: step, optimizer, scheduler)."""
+    import megatron.bridge.training.checkpointing as ckpt
+    from megatron.bridge.training.state import GlobalState
+
+    _, exps = cluster
+    cfg = copy.deepcopy(exps["hebatron_sft_h100x16"][0])
+    cfg.megatron_bridge.save_dir = str(tmp_path / "megatron")
+    c = build_sft_container(cfg, tmp_path / "data")
+    assert c.train.exit_signal_handler and c.train.exit_signal == signal.SIGUSR1  # the launcher's USR1
+    loads = []
+    monkeypatch.setattr(ckpt, "_load_checkpoint_from_path",
+                        lambda load_dir, state, *a, **k: loads.append((load_dir, state.cfg.checkpoint.finetune)) or (0, 0))
+
+    def job():
+        state = GlobalState()
+        state.cfg = copy.deepcopy(c)
+        ckpt.load_checkpoint(state, [], optimizer=None, opt_param_scheduler=None)
+        return loads[-1]
+
+    assert job() == (cfg.sft.init_from, True)  # fresh: the HF folder, as a fine-tuning start
+    save = tmp_path / "megatron"
+    (save / "iter_0000040").mkdir(parents=True)
+    (save / "latest_checkpointed_iteration.txt").write_text("40")  # what MB's save writes
+    assert job() == (str(save), False)  # requeued: its own checkpoint, fully
+
+
+def test_preset_env_wins_over_the_inherited_environment(cluster, monkeypatch):
+    """MB applies `env_vars` with setdefault: an exported CUDA_DEVICE_MAX_CONNECTIONS=1 (a cluster
+    profile's) would beat the preset's 32. `apply_preset_env` (run before pretrain/finetune) makes the
+    preset's value hold through MB's own `apply_environment_variables`."""
+    import os
+
+    from megatron.bridge.training.config import apply_environment_variables
+
+    from hebatron_nemo.backends.megatron_bridge.seam import apply_preset_env
+
+    _, exps = cluster
+    cfg, plan = exps["hebatron_cpt_8k_h100x64"]
+    saved = dict(os.environ)
+    try:
+        monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+        c = build_cpt_container(cfg, plan, 0)
+        apply_environment_variables(c)
+        assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"  # MB alone: the inherited value stays
+        notes = []
+        replaced = apply_preset_env(cfg, c, notes.append)
+        assert replaced == {"CUDA_DEVICE_MAX_CONNECTIONS": "1"} and "CUDA_DEVICE_MAX_CONNECTIONS=1" in notes[0]
+        apply_environment_variables(c)  # what runtime_config_update does first
+        assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "32" == cfg.parallelism.env.CUDA_DEVICE_MAX_CONNECTIONS
+        assert c.env_vars["CUDA_DEVICE_MAX_CONNECTIONS"] == "32"
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_64k_preset_captures_cuda_graphs_on_mamba_only(cluster):
+    from megatron.bridge.utils.cuda_graph import cuda_graph_module_names
+
+    _, exps = cluster
+    cfg, plan = exps["hebatron_cpt_64k_h100x64"]
+    c = build_cpt_container(cfg, plan, 1)
+    assert "core_attn" in c.model.recompute_modules and c.model.context_parallel_size == 8
+    assert cuda_graph_module_names(c.model) == ["mamba"]
+    c8, p8 = exps["hebatron_cpt_8k_h100x64"]
+    assert cuda_graph_module_names(build_cpt_container(c8, p8, 0).model) == ["attn", "mamba"]  # the recipe's
+
+
+@pytest.mark.parametrize("presets,expect", [(["h100_64gpu", "h100_64gpu_64k_cp8"], False),
+                                            (["h100_16gpu", "h100_64gpu_64k_cp8"], True),
+                                            ([], True)])
+def test_fully_reshardable_optimizer_state_only_across_a_layout_change(cluster, presets, expect):
+    """dp_reshardable suffices between segments with equal TP/PP/EP/ETP and DP x CP (8K: DP 64 x CP 1,
+    64K: DP 8 x CP 8); a neighbour with another layout (or an unknown one) needs fully_reshardable. The
+    flag reaches MB's own checkpoint metadata builder."""
+    from megatron.bridge.training.checkpointing import _build_sharded_state_dict_metadata
+
+    _, exps = cluster
+    for name in CPT_EXPERIMENTS:
+        cfg, plan = exps[name]
+        k = cfg.megatron_bridge.segment
+        cfg = copy.deepcopy(cfg)
+        cfg.megatron_bridge.segment_parallelism = presets
+        if presets and presets[k] != cfg.parallelism.name:
+            with pytest.raises(ConfigError, match=r"segment_parallelism\[0\]"):
+                cpt_overrides(cfg, plan, k)
+            continue
+        c = build_cpt_container(cfg, plan, k)
+        assert c.checkpoint.dist_ckpt_optim_fully_reshardable is expect, (name, presets)
+        meta = _build_sharded_state_dict_metadata(True, c.checkpoint)
+        assert meta["distrib_optim_sharding_type"] == ("fully_reshardable" if expect else "dp_reshardable")
+    cfg, plan = exps["hebatron_cpt_64k_h100x64"]
+    cfg = copy.deepcopy(cfg)
+    cfg.megatron_bridge.segment_parallelism = ["h100_64gpu"]
+    with pytest.raises(ConfigError, match="names 1 presets, the plan has 2"):
+        cpt_overrides(cfg, plan, 1)

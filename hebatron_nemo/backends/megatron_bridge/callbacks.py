@@ -8,8 +8,9 @@ every phase end, the plan fingerprint beside every checkpoint, and the resume ch
   on_train_step_end reduces `SourceStats` over DP x CP, adds them to the `Ledger`, logs
   `train/loss/<source>` to MB's TensorBoard/W&B writers, and when the step ends a phase, lowers
   `checkpoint.save_interval` to that step so MB's own save path runs at the phase end (MB decides
-  saves after this event: `train_state.step + 1` is the step about to be saved); on_checkpoint_save
-  restores the interval and writes the sidecar and ledger; on_eval_start/end pause the counting.
+  saves after this event: `train_state.step + 1` is the step about to be saved) until the next
+  step's event restores it (so MB's end-of-training save sees the last step as saved);
+  on_checkpoint_save writes the sidecar and ledger; on_eval_start/end pause the counting.
 """
 
 from __future__ import annotations
@@ -151,6 +152,10 @@ def make_callback(plan: dict, segment: int, stats, run_dir: str | Path, save_dir
         def on_train_step_end(self, context):
             from megatron.core import parallel_state
 
+            cp = context.state.cfg.checkpoint
+            if self.saved_interval is not None:  # the previous step forced a phase-end save: undo it now
+                cp.save_interval, self.saved_interval = self.saved_interval, None
+
             group = parallel_state.get_data_parallel_group(with_context_parallel=True) \
                 if parallel_state.model_parallel_is_initialized() else None
             counts = stats.reduce(group).numpy()
@@ -174,14 +179,13 @@ def make_callback(plan: dict, segment: int, stats, run_dir: str | Path, save_dir
                                    step)
             after = context.state.train_state.consumed_train_samples + context.state.cfg.train.global_batch_size
             if after in self.phase_ends:
-                cp = context.state.cfg.checkpoint
                 self.saved_interval = cp.save_interval
                 cp.save_interval = context.state.train_state.step + 1  # MB's save test: step % interval == 0
 
         def on_checkpoint_save(self, context):
-            if self.saved_interval is not None:
-                context.state.cfg.checkpoint.save_interval = self.saved_interval
-                self.saved_interval = None
+            # the forced interval stays until the next step's on_train_step_end: MB's loop, after its last
+            # step, saves again unless `step % save_interval == 0`, so restoring it here made the last
+            # step of a segment (always a phase end) write its checkpoint twice
             if not self._writer():
                 return
             ts = context.state.train_state

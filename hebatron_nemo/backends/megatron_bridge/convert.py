@@ -45,6 +45,26 @@ PROMPTS = ("שלום, מה שלומך היום?", "The capital of France is", "�
            "def fibonacci(n):")
 
 
+def init_single_gpu_parallel_state(seed: int = 1234, backend: str = "nccl", port: int = 29517) -> None:
+    """One process as a world of one for the parity gate: torch.distributed, megatron-core's model
+    parallel groups (all sizes 1), then the model-parallel CUDA RNG tracker seeded, in that order, as
+    MB's own setup does (`_set_random_seed` after `initialize_model_parallel`). Without the seed the
+    tracker has no "model-parallel-rng" state and building Nano fails in MambaMixer's
+    `get_cuda_rng_tracker().fork()`. Idempotent: existing groups are kept, the tracker is reseeded."""
+    import os
+
+    import torch.distributed as dist
+    from megatron.core import parallel_state, tensor_parallel
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(port))
+        dist.init_process_group(backend, rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel()
+    tensor_parallel.model_parallel_cuda_manual_seed(int(seed))
+
+
 def import_hf(hf_dir: str, megatron_dir: str) -> None:
     """HF folder -> Megatron (torch_dist) checkpoint."""
     from megatron.bridge import AutoBridge

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from hebatron_nemo.backends.megatron_bridge import checks
 from hebatron_nemo.backends.megatron_bridge.schedule import boundaries_report
-from hebatron_nemo.backends.megatron_bridge.seam import (build_cpt_container, build_sft_container, container_yaml,
-                                                        cpt_overrides, sft_layout, sft_overrides)
+from hebatron_nemo.backends.megatron_bridge.seam import (apply_preset_env, build_cpt_container, build_sft_container,
+                                                        container_yaml, cpt_overrides, sft_layout, sft_overrides)
 from hebatron_nemo.errors import ConfigError
 
 
@@ -81,6 +81,7 @@ def run_cpt_mb(cfg, log=print) -> None:
     callback = make_callback(plan, segment, stats, cfg.run_dir, container.checkpoint.save, eval_stats, sets)
     from megatron.bridge.training.pretrain import pretrain
 
+    apply_preset_env(cfg, container, log)
     pretrain(container, make_forward_step(stats, eval_stats=eval_stats), callbacks=[callback])
 
 
@@ -115,4 +116,5 @@ def run_sft_mb(cfg, log=print) -> None:
     from megatron.bridge.training.finetune import finetune
     from megatron.bridge.training.gpt_step import forward_step
 
+    apply_preset_env(cfg, container, log)
     finetune(container, forward_step)

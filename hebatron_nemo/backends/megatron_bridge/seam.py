@@ -26,6 +26,9 @@ DISPATCH = {"hybridep": {"moe_token_dispatcher_type": "flex", "moe_flex_dispatch
                        "moe_shared_expert_overlap": False},
             "alltoall": {"moe_token_dispatcher_type": "alltoall", "moe_flex_dispatcher_backend": None,
                          "moe_shared_expert_overlap": True}}
+# Slurm's preemption warning (launchers/slurm: --signal=B:USR1@<s>): MB checkpoints and exits cleanly,
+# the batch script requeues, the next job loads the checkpoint (CPT and SFT alike)
+PREEMPTION = {"exit_signal_handler": True, "exit_signal": int(signal.SIGUSR1)}
 RECIPE_PRETRAIN = "megatron.bridge.recipes.nemotronh.nemotron_3_nano_pretrain_config"
 RECIPE_SFT = "megatron.bridge.recipes.nemotronh.nemotron_3_nano_sft_config"
 
@@ -47,12 +50,33 @@ def model_fields(cfg, seq_length: int) -> dict:
     return m
 
 
-def precision_fields(precision: str) -> dict:
-    if precision == "bf16":
-        return {"bf16": True, "fp8": None}
-    # fp8 with current (tensorwise) scaling; the first and last layers stay bf16, as the recipe's model does
-    return {"bf16": True, "fp8": "hybrid", "fp8_recipe": "tensorwise", "first_last_layers_bf16": True,
-            "num_layers_at_start_in_bf16": 1, "num_layers_at_end_in_bf16": 1}
+# MB's own named mixed-precision recipes (megatron.bridge.training.mixed_precision), resolved with
+# `get_mixed_precision_config` into a MixedPrecisionConfig object: MB's runtime_config_update calls
+# `.finalize()`/`.setup()` on whatever `mixed_precision` holds, so a plain dict there crashes it
+MIXED_PRECISION = {"bf16": "bf16_mixed",
+                   # fp8 with current (tensorwise) scaling, MB's Nemotron-H variant: the first and last two
+                   # layers stay bf16 and the parameters are gathered in fp8
+                   "fp8": "nemotron_h_bf16_with_fp8_current_scaling_mixed"}
+
+
+def mixed_precision_recipe(precision: str) -> str:
+    """The name of MB's mixed-precision recipe for `megatron_bridge.precision`."""
+    if precision not in MIXED_PRECISION:
+        raise ConfigError(f"megatron_bridge.precision={precision!r} is not one of {sorted(MIXED_PRECISION)}")
+    return MIXED_PRECISION[precision]
+
+
+def _set_mixed_precision(container, precision: str) -> None:
+    """Puts MB's named recipe (a MixedPrecisionConfig object) into the container. The pretrain recipe
+    holds an object it tuned (`grad_reduce_in_fp32=False`): that choice is kept; the SFT recipe holds
+    the bare name "bf16_mixed" and gets the named recipe's own values."""
+    from megatron.bridge.training.mixed_precision import MixedPrecisionConfig, get_mixed_precision_config
+
+    recipe = container.mixed_precision
+    mp = get_mixed_precision_config(mixed_precision_recipe(precision))
+    if isinstance(recipe, MixedPrecisionConfig):
+        mp.grad_reduce_in_fp32 = recipe.grad_reduce_in_fp32
+    container.mixed_precision = mp
 
 
 def _logger_fields(cfg, save_dir: Path, tag: str) -> dict:
@@ -62,6 +86,49 @@ def _logger_fields(cfg, save_dir: Path, tag: str) -> dict:
             "wandb_project": mb.wandb_project, "wandb_exp_name": mb.wandb_exp_name or f"{Path(str(cfg.run_dir)).name}-{tag}",
             "wandb_save_dir": str(save_dir.parent / "wandb") if mb.wandb_project else None,
             "save_config_filepath": str(save_dir.parent / f"config_{tag}.yaml")}
+
+
+def checkpoint_layout(par) -> dict:
+    """What a distributed-optimizer checkpoint's shard layout depends on: TP, PP, EP, ETP and the size
+    of the data-parallel x context-parallel group the optimizer state is sharded over (megatron-core
+    shards it over DP x CP). Two jobs with equal values read each other's `dp_reshardable` optimizer
+    state; any difference needs the `fully_reshardable` format."""
+    from hebatron_nemo.backends.megatron_bridge.checks import layout
+
+    lay = layout(par)
+    return {"tp": lay["tp"], "pp": lay["pp"], "ep": lay["ep"], "etp": lay["etp"],
+            "dp_x_cp": lay["world"] // max(lay["tp"] * lay["pp"], 1)}
+
+
+def load_preset(name: str):
+    """conf/parallelism/<name>.yaml, checked against the preset schema (ParallelismConfig)."""
+    from hebatron_nemo.config import ParallelismConfig
+
+    path = Path(__file__).resolve().parents[3] / "conf" / "parallelism" / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"megatron_bridge.segment_parallelism names {name!r}, but {path} does not exist")
+    raw = OmegaConf.load(path)
+    raw.pop("defaults", None)
+    return OmegaConf.merge(OmegaConf.structured(ParallelismConfig), raw)
+
+
+def optimizer_state_fully_reshardable(cfg, plan: dict, segment: int) -> bool:
+    """True when the job before or after this segment lays the checkpoint out differently
+    (`checkpoint_layout` of the presets named in `megatron_bridge.segment_parallelism`); also True when
+    that list is empty (the neighbours are unknown: the format every layout can read)."""
+    names = list(cfg.megatron_bridge.segment_parallelism)
+    if not names:
+        return True
+    n = len(plan["segments"])
+    if len(names) != n:
+        raise ConfigError(f"megatron_bridge.segment_parallelism={names} names {len(names)} presets, the plan has {n} "
+                          f"segments. Fix: one conf/parallelism preset name per segment, in order")
+    if names[segment] != str(cfg.parallelism.name):
+        raise ConfigError(f"megatron_bridge.segment_parallelism[{segment}]={names[segment]!r}, but this job runs "
+                          f"parallelism={cfg.parallelism.name!r}. Fix: make them the same preset")
+    mine = checkpoint_layout(cfg.parallelism)
+    neighbours = [names[k] for k in (segment - 1, segment + 1) if 0 <= k < n]
+    return any(checkpoint_layout(load_preset(name)) != mine for name in neighbours)
 
 
 def mb_train_samples(plan: dict, segment: int) -> int:
@@ -85,10 +152,7 @@ def cpt_overrides(cfg, plan: dict, segment: int) -> dict:
         "model": model_fields(cfg, seg["seq_length"]),
         "train": {"train_iters": None, "train_samples": mb_train_samples(plan, segment),
                   "global_batch_size": int(seg["global_batch"]),
-                  "micro_batch_size": int(seg["micro_batch"]), "exit_interval": None,
-                  # Slurm's preemption warning (launchers/slurm: --signal=B:USR1@<s>): MB checkpoints and
-                  # exits cleanly, the batch script requeues, the next job loads the checkpoint
-                  "exit_signal_handler": True, "exit_signal": int(signal.SIGUSR1)},
+                  "micro_batch_size": int(seg["micro_batch"]), "exit_interval": None, **PREEMPTION},
         "validation": {"eval_interval": int(mb.eval_interval), "eval_iters": int(mb.eval_iters)},
         "optimizer": sched["optimizer"],
         "scheduler": sched["scheduler"],
@@ -98,17 +162,46 @@ def cpt_overrides(cfg, plan: dict, segment: int) -> dict:
                        "load": str(mb.load_dir or save),
                        "pretrained_checkpoint": str(mb.hf_model_dir) if first and mb.hf_model_dir else None,
                        "finetune": False,
-                       # segments change the layout (the 64K job has CP 8, DP 8): optimizer state saved
-                       # reshardable over TP/PP/EP/DP, and the RNG state (per-rank, tied to the old layout;
-                       # Nano has no dropout) not loaded into a new one
-                       "dist_ckpt_optim_fully_reshardable": True,
+                       # the fully reshardable optimizer format gathers the full fp32 optimizer state on
+                       # every rank at every save: only when a neighbouring segment lays the model out
+                       # differently; the RNG state (per-rank, tied to the old layout; Nano has no
+                       # dropout) is not loaded into a new segment
+                       "dist_ckpt_optim_fully_reshardable": optimizer_state_fully_reshardable(cfg, plan, segment),
                        "load_rng": first},
         "tokenizer": {"tokenizer_type": "HuggingFaceTokenizer", "tokenizer_model": str(cfg.tokenizer.path)},
-        "mixed_precision": precision_fields(str(mb.precision)),
         "logger": _logger_fields(cfg, save, f"seg{segment}-{seg['name']}"),
         "rng": {"seed": int(cfg.seed)},
-        "env_vars": {k: str(v) for k, v in dict(cfg.parallelism.env).items()},
+        "env_vars": preset_env(cfg),
     }
+
+
+def preset_env(cfg) -> dict[str, str]:
+    """The parallelism preset's environment variables (`parallelism.env`): the one source of their
+    values for a Megatron-Bridge job."""
+    return {str(k): str(v) for k, v in dict(cfg.parallelism.env).items()}
+
+
+def apply_preset_env(cfg, container, log=print) -> dict[str, str]:
+    """Makes the preset's environment variables hold in this process, then applies the container's
+    `env_vars` with MB's own `apply_environment_variables`. MB applies env vars with `setdefault`
+    (an inherited value wins), so a cluster profile or shell exporting e.g.
+    CUDA_DEVICE_MAX_CONNECTIONS=1 would silently undo the preset's 32; the preset's keys are set
+    here first (and every replaced value is logged). The recipe's other env vars keep MB's rule.
+    Call it before `pretrain()`/`finetune()` (before CUDA is initialized). Returns {key: replaced value}."""
+    import os
+
+    from megatron.bridge.training.config import apply_environment_variables
+
+    replaced = {}
+    for key, value in preset_env(cfg).items():
+        old = os.environ.get(key)
+        if old is not None and old != value:
+            replaced[key] = old
+            log(f"environment: {key}={old} (inherited) replaced by parallelism.env ({cfg.parallelism.name}): {value}")
+        os.environ[key] = value
+        container.env_vars[key] = value
+    apply_environment_variables(container)
+    return replaced
 
 
 def dataset_fields(cfg, segment: int, plan: dict | None = None) -> dict:
@@ -141,13 +234,26 @@ def _recipe(path: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _set_cuda_graph_modules(container, cfg) -> None:
+    """The preset's per-layer CUDA graph modules (`parallelism.cuda_graph_modules`) through MB's own
+    setter; None keeps the recipe's."""
+    mods = cfg.parallelism.cuda_graph_modules
+    if mods is None:
+        return
+    from megatron.bridge.utils.cuda_graph import set_cuda_graph_modules
+
+    set_cuda_graph_modules(container.model, [str(m) for m in mods])
+
+
 def build_cpt_container(cfg, plan: dict, segment: int):
     """The MB ConfigContainer for one CPT segment job (MB imported here)."""
     from hebatron_nemo.backends.megatron_bridge.dataset_provider import provider_class
 
     container = _recipe(RECIPE_PRETRAIN)()
+    _set_mixed_precision(container, str(cfg.megatron_bridge.precision))
     # env_vars merge: the recipe's (NVTE, allocator, NCCL) stay, the preset's win where both set one
     _apply(container, cpt_overrides(cfg, plan, segment), list(cfg.megatron_bridge.overrides))
+    _set_cuda_graph_modules(container, cfg)
     container.dataset = provider_class()(**dataset_fields(cfg, segment, plan))
     return container
 
@@ -178,7 +284,8 @@ def sft_overrides(cfg, data_dir: Path) -> dict:
         "model": {**model_fields(cfg, lay["seq_length"]), "calculate_per_token_loss": True},
         # no step count: sft.epochs over the packed data (MB derives the steps from the dataset size)
         "train": {"train_iters": steps, "num_epochs": None if steps else int(s.epochs), "train_samples": None,
-                  "global_batch_size": int(s.global_batch), "micro_batch_size": int(s.micro_batch)},
+                  "global_batch_size": int(s.global_batch), "micro_batch_size": int(s.micro_batch),
+                  **PREEMPTION},
         "validation": {"eval_interval": int(mb.eval_interval), "eval_iters": int(mb.eval_iters)},
         "optimizer": {"lr": float(s.lr), "min_lr": float(s.min_lr), "weight_decay": float(cfg.optim.weight_decay),
                       "adam_beta1": float(cfg.optim.beta1), "adam_beta2": float(cfg.optim.beta2),
@@ -187,14 +294,17 @@ def sft_overrides(cfg, data_dir: Path) -> dict:
                       "lr_warmup_samples": 0, "lr_decay_iters": steps, "lr_decay_samples": None, "lr_warmup_init": 0.0,
                       "start_weight_decay": float(cfg.optim.weight_decay),
                       "end_weight_decay": float(cfg.optim.weight_decay), "weight_decay_incr_style": "constant"},
+        # MB's own resume rule (checkpointing.load_checkpoint): when `load` holds a checkpoint it is loaded
+        # whole (step, optimizer, scheduler, data position); only when it holds none are the weights taken
+        # from `pretrained_checkpoint`, and MB sets `finetune` itself for that load. `finetune: True` here
+        # would make every requeued job restart at step 0 without optimizer state.
         "checkpoint": {"save": str(save), "save_interval": int(mb.save_interval), "load": str(mb.load_dir or save),
-                       "pretrained_checkpoint": str(s.init_from), "finetune": True},
+                       "pretrained_checkpoint": str(s.init_from), "finetune": False},
         "tokenizer": {"tokenizer_type": "HuggingFaceTokenizer", "tokenizer_model": str(cfg.tokenizer.path)},
-        "mixed_precision": precision_fields(str(mb.precision)),
         "ddp": {"average_in_collective": False},  # per-token loss with packing (and CP): sum, then divide
         "logger": _logger_fields(cfg, save, "sft"),
         "rng": {"seed": int(cfg.seed)},
-        "env_vars": {k: str(v) for k, v in dict(cfg.parallelism.env).items()},
+        "env_vars": preset_env(cfg),
     }
 
 
@@ -218,6 +328,7 @@ def sft_dataset_config(cfg, data_dir: Path):
 def build_sft_container(cfg, data_dir: Path):
     """The MB ConfigContainer for SFT: the Nano SFT recipe's values, our fields, the local model."""
     container = _sft_recipe_from_local_folder(str(cfg.sft.init_from))
+    _set_mixed_precision(container, str(cfg.megatron_bridge.precision))
     _apply(container, sft_overrides(cfg, data_dir), list(cfg.megatron_bridge.overrides))
     container.dataset = sft_dataset_config(cfg, data_dir)
     return container
