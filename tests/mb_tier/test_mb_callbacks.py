@@ -1,6 +1,7 @@
 """Our Megatron-Bridge Callback on MB's Callback base class, driven through the events MB fires, with
-MB's real GlobalState (the Nano recipe's ConfigContainer, TrainState, its TensorBoard writer). The
-training loop itself needs GPUs: the test advances train_state the way MB's loop does."""
+MB's real GlobalState (the Nano recipe's ConfigContainer, TrainState, its TensorBoard writer), and
+through MB's own `train()` loop (its step accounting and save decisions; the GPU train step and the
+checkpoint writer replaced)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def test_phase_end_checkpoint_sidecar_ledger_and_eval(plan, tmp_path):
     assert cb.ledger.counts[..., 0].sum() == 16
     ctx.state.train_state.step, ctx.state.train_state.consumed_train_samples = step + 1, formal_end
     cb.on_checkpoint_save(ctx)
-    assert ctx.state.cfg.checkpoint.save_interval == 1000  # restored
+    assert ctx.state.cfg.checkpoint.save_interval == step + 1  # kept until the next step's event
     side = json.loads((iter_dir(save, step + 1) / SIDECAR).read_text())
     assert side["consumed_samples"] == formal_end and side["plan"]["fingerprint"] == p["fingerprint"]
     ledger = json.loads((tmp_path / "ledger.json").read_text())
@@ -94,7 +95,7 @@ def test_phase_end_checkpoint_sidecar_ledger_and_eval(plan, tmp_path):
     ctx2 = _context(state, step + 1, formal_end)
     _loss_step(fwd, torch.utils.data.default_collate([ds[i] for i in range(formal_end, formal_end + 16)]))
     cb.on_train_step_end(ctx2)
-    assert ctx2.state.cfg.checkpoint.save_interval == 1000
+    assert ctx2.state.cfg.checkpoint.save_interval == 1000  # restored
     # evaluation: validation windows count per set, never into the training ledger
     before = cb.ledger.counts.copy()
     cb.on_eval_start(ctx2)
@@ -110,3 +111,99 @@ def test_phase_end_checkpoint_sidecar_ledger_and_eval(plan, tmp_path):
 
     tags = EventAccumulator(str(tmp_path / "tb")).Reload().Tags()["scalars"]
     assert "train/loss/he_a" in tags and "train/loss/en_x" in tags and "eval/en/anchor" in tags
+
+
+class _RecordingCheckpointManager:
+    """MB's CheckpointManager protocol: `save` records the step it would write and then fires
+    on_checkpoint_save the way MB's `save_checkpoint` does after a write (writing a 30B model needs GPUs)."""
+
+    def __init__(self):
+        self.saved_steps = []
+
+    def save(self, ctx, callback_manager):
+        from megatron.bridge.training.callbacks import CallbackContext, should_fire
+
+        self.saved_steps.append(ctx.state.train_state.step)
+        if should_fire(callback_manager, "on_checkpoint_save"):
+            callback_manager.fire("on_checkpoint_save", CallbackContext(state=ctx.state, model=ctx.model,
+                                                                        user_state=callback_manager.user_state,
+                                                                        optimizer=ctx.optimizer))
+
+    def finalize_async_saves(self, state, blocking=False, terminate=False):
+        pass
+
+
+@pytest.fixture
+def gloo_model_parallel():
+    """A world of one on gloo with megatron-core's parallel groups (all sizes 1), torn down after."""
+    import os
+
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    started = not dist.is_initialized()
+    if started:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29561")
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    parallel_state.initialize_model_parallel()
+    yield
+    parallel_state.destroy_model_parallel()
+    if started:
+        dist.destroy_process_group()
+
+
+def test_mb_train_loop_saves_each_phase_end_once(plan, tmp_path, monkeypatch, gloo_model_parallel):
+    """MB 0.6.0's own `train()` loop (its step/consumed-sample accounting, `checkpoint_and_decide_exit`
+    and the save it adds after the last step unless `step % save_interval == 0`) runs one segment with
+    our callback; only `train_step` (forward/backward, GPU) and the checkpoint writer are replaced, and
+    the timers' CUDA calls (torch.cuda.synchronize, the timing printout's gather; no GPU here). Every phase end is saved exactly
+    once: the last step of the segment, also a phase end, used to be saved twice."""
+    import torch.nn as nn
+    import megatron.bridge.training.train as mbt
+    from megatron.bridge.training.callbacks import CallbackManager
+    from megatron.core.num_microbatches_calculator import (destroy_num_microbatches_calculator,
+                                                           init_num_microbatches_calculator)
+    from megatron.core.process_groups_config import ProcessGroupCollection
+
+    p, _ = plan
+    seg = p["segments"][0]
+    gbs = seg["global_batch"]
+    state = _global_state(tmp_path / "tb")
+    cfg = state.cfg
+    cfg.train.train_iters = seg["start_step"] + seg["batches"]
+    cfg.train.micro_batch_size, cfg.train.manual_gc = 1, False
+    cfg.checkpoint.save, cfg.checkpoint.save_interval = str(tmp_path / "megatron"), 1000
+    cfg.logger.skip_train_metrics_log, cfg.logger.tensorboard_dir = True, None
+    cfg.model.cuda_graph_impl = "none"  # TE's graph capture: GPU only
+    cfg.model.vocab_size = 131072  # MB's setup sets it from the tokenizer; the FLOP count reads it
+    cfg.ddp.overlap_param_gather = False  # its forward pre-hooks live on a DDP-wrapped model
+    state.train_state.do_train = True
+    stats = SourceStats(len(p["phases"]), len(p["source_names"]))
+    cb = make_callback(p, 0, stats, tmp_path, tmp_path / "megatron")
+    manager = CallbackManager()
+    manager.add(cb)
+    ckpt = _RecordingCheckpointManager()
+    monkeypatch.setattr(mbt, "train_step", lambda *a, **k: ({}, 0, False, False, 0, None, None, None))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(type(state.timers), "log", lambda *a, **k: None)  # its all-ranks gather is a CUDA tensor
+
+    class _Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = cfg.model
+
+    init_num_microbatches_calculator(0, None, gbs, 1, 1)
+    try:
+        mbt.train(lambda *a: None, [_Model()], None, None, iter(()), None, state, ckpt,
+                  ProcessGroupCollection.use_mpu_process_groups(), callback_manager=manager)
+    finally:
+        destroy_num_microbatches_calculator()
+    phase_end_steps = [ph["end_sample"] // gbs for ph in p["phases"]]
+    assert state.train_state.step == cfg.train.train_iters == phase_end_steps[-1]
+    assert state.train_state.consumed_train_samples == p["phases"][-1]["end_sample"]
+    assert ckpt.saved_steps == phase_end_steps, ckpt.saved_steps  # once each, in order
+    assert cfg.checkpoint.save_interval == cfg.train.train_iters  # left forced: MB's last-step test sees it saved
+    for step in phase_end_steps:
+        side = json.loads((iter_dir(tmp_path / "megatron", step) / SIDECAR).read_text())
+        assert side["consumed_samples"] == step * gbs
