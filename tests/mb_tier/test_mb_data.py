@@ -141,3 +141,18 @@ def test_validation_resumes_at_any_consumed_count(plan):
     it = iter(loader)
     one_eval = [tuple(next(it)["tokens"][0].tolist()) for _ in range(period)]
     assert sorted(one_eval) == sorted(tuple(valid[i]["tokens"].tolist()) for i in range(period))
+
+
+def test_samples_carry_no_attention_mask(plan):
+    """megatron-core's GPTDataset adds a [1, S, S] causal mask per sample by default (4 GiB of bools
+    at 64K, through every dataloader worker) that Megatron-Bridge's step never reads: ours are built
+    without it (and MB's batch loader then sends None, on every TP rank alike)."""
+    p, tmp = plan
+    ds = CurriculumDataset(p, 1, str(tmp / "cache"))
+    seg = p["segments"][1]
+    sample = ds[seg["start_sample"]]
+    assert "attention_mask" not in sample
+    assert set(sample) >= {"tokens", "labels", "loss_mask", "position_ids"}
+    assert sample["tokens"].shape == (seg["seq_length"],)
+    built = [e for st in ds._streams.values() for e in st.epochs.values()]
+    assert built and all(e.config.create_attention_mask is False for e in built)
