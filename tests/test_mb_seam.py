@@ -139,6 +139,23 @@ def test_preflight_paths_and_segment(cluster, tmp_path):
         checks.preflight(local, plan, 1, check_paths=False)
 
 
+def test_sft_refuses_to_resume_a_cpt_checkpoint(cluster, tmp_path):
+    """SFT loads whatever checkpoint its save dir holds, whole (MB's resume rule, finetune off): a CPT
+    checkpoint there (it carries our plan sidecar) is refused before any GPU time."""
+    from hebatron_nemo.backends.megatron_bridge.callbacks import write_sidecar
+
+    tmp, data, exps = cluster
+    cfg = compose_experiment("hebatron_sft_h100x16", cluster_overrides(tmp, data), recipe="sft")
+    cfg.megatron_bridge.save_dir = str(tmp_path / "megatron")
+    assert not [x for x in checks.path_problems(cfg, 0, sft=True) if "CPT checkpoint" in x]
+    (tmp_path / "megatron" / "iter_0000040").mkdir(parents=True)
+    (tmp_path / "megatron" / "latest_checkpointed_iteration.txt").write_text("40")
+    assert not [x for x in checks.path_problems(cfg, 0, sft=True) if "CPT checkpoint" in x]  # SFT's own: resumed
+    write_sidecar(tmp_path / "megatron", 40, exps["hebatron_cpt_8k_h100x64"][1], 0, 1280 * 40)
+    problems = [x for x in checks.path_problems(cfg, 0, sft=True) if "CPT checkpoint" in x]
+    assert len(problems) == 1 and "megatron_bridge.save_dir/load_dir=" in problems[0] and "iteration 40" in problems[0]
+
+
 @pytest.mark.slow  # two recipe subprocesses
 def test_dry_run_prints_layout_and_config(cluster):
     tmp, data, _ = cluster
@@ -152,6 +169,7 @@ def test_dry_run_prints_layout_and_config(cluster):
     assert "data parallel DP = 64 / 8 = 8" in out and "65,536 / CP 8 = 8,192 tokens per GPU" in out
     assert "segment 1 'seq64k' starts at" in out and "on the plateau" in out
     assert "train_samples:" in out and "context_parallel_size: 8" in out
+    assert "mixed precision: Megatron-Bridge recipe bf16_mixed" in out and "fully reshardable" in out
     bad = subprocess.run([sys.executable, "recipes/cpt.py", "experiment=hebatron_cpt_64k_h100x64",
                           "megatron_bridge.dry_run=true", "parallelism.expert=48", *cluster_overrides(tmp, data)],
                          cwd=REPO, capture_output=True, text=True, env=env, timeout=600)

@@ -110,6 +110,16 @@ def path_problems(cfg, segment: int, sft: bool = False) -> list[str]:
         if not (init / "config.json").exists():
             p.append(f"sft.init_from={init}: not an HF model folder (no config.json). Fix: export the CPT model "
                      "(recipes/export.py) or point it at one")
+        # SFT resumes whatever checkpoint `load` holds, whole (step, optimizer): a CPT checkpoint there (its
+        # plan sidecar) would be continued as if it were this SFT run's own
+        from hebatron_nemo.backends.megatron_bridge.callbacks import SIDECAR, iter_dir, latest_iteration
+
+        load = Path(str(mb.load_dir or mb.save_dir))
+        it = latest_iteration(load)
+        if it is not None and (iter_dir(load, it) / SIDECAR).exists():
+            p.append(f"megatron_bridge.save_dir/load_dir={load} holds a CPT checkpoint (iteration {it}, "
+                     f"{SIDECAR}): SFT would resume it as its own run. Fix: give SFT its own save_dir "
+                     "(hebatron_sft_h100x16: ${sft.run_dir}/megatron); it starts from sft.init_from")
         return p
     if segment == 0 and mb.load_dir is None:
         hf = mb.hf_model_dir

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from hebatron_nemo.backends.megatron_bridge import checks
 from hebatron_nemo.backends.megatron_bridge.schedule import boundaries_report
 from hebatron_nemo.backends.megatron_bridge.seam import (apply_preset_env, build_cpt_container, build_sft_container,
-                                                        container_yaml, cpt_overrides, sft_layout, sft_overrides)
+                                                        container_yaml, cpt_overrides, mixed_precision_recipe,
+                                                        optimizer_state_fully_reshardable, sft_layout, sft_overrides)
 from hebatron_nemo.errors import ConfigError
 
 
@@ -50,6 +51,10 @@ def dry_run_text(cfg, plan: dict, segment: int, container=None) -> str:
              f"{seg['start_sample'] + seg['num_samples']:,}), {seg['batches']:,} steps, "
              f"{seg['tokens']:,} tokens, parallelism={cfg.parallelism.name}"]
     lines += ["  " + x for x in checks.layout_lines(cfg.parallelism, seg, int(cfg.model.n_routed_experts))]
+    lines += [f"  mixed precision: Megatron-Bridge recipe {mixed_precision_recipe(str(cfg.megatron_bridge.precision))}",
+              "  optimizer state saved " + ("fully reshardable (a neighbouring segment's layout differs or is unknown)"
+                                            if optimizer_state_fully_reshardable(cfg, plan, segment) else
+                                            "dp_reshardable (the neighbouring segments' TP/PP/EP/ETP and DP x CP are equal)")]
     lines += boundaries_report(plan, cfg.optim)
     if container is not None:
         lines += ["", "# resolved ConfigContainer", container_yaml(container)]
