@@ -393,7 +393,8 @@ class ParallelismConfig:
     cp_comm_type: str = "p2p"
     moe_dispatcher: str = "hybridep"  # hybridep (the recipe's) | deepep (opt-in; times out across nodes) | alltoall
     recompute_modules: List[str] = field(default_factory=lambda: ["moe", "layernorm"])  # selective recompute
-    cuda_graph_modules: Optional[List[str]] = None  # per-layer CUDA graph capture (attn, mamba, moe...); None: the recipe's
+    # per-layer CUDA graph capture (attn, mamba, moe, ...); None: the recipe's (attn, mamba)
+    cuda_graph_modules: Optional[List[str]] = None
     env: Dict[str, str] = field(default_factory=dict)  # environment variables the job needs (NCCL, HybridEP)
 
 
@@ -423,7 +424,9 @@ class MegatronBridgeConfig:
     sft_seq_length: int = 4096  # packed sequence length for SFT (padded to 2 x CP)
     sft_train_iters: Optional[int] = None  # SFT optimizer steps; None = sft.epochs over the packed data
     sft_data_dir: Optional[str] = None  # where the SFT mixture is materialized; default <sft.run_dir>/mb_data
-    segment_parallelism: List[str] = field(default_factory=list)  # preset name of each plan segment's job; []: unknown (optimizer state saved fully reshardable)
+    # the parallelism preset of each plan segment's job, in order (decides the optimizer-state format:
+    # fully reshardable only across a layout change); []: unknown, always fully reshardable
+    segment_parallelism: List[str] = field(default_factory=list)
 
 
 @dataclass

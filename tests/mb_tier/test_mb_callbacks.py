@@ -157,8 +157,9 @@ def test_mb_train_loop_saves_each_phase_end_once(plan, tmp_path, monkeypatch, gl
     """MB 0.6.0's own `train()` loop (its step/consumed-sample accounting, `checkpoint_and_decide_exit`
     and the save it adds after the last step unless `step % save_interval == 0`) runs one segment with
     our callback; only `train_step` (forward/backward, GPU) and the checkpoint writer are replaced, and
-    the timers' CUDA calls (torch.cuda.synchronize, the timing printout's gather; no GPU here). Every phase end is saved exactly
-    once: the last step of the segment, also a phase end, used to be saved twice."""
+    the timers' CUDA calls (torch.cuda.synchronize, the timing printout's gather; no GPU here). Every
+    phase end is saved exactly once: the last step of the segment, also a phase end, used to be saved
+    twice."""
     import torch.nn as nn
     import megatron.bridge.training.train as mbt
     from megatron.bridge.training.callbacks import CallbackManager

@@ -30,8 +30,10 @@ def spies(monkeypatch):
         return real_init(*a, **k)
 
     monkeypatch.setattr(parallel_state, "initialize_model_parallel", init)
-    monkeypatch.setattr(tensor_parallel, "model_parallel_cuda_manual_seed",
-                        lambda seed, *a, **k: calls.append(("seed", seed, parallel_state.model_parallel_is_initialized())))
+    def seed(seed, *a, **k):
+        calls.append(("seed", seed, parallel_state.model_parallel_is_initialized()))
+
+    monkeypatch.setattr(tensor_parallel, "model_parallel_cuda_manual_seed", seed)
     yield calls
     parallel_state.destroy_model_parallel()
     if dist.is_initialized():

@@ -51,10 +51,11 @@ def dry_run_text(cfg, plan: dict, segment: int, container=None) -> str:
              f"{seg['start_sample'] + seg['num_samples']:,}), {seg['batches']:,} steps, "
              f"{seg['tokens']:,} tokens, parallelism={cfg.parallelism.name}"]
     lines += ["  " + x for x in checks.layout_lines(cfg.parallelism, seg, int(cfg.model.n_routed_experts))]
+    fmt = ("fully reshardable (a neighbouring segment's layout differs or is unknown)"
+           if optimizer_state_fully_reshardable(cfg, plan, segment)
+           else "dp_reshardable (the neighbouring segments' TP/PP/EP/ETP and DP x CP are equal)")
     lines += [f"  mixed precision: Megatron-Bridge recipe {mixed_precision_recipe(str(cfg.megatron_bridge.precision))}",
-              "  optimizer state saved " + ("fully reshardable (a neighbouring segment's layout differs or is unknown)"
-                                            if optimizer_state_fully_reshardable(cfg, plan, segment) else
-                                            "dp_reshardable (the neighbouring segments' TP/PP/EP/ETP and DP x CP are equal)")]
+              f"  optimizer state saved {fmt}"]
     lines += boundaries_report(plan, cfg.optim)
     if container is not None:
         lines += ["", "# resolved ConfigContainer", container_yaml(container)]
