@@ -115,12 +115,17 @@ def _load_locator():
 def _chairman_python(counts: np.ndarray, out: np.ndarray, cursor: np.ndarray, base: np.ndarray) -> None:
     S, n = len(counts), int(counts.sum())
     used = [0] * S
-    if S == 1:
-        out[:] = 0
-        cursor[:] = base[0] + np.arange(n)
-        base[0] += n
+    live = [s for s in range(S) if counts[s] > 0]
+    # the thresholds use the number of sources with samples in this phase, never the zero-count ones: a
+    # phase's order must not change when a stream is added elsewhere in the segment
+    L = len(live)
+    if L <= 1:
+        if L:
+            out[:] = live[0]
+            cursor[:] = base[live[0]] + np.arange(n)
+            base[live[0]] += n
         return
-    two_s1, delta_num = 2 * (S - 1), 2 * S - 3
+    two_s1, delta_num = 2 * (L - 1), 2 * L - 3
     k = [int(c) for c in counts]
     for t in range(1, n + 1):
         best, best_num, best_den = -1, 0, 1
