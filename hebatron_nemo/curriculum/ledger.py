@@ -137,6 +137,26 @@ class MetricsWriter:
             os.fsync(f.fileno())
 
 
+def resume_summary(plan: dict) -> dict:
+    """What a checkpoint records of its plan for `check_resume` (both backends keep the same fields)."""
+    keys = ("name", "start_sample", "end_sample", "transition_start_sample", "fingerprint")
+    return {"fingerprint": plan["fingerprint"],
+            "phases": [{k: p[k] for k in keys if k in p} for p in plan["phases"]]}
+
+
+def check_saved_run(run_dir: str | Path, plan: dict, allow_future_changes: bool, log=print) -> list[str]:
+    """`check_resume` of `plan` against the newest intact local-backend checkpoint under `run_dir` (none:
+    nothing to check). Called before plan.json is written, so a refused resume leaves the run's plan,
+    checkpoints and ledger as they were."""
+    from hebatron_nemo.backends.local import checkpoint
+
+    ckpt = checkpoint.latest(Path(run_dir), log)
+    if ckpt is None:
+        return []
+    saved = json.loads((ckpt / "trainer.json").read_text())
+    return check_resume(saved["plan"], plan, int(saved["consumed_samples"]), allow_future_changes)
+
+
 def _depends_from(phase: dict) -> int:
     """The first global sample index whose sample depends on `phase` (its transition window's start;
     its first sample without transitions, and in plans written before the field existed)."""
