@@ -8,7 +8,8 @@ N is reading index N (Megatron-Bridge's `single` sampler does exactly that).
   of a segment reads the anchor pattern at j mod period, so what the anchor delivers depends on the
   anchor config and the slot number only: never on the curriculum.
 - Curriculum slots follow the phases in their realized order; within a phase the chairman order keeps
-  every prefix within one sample of the phase's weights; cursors continue per stream across phases.
+  every prefix within one sample of the shares of the phase's apportioned counts (docs/curriculum.md
+  states the bound against the declared weights); cursors continue per stream across phases.
 
 `CurriculumDataset` adds the tokens: stream cursor c reads sample c mod samples_per_epoch of epoch
 c // samples_per_epoch, a megatron-core `GPTDataset` over the stream's documents with a seed of
