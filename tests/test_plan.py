@@ -242,5 +242,8 @@ def test_refused_resume_leaves_plan_json_alone(data, tmp_path):
         cpt._plan_and_caches(cfg_for(future), log=_quiet)
     assert "resume.allow_future_changes" not in str(e.value)
     assert path.read_bytes() == written
+    with pytest.raises(ConfigError, match=r"phase 'formal' \(in progress"):  # the pipeline's plan stage too
+        make_plan(cfg_for(past), log=_quiet)
+    assert path.read_bytes() == written
     accepted = cpt._plan_and_caches(cfg_for(future, allow_future_changes=True), log=_quiet)
     assert json.loads(path.read_text())["fingerprint"] == accepted["fingerprint"] != plan["fingerprint"]
