@@ -201,7 +201,7 @@ class ModelConfig:
     extra: Dict[str, Any] = field(default_factory=dict)  # any other NemotronHConfig field
 
 
-ORDERS = ("easy_to_hard", "reversed", "shuffled", "none")
+ORDERS = ("easy_to_hard", "reversed", "reversed_full", "shuffled", "none")
 
 
 @dataclass
@@ -240,7 +240,8 @@ class CurriculumConfig:
     """Phases in easy-to-hard order, grouped by segment (`conf/curriculum/<name>.yaml`)."""
 
     name: str = MISSING
-    order: str = "easy_to_hard"  # easy_to_hard | reversed | shuffled | none: permutes phases within a segment
+    order: str = "easy_to_hard"  # easy_to_hard | reversed | shuffled | none: permutes phases within a segment;
+    # reversed_full also reverses the segments (the long-context one first)
     order_seed: int = 1  # the permutation of order=shuffled
     seed: int = 1234  # sample order of every stream: a function of (seed, source, segment, epoch) only
     max_epochs: int = 4  # each stream is indexed at up to this many epochs; more is an infeasible plan

@@ -182,7 +182,7 @@ def test_resume_refuses_changed_history(data):
     with pytest.raises(ConfigError, match=r"phase 'formal' \(in progress"):
         check_resume(old, past, 16)
     future = _plan(data, phases=PHASES[:2] + [{**PHASES[2], "tokens": 12000}])
-    with pytest.raises(ConfigError, match=r"have not started \(long\).*allow_future_changes=true"):
+    with pytest.raises(ConfigError, match=r"have not started \(long\).*Set checkpoint\.allow_future_changes=true"):
         check_resume(old, future, end_formal)
     assert "long" in check_resume(old, future, end_formal, allow_future_changes=True)[0]
     # the same future change, once the long phase has started, is history
@@ -207,3 +207,43 @@ def test_provider_requires_the_segments_planned_samples(data, tmp_path):
     with pytest.raises(IndexError):
         train[s2["start_sample"] - 1]  # segment 2 never serves segment 1's indices
     assert int(train[s2["start_sample"]]["phase_id"]) == 2
+
+
+def test_refused_resume_leaves_plan_json_alone(data, tmp_path):
+    """The local backend checks a resume against the newest checkpoint before it writes plan.json: a refused
+    resume keeps the plan its checkpoints and ledger trained, and the refusal names the real config key."""
+    import torch
+
+    from corpus import train_config
+
+    from hebatron_nemo.backends.local import checkpoint, cpt
+    from hebatron_nemo.backends.local.trainer import _plan_summary
+
+    def cfg_for(phases, **ckpt):
+        cfg = train_config(data, SOURCES, phases, SEGS, ANCHOR)
+        cfg.run_dir, cfg.cache_dir = str(tmp_path / "run"), str(tmp_path / "cache")
+        for k, v in ckpt.items():
+            cfg.checkpoint[k] = v
+        return cfg
+
+    plan = cpt._plan_and_caches(cfg_for(PHASES), log=_quiet)
+    path = tmp_path / "run" / "plan.json"
+    written = path.read_bytes()
+    model = torch.nn.Linear(2, 2)
+    consumed = plan["phases"][0]["start_sample"] + 2 * 16  # two steps into 'formal'
+    checkpoint.save(tmp_path / "run", 2, model, torch.optim.AdamW(model.parameters()),
+                    {"step": 2, "consumed_samples": consumed, "tokens": consumed * 32, "plan": _plan_summary(plan)}, {})
+    past = [{**PHASES[0], "sources": {"he_a": 0.5, "he_b": 0.5}}] + PHASES[1:]
+    with pytest.raises(ConfigError, match=r"phase 'formal' \(in progress"):
+        cpt._plan_and_caches(cfg_for(past), log=_quiet)
+    assert path.read_bytes() == written
+    future = PHASES[:2] + [{**PHASES[2], "tokens": 12000}]
+    with pytest.raises(ConfigError, match=r"Set checkpoint\.allow_future_changes=true") as e:
+        cpt._plan_and_caches(cfg_for(future), log=_quiet)
+    assert "resume.allow_future_changes" not in str(e.value)
+    assert path.read_bytes() == written
+    with pytest.raises(ConfigError, match=r"phase 'formal' \(in progress"):  # the pipeline's plan stage too
+        make_plan(cfg_for(past), log=_quiet)
+    assert path.read_bytes() == written
+    accepted = cpt._plan_and_caches(cfg_for(future, allow_future_changes=True), log=_quiet)
+    assert json.loads(path.read_text())["fingerprint"] == accepted["fingerprint"] != plan["fingerprint"]

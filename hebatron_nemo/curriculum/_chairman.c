@@ -1,8 +1,9 @@
 /* The chairman assignment (R. Tijdeman, "The chairman assignment problem", Discrete Math. 32, 1980).
  *
  * Fills out[0..n) with source ids 0..S-1 so that source s appears exactly counts[s] times and, for
- * every prefix length t and every source s, |c_s(t) - t * counts[s] / n| <= 1 - 1/(2(S-1)) < 1.
- * At step t the eligible sources are those that are at least 1/(2(S-1)) behind their quota; among
+ * every prefix length t and every source s, |c_s(t) - t * counts[s] / n| <= 1 - 1/(2(L-1)) < 1, where L is
+ * the number of sources with counts[s] > 0. At step t the eligible sources are those that are at least
+ * 1/(2(L-1)) behind their quota; among
  * them the one whose next quota deadline (c_s + Delta) / w_s comes first is chosen. Deadlines are compared
  * as correctly rounded doubles (monotonic in the exact fraction) and exactly (128-bit) only where two
  * doubles are equal, so the sequence does not depend on floating-point rounding.
@@ -26,15 +27,20 @@ static inline void put32(char *p, uint32_t v) { memcpy(p, &v, 4); }
 
 int chairman(const int64_t *counts, int32_t S, int64_t n, char *out, int64_t out_stride, char *cursor,
              int64_t cursor_stride, int64_t *base, int64_t *used) {
-    if (S == 1) {
+    /* L: the sources with samples in this phase. The thresholds depend on L, never on S: zero-count
+     * sources (streams other phases of the segment use) must not change this phase's order. */
+    int32_t L = 0, only = 0;
+    for (int32_t s = 0; s < S; ++s)
+        if (counts[s] > 0) { ++L; only = s; }
+    if (L <= 1) {
         for (int64_t t = 0; t < n; ++t) {
-            put16(out + t * out_stride, 0);
-            put32(cursor + t * cursor_stride, (uint32_t)(base[0] + t));
+            put16(out + t * out_stride, (int16_t)only);
+            put32(cursor + t * cursor_stride, (uint32_t)(base[only] + t));
         }
-        base[0] += n;
+        base[only] += n;
         return 0;
     }
-    const int64_t two_s1 = 2 * (int64_t)(S - 1), delta_num = 2 * (int64_t)S - 3;
+    const int64_t two_s1 = 2 * (int64_t)(L - 1), delta_num = 2 * (int64_t)L - 3;
     const int32_t SP = (S + 3) & ~3;
     /* heap, not stack: S can reach 32767 streams (8 arrays x 8 bytes x S) */
     int64_t *buf = (int64_t *)malloc(8 * (size_t)SP * sizeof(int64_t));

@@ -1,9 +1,11 @@
 """Integer apportionment: exact sample counts from weights, and their order within a phase.
 
 `largest_remainder` turns weights into integer counts that sum exactly to a total. `chairman_order`
-orders those samples so that every prefix of the phase matches the weights within one sample
-(Tijdeman's chairman assignment; megatron-core's blending greedy drifts up to ~1.3 samples, measured
-in tests/test_mixture.py). The loop runs in a small C kernel compiled on first use with the system C
+orders those samples so that every prefix of the phase is within 1 - 1/(2(L-1)) < 1 sample of the
+counts' shares, L being the number of sources with a nonzero count (Tijdeman's chairman assignment;
+megatron-core's blending greedy drifts up to ~1.3 samples, measured in tests/test_mixture.py). Against
+the declared weights the apportionment's own rounding adds up to (t/n)|k_s - n w_s| < 1: the exact
+bounds are in docs/curriculum.md. The loop runs in a small C kernel compiled on first use with the system C
 compiler and cached by source hash; without a compiler a pure-Python version gives the same result.
 The same file holds the batched mixture lookup; `_load_locator` builds the per-item one (a CPython
 extension) the same way (see mixture.SegmentIndex).
@@ -115,12 +117,17 @@ def _load_locator():
 def _chairman_python(counts: np.ndarray, out: np.ndarray, cursor: np.ndarray, base: np.ndarray) -> None:
     S, n = len(counts), int(counts.sum())
     used = [0] * S
-    if S == 1:
-        out[:] = 0
-        cursor[:] = base[0] + np.arange(n)
-        base[0] += n
+    live = [s for s in range(S) if counts[s] > 0]
+    # the thresholds use the number of sources with samples in this phase, never the zero-count ones: a
+    # phase's order must not change when a stream is added elsewhere in the segment
+    L = len(live)
+    if L <= 1:
+        if L:
+            out[:] = live[0]
+            cursor[:] = base[live[0]] + np.arange(n)
+            base[live[0]] += n
         return
-    two_s1, delta_num = 2 * (S - 1), 2 * S - 3
+    two_s1, delta_num = 2 * (L - 1), 2 * L - 3
     k = [int(c) for c in counts]
     for t in range(1, n + 1):
         best, best_num, best_den = -1, 0, 1

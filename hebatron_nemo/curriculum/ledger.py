@@ -137,38 +137,76 @@ class MetricsWriter:
             os.fsync(f.fileno())
 
 
+def resume_summary(plan: dict) -> dict:
+    """What a checkpoint records of its plan for `check_resume` (both backends keep the same fields)."""
+    keys = ("name", "start_sample", "end_sample", "transition_start_sample", "fingerprint")
+    return {"fingerprint": plan["fingerprint"],
+            "phases": [{k: p[k] for k in keys if k in p} for p in plan["phases"]]}
+
+
+def check_saved_run(run_dir: str | Path, plan: dict, allow_future_changes: bool, log=print) -> list[str]:
+    """`check_resume` of `plan` against the newest intact local-backend checkpoint under `run_dir` (none:
+    nothing to check). Called before plan.json is written, so a refused resume leaves the run's plan,
+    checkpoints and ledger as they were."""
+    from hebatron_nemo.backends.local import checkpoint
+
+    ckpt = checkpoint.latest(Path(run_dir), log)
+    if ckpt is None:
+        return []
+    saved = json.loads((ckpt / "trainer.json").read_text())
+    return check_resume(saved["plan"], plan, int(saved["consumed_samples"]), allow_future_changes)
+
+
+def _depends_from(phase: dict) -> int:
+    """The first global sample index whose sample depends on `phase` (its transition window's start;
+    its first sample without transitions, and in plans written before the field existed)."""
+    return int(phase.get("transition_start_sample", phase["start_sample"]))
+
+
 def check_resume(saved_plan: dict, new_plan: dict, consumed_samples: int, allow_future_changes: bool = False) -> list[str]:
     """Raises ConfigError when a run cannot continue under `new_plan`; returns notes otherwise.
 
-    A phase that has started (its first sample was consumed) must keep its fingerprint: its data,
-    mixture weights, counts, position and anchor are history. Changes to phases that have not started
-    are refused too, unless `allow_future_changes` is set."""
+    A phase has started once a consumed sample depends on it: its first sample, or with transitions the
+    first sample of the window before its start, in the saved or the new plan. A started phase must keep
+    its fingerprint (its data, mixture weights, counts, position, anchor and transitions are history).
+    A sample depends only on the phases that have started by then (a phase's order is built from its
+    own counts and what came before), so an accepted resume reads the same samples below
+    `consumed_samples` as the saved plan. Changes to phases that have not started are refused too,
+    unless `allow_future_changes` (config: `checkpoint.allow_future_changes`) is set."""
     if saved_plan["fingerprint"] == new_plan["fingerprint"]:
         return []
     new_by_name = {p["name"]: p for p in new_plan["phases"]}
     notes = []
     for p in saved_plan["phases"]:
-        if p["start_sample"] >= consumed_samples:
-            continue
-        state = "completed" if consumed_samples >= p["end_sample"] else "in progress"
         q = new_by_name.get(p["name"])
+        start = min(_depends_from(p), _depends_from(q) if q is not None else _depends_from(p))
+        if start >= consumed_samples:
+            continue
+        state = ("completed" if consumed_samples >= p["end_sample"] else "in progress"
+                 if consumed_samples > p["start_sample"] else "in its transition window")
         if q is None:
             raise ConfigError(f"cannot resume: phase {p['name']!r} ({state}, samples [{p['start_sample']:,}, "
                               f"{p['end_sample']:,})) is missing from the new plan")
         if q["fingerprint"] != p["fingerprint"]:
             raise ConfigError(f"cannot resume: phase {p['name']!r} ({state}, samples [{p['start_sample']:,}, "
-                              f"{p['end_sample']:,})) changed: its data, mixture weights, budget or position differ "
-                              f"(fingerprint {p['fingerprint']} -> {q['fingerprint']}). Restore its config, or "
-                              "start a new run")
-    old_fp = {p["name"]: p["fingerprint"] for p in saved_plan["phases"]}
+                              f"{p['end_sample']:,})) changed: its data, mixture weights, budget, position or "
+                              f"transitions differ (fingerprint {p['fingerprint']} -> {q['fingerprint']}). Restore "
+                              "its config, or start a new run")
+    old_by_name = {p["name"]: p for p in saved_plan["phases"]}
+    started = {n for n, p in old_by_name.items() if _depends_from(p) < consumed_samples}
+    for q in new_plan["phases"]:  # a phase new to the plan whose window reaches into the history
+        if q["name"] not in old_by_name and _depends_from(q) < consumed_samples:
+            raise ConfigError(f"cannot resume: phase {q['name']!r} is new, but the samples before {consumed_samples:,} "
+                              f"(already trained) would depend on it (it starts at sample "
+                              f"{_depends_from(q):,}). Restore the config, or start a new run")
     future = [q["name"] for q in new_plan["phases"]
-              if q["start_sample"] >= consumed_samples and old_fp.get(q["name"]) != q["fingerprint"]]
-    future += [n for n in old_fp if n not in new_by_name]
+              if q["name"] not in started and old_by_name.get(q["name"], {}).get("fingerprint") != q["fingerprint"]]
+    future += [n for n in old_by_name if n not in new_by_name]
     future = future or ["(segment layout or anchor)"]
     if not allow_future_changes:
         raise ConfigError(f"cannot resume: the plan changed (fingerprint {saved_plan['fingerprint']} -> "
                           f"{new_plan['fingerprint']}) in phases that have not started ({', '.join(future)}). "
-                          "Set resume.allow_future_changes=true to accept changes to future phases")
+                          "Set checkpoint.allow_future_changes=true to accept changes to future phases")
     notes.append(f"resuming at sample {consumed_samples:,} with changed future phases: {', '.join(future)}")
     return notes
 

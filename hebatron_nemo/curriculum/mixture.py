@@ -8,7 +8,8 @@ N is reading index N (Megatron-Bridge's `single` sampler does exactly that).
   of a segment reads the anchor pattern at j mod period, so what the anchor delivers depends on the
   anchor config and the slot number only: never on the curriculum.
 - Curriculum slots follow the phases in their realized order; within a phase the chairman order keeps
-  every prefix within one sample of the phase's weights; cursors continue per stream across phases.
+  every prefix within one sample of the shares of the phase's apportioned counts (docs/curriculum.md
+  states the bound against the declared weights); cursors continue per stream across phases.
 
 `CurriculumDataset` adds the tokens: stream cursor c reads sample c mod samples_per_epoch of epoch
 c // samples_per_epoch, a megatron-core `GPTDataset` over the stream's documents with a seed of
@@ -57,6 +58,82 @@ def _block_counts(desired: np.ndarray, size: int, remaining: np.ndarray) -> np.n
     return counts
 
 
+def blend_counts(phase: dict) -> dict:
+    """stream id (str) -> samples of the phase's own blend (before transitions): what the mixture is built
+    from. Plans without transitions (and older plans) hold them in `counts` only."""
+    return phase.get("blend_counts", phase["counts"])
+
+
+def curriculum_records(phases: list[dict], per_batch: int, transition_batches: int = 0):
+    """The curriculum samples of one segment's phases (training order): (sorted stream ids int16, one
+    CUR_RECORD per curriculum ordinal, window half-widths).
+
+    Each phase is its blend's chairman order, cursors continuing per stream; with `transition_batches`
+    > 0 the windows around each boundary are then rewritten (`_apply_transitions`). `halves[j]` is the
+    half-width, in curriculum ordinals, of the window around the boundary after phase j: the samples
+    before `end_j - halves[j]` depend only on phases 0..j, never on a later phase."""
+    sids = sorted({int(s) for p in phases for s in blend_counts(p)})
+    local = {s: i for i, s in enumerate(sids)}
+    stream_ids = np.array(sids, dtype=np.int16)
+    base = np.zeros(len(sids), dtype=np.int64)
+    total = sum(int(n) for p in phases for n in blend_counts(p).values())
+    cur = np.empty(total, dtype=CUR_RECORD)  # filled in place, phase by phase: no concatenation copy
+    at = 0
+    for p in phases:
+        counts = np.zeros(len(sids), dtype=np.int64)
+        for s, n in blend_counts(p).items():
+            counts[local[int(s)]] = n
+        n = int(counts.sum())
+        chairman_order(counts, base, out=cur["src"][at:at + n], cursor=cur["cursor"][at:at + n])
+        at += n
+    halves = [0] * max(0, len(phases) - 1)
+    if transition_batches > 0 and len(phases) > 1:
+        halves = _apply_transitions(cur, len(sids), [p["batches"] for p in phases], per_batch, transition_batches)
+    return stream_ids, cur, halves
+
+
+def _apply_transitions(cur: np.ndarray, S: int, batches: list[int], per: int, tb: int) -> list[int]:
+    """Linear transitions: over `tb` batches each side of a boundary, the mix moves linearly from
+    one phase's weights to the next. Per-stream totals over the two phases are unchanged (the ramp's
+    integral equals the step's), so budgets and the consumed sample sets stay exact. Returns each
+    boundary's half-width (curriculum ordinals; a whole number of batches)."""
+    src, cursor = cur["src"], cur["cursor"]
+    ends = np.cumsum(batches) * per
+    starts = np.concatenate([[0], ends[:-1]])
+    halves = []
+    for j in range(len(batches) - 1):
+        b = int(ends[j])
+        half = max(0, min(tb * per, b - int(starts[j]), int(ends[j + 1]) - b))
+        halves.append(half)
+        if half <= 0:
+            continue
+        lo, hi = b - half, b + half
+        window = src[lo:hi].astype(np.int64)
+        w0 = np.bincount(window[:half], minlength=S) / half
+        w1 = np.bincount(window[half:], minlength=S) / half
+        blocks = min(64, 2 * half)
+        edges = np.linspace(0, 2 * half, blocks + 1).round().astype(np.int64)
+        # cumulative target of the linear ramp at each block edge (its integral equals the step's)
+        x = edges / (2 * half)
+        target = np.outer(x * (1 - x / 2), w0) * 2 * half + np.outer(x * x / 2, w1) * 2 * half
+        remaining = np.bincount(window, minlength=S)
+        used = np.zeros(S, dtype=np.float64)
+        base = np.zeros(S, dtype=np.int64)
+        cursor_base = np.array([cursor[lo:hi][window == s].min() if (window == s).any() else 0
+                                for s in range(S)], dtype=np.int64)
+        new_src, new_cur = [], []
+        for e in range(blocks):
+            counts = _block_counts(target[e + 1] - used, int(edges[e + 1] - edges[e]), remaining)
+            used += counts
+            remaining -= counts
+            o, c = chairman_order(counts, base)
+            new_src.append(o)
+            new_cur.append(c.astype(np.int64) + cursor_base[o])
+        src[lo:hi] = np.concatenate(new_src)
+        cursor[lo:hi] = np.concatenate(new_cur).astype(np.uint32)
+    return halves
+
+
 class SegmentIndex:
     """Global sample index -> (stream id, cursor, is_anchor, phase order index) for one segment.
 
@@ -93,23 +170,8 @@ class SegmentIndex:
         self.slot = np.where(is_anc, np.cumsum(is_anc) - 1, -np.cumsum(~is_anc)).astype(np.int32)
 
         # Curriculum: phase by phase in realized order, cursors continuing per stream.
-        sids = sorted({int(s) for p in phases for s in p["counts"]})
-        local = {s: i for i, s in enumerate(sids)}
-        self.stream_ids = np.array(sids, dtype=np.int16)
-        base = np.zeros(len(sids), dtype=np.int64)
-        total = sum(int(n) for p in phases for n in p["counts"].values())
-        self.cur = np.empty(total, dtype=CUR_RECORD)  # filled in place, phase by phase: no concatenation copy
-        at = 0
-        for p in phases:
-            counts = np.zeros(len(sids), dtype=np.int64)
-            for s, n in p["counts"].items():
-                counts[local[int(s)]] = n
-            n = int(counts.sum())
-            chairman_order(counts, base, out=self.cur_src[at:at + n], cursor=self.cur_cursor[at:at + n])
-            at += n
-        tb = int(plan["curriculum"].get("transition_batches", 0))
-        if tb > 0 and len(phases) > 1:
-            self._apply_transitions(phases, tb)
+        tb = int(plan.get("curriculum", {}).get("transition_batches", 0))
+        self.stream_ids, self.cur, _ = curriculum_records(phases, self.curriculum_per_batch, tb)
 
         # Anchor: one period of the pattern, repeated.
         pattern = seg["anchor_pattern"]
@@ -189,44 +251,6 @@ class SegmentIndex:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._fast()
-
-    def _apply_transitions(self, phases: list, tb: int) -> None:
-        """Linear transitions: over `tb` batches each side of a boundary, the mix moves linearly from
-        one phase's weights to the next. Per-stream totals over the two phases are unchanged (the ramp's
-        integral equals the step's), so budgets and the consumed sample sets stay exact."""
-        per = self.curriculum_per_batch
-        ends = np.cumsum([p["batches"] for p in phases]) * per
-        starts = np.concatenate([[0], ends[:-1]])
-        S = len(self.stream_ids)
-        for j in range(len(phases) - 1):
-            b = int(ends[j])
-            half = min(tb * per, b - int(starts[j]), int(ends[j + 1]) - b)
-            if half <= 0:
-                continue
-            lo, hi = b - half, b + half
-            window = self.cur_src[lo:hi].astype(np.int64)
-            w0 = np.bincount(window[:half], minlength=S) / half
-            w1 = np.bincount(window[half:], minlength=S) / half
-            blocks = min(64, 2 * half)
-            edges = np.linspace(0, 2 * half, blocks + 1).round().astype(np.int64)
-            # cumulative target of the linear ramp at each block edge (its integral equals the step's)
-            x = edges / (2 * half)
-            target = np.outer(x * (1 - x / 2), w0) * 2 * half + np.outer(x * x / 2, w1) * 2 * half
-            remaining = np.bincount(window, minlength=S)
-            used = np.zeros(S, dtype=np.float64)
-            base = np.zeros(S, dtype=np.int64)
-            cursor_base = np.array([self.cur_cursor[lo:hi][window == s].min() if (window == s).any() else 0
-                                    for s in range(S)], dtype=np.int64)
-            new_src, new_cur = [], []
-            for e in range(blocks):
-                counts = _block_counts(target[e + 1] - used, int(edges[e + 1] - edges[e]), remaining)
-                used += counts
-                remaining -= counts
-                o, c = chairman_order(counts, base)
-                new_src.append(o)
-                new_cur.append(c.astype(np.int64) + cursor_base[o])
-            self.cur_src[lo:hi] = np.concatenate(new_src)
-            self.cur_cursor[lo:hi] = np.concatenate(new_cur).astype(np.uint32)
 
     def _check(self, g: int) -> None:
         if not self.start <= g < self.end:
@@ -332,7 +356,9 @@ class StreamSamples:
 
             st = self.stream
             cfg = GPTDatasetConfig(
-                random_seed=_seed("epoch", st["seed"], st["source"], st["segment"], repr(st["band"]), e),
+                # the declared segment: a stream reads the same samples whichever position its segment trains at
+                random_seed=_seed("epoch", st["seed"], st["source"], st.get("declared_segment", st["segment"]),
+                                  repr(st["band"]), e),
                 sequence_length=self.seq_length, blend=([st["prefix"]], None), split="100,0,0",
                 path_to_cache=stream_cache_dir(self.cache_dir, st, self.seq_length),
                 tokenizer=MegatronTokenizerView.from_plan(self.plan["tokenizer"]), reset_position_ids=False,

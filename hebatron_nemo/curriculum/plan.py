@@ -144,6 +144,9 @@ def _validate(cfg) -> None:
         raise ConfigError(f"curriculum.order must be one of {ORDERS}, got {cur.order!r}")
     if cur.max_epochs < 1:
         raise ConfigError(f"curriculum.max_epochs must be >= 1, got {cur.max_epochs}")
+    if cur.transition_batches < 0:
+        raise ConfigError(f"curriculum.transition_batches must be >= 0 (global batches of linear blend each side of "
+                          f"a phase boundary; 0 = a step change), got {cur.transition_batches}")
     if not cur.segments:
         raise ConfigError("curriculum.segments is empty")
     if not cur.phases:
@@ -178,6 +181,11 @@ def _validate(cfg) -> None:
         if not math.isfinite(tokens) or tokens <= 0:
             raise ConfigError(f"{key}.tokens must be a positive token budget, got {ph.tokens}")
         _check_weights(ph.sources, f"{key}.sources")
+        registry = cfg.get("data", {}).get("sources", None) if hasattr(cfg, "get") else None
+        for src in ph.sources:
+            if registry is not None and src not in registry:
+                raise ConfigError(f"{key}.sources: unknown source {src!r} in phase {ph.name!r}; the registry "
+                                  f"{cfg.data.name!r} has: {', '.join(sorted(registry))}")
         for src, sel in ph.select.items():
             if src not in ph.sources:
                 raise ConfigError(f"{key}.select.{src}: not one of the phase's sources")
@@ -189,8 +197,17 @@ def _validate(cfg) -> None:
             raise ConfigError(f"curriculum.segments[{i}] ({seg.name}) has no phase")
     if not (isinstance(anchor.share, (int, float)) and math.isfinite(anchor.share) and 0.0 <= anchor.share < 1.0):
         raise ConfigError(f"anchor.share must be in [0, 1), got {anchor.share}")
+    tol = anchor.tolerance
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+        raise ConfigError(f"anchor.tolerance must be a finite number >= 0 (the largest accepted |effective - "
+                          f"nominal| anchor share), got {tol}")
     if anchor.share > 0:
         _check_weights(anchor.sources, "anchor.sources")
+        registry = cfg.get("data", {}).get("sources", None) if hasattr(cfg, "get") else None
+        for src in anchor.sources:
+            if registry is not None and src not in registry:
+                raise ConfigError(f"anchor.sources: unknown source {src!r}; the registry {cfg.data.name!r} has: "
+                                  f"{', '.join(sorted(registry))}")
     if anchor.period < 1:
         raise ConfigError(f"anchor.period must be >= 1, got {anchor.period}")
 
@@ -216,24 +233,96 @@ def _anchor_per_batch(cfg, seg) -> int:
     return a
 
 
-def anchor_positions(global_batch: int, anchor_per_batch: int) -> list[int]:
-    """Positions of the anchor samples inside a global batch: evenly strided, so every data-parallel
-    rank's slice and every micro-batch gets its share (within one sample)."""
-    return [((2 * i + 1) * global_batch) // (2 * anchor_per_batch) for i in range(anchor_per_batch)]
+def anchor_positions(global_batch: int, anchor_per_batch: int, micro_batch: int | None = None,
+                     data_parallel_size: int = 1) -> list[int]:
+    """Positions of the anchor samples inside a global batch, spread as evenly as integers allow over
+    the (micro-step, data-parallel rank) chunks of Megatron's pretraining sampler: a global batch is
+    `global_batch / (micro_batch x dp)` micro-steps of `micro_batch x dp` consecutive indices, rank r
+    reading the r-th `micro_batch` of each. Every chunk holds floor or ceil of a/C anchor samples
+    (C = global_batch / micro_batch chunks), every rank floor or ceil of a/dp, every micro-step floor or
+    ceil of a/steps; inside a chunk they are evenly strided. Without `micro_batch` the batch is one chunk
+    (evenly strided over the whole batch)."""
+    a, gb = anchor_per_batch, global_batch
+    mb = gb if micro_batch is None else micro_batch
+    dp = 1 if micro_batch is None else data_parallel_size
+    if a <= 0:
+        return []
+    steps = gb // (mb * dp)
+    # micro-step s takes the anchor samples i whose centred stride point falls in it: floor or ceil of
+    # a/steps each (with one step, or one sample a step, this is the plain evenly strided layout)
+    per_step = np.bincount([((2 * i + 1) * steps) // (2 * a) for i in range(a)], minlength=steps)
+    out, turn = [], 0
+    for step in range(steps):
+        y = int(per_step[step])
+        q, e = divmod(y, dp)
+        # the e ranks that take one more rotate over the steps, so every rank ends with floor or ceil of a/dp
+        lucky = {(turn + j) % dp for j in range(e)}
+        turn = (turn + e) % dp
+        for r in range(dp):
+            x = q + (r in lucky)
+            first = (step * dp + r) * mb
+            out += [first + ((2 * i + 1) * mb) // (2 * x) for i in range(x)]
+    return out
+
+
+ORDER_READINGS = {
+    "easy_to_hard": "phases in declared order, segments in declared order",
+    "reversed": "within-segment reversal: each segment's phases in reverse; segments (the long-context one "
+                "last) in declared order",
+    "reversed_full": "full reversal: segments in reverse (the long-context segment first) and each segment's "
+                     "phases in reverse",
+    "shuffled": "each segment's phases in a seeded random order (curriculum.order_seed); segments in "
+                "declared order",
+    "none": "each segment's phases merged into one static blend; segments in declared order",
+}
+
+
+def segment_order(cur) -> list[int]:
+    """The declared segment indices in the order they train: reversed under `reversed_full` only."""
+    idx = list(range(len(cur.segments)))
+    return idx[::-1] if cur.order == "reversed_full" else idx
 
 
 def realized_order(cur) -> list[list[int]]:
-    """Per segment, the declared phase indices in the order they train under `curriculum.order`.
-    Only phases that share a segment are permuted; the segments keep their order."""
+    """Per segment in training order (`segment_order`), the declared phase indices in the order they
+    train under `curriculum.order`. `reversed`, `shuffled` and `none` permute (merge) only phases that
+    share a segment; `reversed_full` also reverses the segments."""
     groups: list[list[int]] = []
-    for seg in cur.segments:
+    for k in segment_order(cur):
+        seg = cur.segments[k]
         idx = [i for i, p in enumerate(cur.phases) if p.segment == seg.name]
-        if cur.order == "reversed":
+        if cur.order in ("reversed", "reversed_full"):
             idx = idx[::-1]
         elif cur.order == "shuffled":
             idx = [idx[j] for j in np.random.default_rng(_seed("order", cur.order_seed, seg.name)).permutation(len(idx))]
         groups.append(idx)
     return groups
+
+
+def _realize_transitions(segments: list[dict], phases: list[dict], tb: int) -> None:
+    """With transitions, a phase's batches hold samples of its neighbours' streams: sets each phase's
+    `counts` to what its batches realize (from the mixture itself, so the ledger's planned and realized
+    samples agree) and `transition_start_sample` to the first global index whose sample depends on it
+    (its window's start). `blend_counts` keeps the phase's own apportionment, which the mixture is built
+    from; per-stream totals over a segment are unchanged."""
+    if tb <= 0:
+        return
+    from hebatron_nemo.curriculum.mixture import curriculum_records
+
+    for seg in segments:
+        group = [p for p in phases if p["segment"] == seg["index"]]
+        if len(group) < 2:
+            continue
+        per = seg["curriculum_per_batch"]
+        sids, cur, halves = curriculum_records(group, per, tb)
+        at = 0
+        for j, p in enumerate(group):
+            n = p["batches"] * per
+            c = np.bincount(cur["src"][at:at + n].astype(np.int64), minlength=len(sids))
+            p["counts"] = {str(int(sids[i])): int(c[i]) for i in np.flatnonzero(c)}
+            if j > 0:
+                p["transition_start_sample"] = p["start_sample"] - (halves[j - 1] // per) * seg["global_batch"]
+            at += n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +367,9 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
         for j, k in enumerate(segs):
             ranges[(s, k)] = (float(edges[j]), float(edges[j + 1]))
 
+    seg_order = segment_order(cur)  # declared segment indices in training order
+    position = {k: t for t, k in enumerate(seg_order)}
+
     # Streams: (source, segment, band); anchor streams are (source, segment) with role "anchor".
     streams: list[dict] = []
     index: dict[tuple, int] = {}
@@ -298,7 +390,8 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
                               f"{'' if band is None else ' band ' + str(band)}: fewer than one {seq}-token sample")
         long_tokens = int(src.doc_lengths[docs][src.doc_lengths[docs] > seq].sum())
         streams.append({
-            "id": len(streams), "key": name, "source": source, "segment": k, "role": role, "band": band,
+            "id": len(streams), "key": name, "source": source, "segment": position[k], "declared_segment": k,
+            "role": role, "band": band,
             "prefix": src.prefix, "source_fingerprint": src.fingerprint, "doc_range": list(ranges[(source, k)]),
             "documents": int(len(docs)), "docs_sha256": docs_hash(docs), "tokens": tokens,
             "tokens_in_docs_longer_than_seq": long_tokens, "samples_per_epoch": spe,
@@ -307,42 +400,42 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
         index[key] = len(streams) - 1
         return index[key]
 
-    # Anchor streams first, then curriculum streams in declared phase order: a change to a later
-    # phase only appends stream ids, so earlier samples keep their ids too.
-    if anchor.share > 0:
-        for k in range(len(cur.segments)):
-            for s, w in _check_weights(anchor.sources, "anchor.sources").items():
-                stream_for(s, k, None, "anchor")
-
-    # Phases in declared order: budgets -> batches -> exact per-stream counts.
-    declared = []
-    for i, p in enumerate(cur.phases):
-        k = seg_names.index(p.segment)
+    # Stream ids in training order: per segment its anchor streams, then its phases' streams in the
+    # order they train (within a phase, its sources in declared order). A change to a phase therefore
+    # only renumbers (appends) the ids of streams first used at or after it, in every arm.
+    order = realized_order(cur)
+    declared: list[dict | None] = [None] * len(cur.phases)
+    for t, k in enumerate(seg_order):
         seg = cur.segments[k]
         a = _anchor_per_batch(cfg, seg)
+        if a:
+            for s in _check_weights(anchor.sources, "anchor.sources"):
+                stream_for(s, k, None, "anchor")
         per_batch = seg.global_batch - a
-        batches = math.ceil(float(p.tokens) / seg.seq_length / per_batch)
-        weights = _check_weights(p.sources, f"curriculum.phases[{i}] ({p.name}).sources")
-        counts_by_source = largest_remainder(weights, batches * per_batch)
-        counts = {}
-        for s, n in counts_by_source.items():
-            band = OmegaConf.to_container(p.select[s]) if s in p.select else None
-            counts[stream_for(s, k, band, "curriculum")] = n
-        declared.append({"name": p.name, "declared_index": i, "segment": k, "batches": batches,
-                         "curriculum_samples": batches * per_batch, "weights": weights, "counts": counts,
-                         "description": p.description})
+        for i in order[t]:  # budgets -> batches -> exact per-stream counts
+            p = cur.phases[i]
+            batches = math.ceil(float(p.tokens) / seg.seq_length / per_batch)
+            weights = _check_weights(p.sources, f"curriculum.phases[{i}] ({p.name}).sources")
+            counts_by_source = largest_remainder(weights, batches * per_batch)
+            counts = {}
+            for src, n in counts_by_source.items():
+                band = OmegaConf.to_container(p.select[src]) if src in p.select else None
+                counts[stream_for(src, k, band, "curriculum")] = n
+            declared[i] = {"name": p.name, "declared_index": i, "segment": t, "batches": batches,
+                           "curriculum_samples": batches * per_batch, "weights": weights, "counts": counts,
+                           "description": p.description}
     _check_overlaps(streams)
 
-    # Segments in order, phases in realized order.
-    order = realized_order(cur)
+    # Segments in training order, phases in realized order.
     segments, phases = [], []
     start_sample = start_step = 0
-    for k, seg in enumerate(cur.segments):
+    for t, k in enumerate(seg_order):
+        seg = cur.segments[k]
         a = _anchor_per_batch(cfg, seg)
-        group = [declared[i] for i in order[k]]
+        group = [declared[i] for i in order[t]]
         if cur.order == "none" and len(group) > 1:
             merged = {"name": "+".join(g["name"] for g in group), "declared_index": group[0]["declared_index"],
-                      "segment": k, "batches": sum(g["batches"] for g in group),
+                      "segment": t, "batches": sum(g["batches"] for g in group),
                       "curriculum_samples": sum(g["curriculum_samples"] for g in group), "counts": {},
                       "weights": {}, "description": "order=none: the segment's phases as one static blend"}
             for g in group:
@@ -359,10 +452,10 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
         if a:
             weights = _check_weights(anchor.sources, "anchor.sources")
             pattern_counts = largest_remainder(weights, anchor.period)
-            for s, c in pattern_counts.items():
+            for src, c in pattern_counts.items():
                 if c == 0:
                     continue
-                sid = stream_for(s, k, None, "anchor")
+                sid = stream_for(src, k, None, "anchor")
                 anchor_pattern[sid] = c
             full, rest = divmod(anchor_slots, anchor.period)
             pat_ids = list(anchor_pattern)
@@ -375,19 +468,23 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
                 **g, "order_index": len(phases), "segment_name": seg.name,
                 "start_step": start_step, "end_step": start_step + g["batches"],
                 "start_sample": g_start, "end_sample": g_start + g["batches"] * seg.global_batch,
+                "transition_start_sample": g_start,
                 "anchor_samples": g["batches"] * a,
                 "curriculum_tokens": g["curriculum_samples"] * seg.seq_length,
                 "anchor_tokens": g["batches"] * a * seg.seq_length,
+                "blend_counts": {str(sid): n for sid, n in g["counts"].items()},
                 "counts": {str(sid): n for sid, n in g["counts"].items()},
             })
             start_step += g["batches"]
         n_samples = seg_batches * seg.global_batch
         segments.append({
-            "index": k, "name": seg.name, "seq_length": seg.seq_length, "global_batch": seg.global_batch,
+            "index": t, "declared_index": k, "name": seg.name, "seq_length": seg.seq_length,
+            "global_batch": seg.global_batch,
             "micro_batch": seg.micro_batch, "data_parallel_size": seg.data_parallel_size,
             "anchor_per_batch": a, "curriculum_per_batch": seg.global_batch - a,
             "anchor_share_nominal": float(anchor.share), "anchor_share_effective": a / seg.global_batch,
-            "anchor_positions": anchor_positions(seg.global_batch, a) if a else [],
+            "anchor_positions": (anchor_positions(seg.global_batch, a, seg.micro_batch, seg.data_parallel_size)
+                                 if a else []),
             "anchor_pattern": {str(sid): c for sid, c in anchor_pattern.items()}, "anchor_period": anchor.period,
             "anchor_counts": {str(sid): n for sid, n in anchor_counts.items()},
             "batches": seg_batches, "start_step": seg_start_step, "start_sample": start_sample,
@@ -395,6 +492,7 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
             "tokens_per_step": seg.global_batch * seg.seq_length,
         })
         start_sample += n_samples
+    _realize_transitions(segments, phases, int(cur.transition_batches))
 
     # Stream demand and feasibility.
     for p in phases:
@@ -421,7 +519,8 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
         "hebatron_nemo": __version__,
         "data": data.name,
         "curriculum": {"name": cur.name, "order": cur.order, "order_seed": cur.order_seed, "seed": cur.seed,
-                       "max_epochs": cur.max_epochs, "transition_batches": cur.transition_batches},
+                       "max_epochs": cur.max_epochs, "transition_batches": cur.transition_batches,
+                       "reading": ORDER_READINGS[cur.order]},
         "anchor": {"share": float(anchor.share), "sources": dict(anchor.sources) if anchor.share > 0 else {},
                    "period": anchor.period, "allow_rounding": bool(anchor.allow_rounding)},
         "segments": segments, "phases": phases, "streams": streams,
@@ -483,13 +582,15 @@ def _add_fingerprints(plan: dict) -> None:
         st = streams[int(sid)]
         return {k: st[k] for k in ("key", "source_fingerprint", "docs_sha256", "seed", "role", "band")}
 
+    tb = plan["curriculum"]["transition_batches"]
     for p in plan["phases"]:
         seg = plan["segments"][p["segment"]]
-        p["fingerprint"] = stable_hash({
+        # (with transitions, the windows around a phase's boundaries mix it with its neighbours)
+        p["fingerprint"] = stable_hash({**({"transition_batches": tb} if tb else {}),
             "name": p["name"], "start_sample": p["start_sample"], "batches": p["batches"],
             "segment": {k: seg[k] for k in ("seq_length", "global_batch", "anchor_per_batch", "start_sample")},
-            "counts": {stream_identity(s)["key"]: n for s, n in p["counts"].items()},
-            "streams": [stream_identity(s) for s in p["counts"]],
+            "counts": {stream_identity(s)["key"]: n for s, n in p.get("blend_counts", p["counts"]).items()},
+            "streams": [stream_identity(s) for s in p.get("blend_counts", p["counts"])],
             "anchor": {"pattern": {streams[int(s)]["key"]: c for s, c in seg["anchor_pattern"].items()},
                        "streams": [stream_identity(s) for s in seg["anchor_pattern"]]},
         })

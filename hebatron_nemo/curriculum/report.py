@@ -28,7 +28,9 @@ def plan_tables(plan: dict):
                       f"{s['tokens_per_step']:,}", f"{s['start_step']:,} .. {s['start_step'] + s['batches']:,}",
                       f"[{s['start_sample']:,}, {s['start_sample'] + s['num_samples']:,})", _fmt_tokens(s["tokens"]))
 
-    ph_t = Table(title=f"phases in training order (curriculum.order={plan['curriculum']['order']})")
+    reading = plan["curriculum"].get("reading")
+    ph_t = Table(title=f"phases in training order (curriculum.order={plan['curriculum']['order']}"
+                       + (f": {reading})" if reading else ")"))
     for c in ("phase", "segment", "steps", "source", "role", "tokens", "share of batch", "epochs (stream)"):
         ph_t.add_column(c, justify="left" if c in ("phase", "segment", "source", "role") else "right")
     streams = plan["streams"]

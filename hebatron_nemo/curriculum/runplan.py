@@ -17,6 +17,12 @@ def make_plan(cfg, log=print) -> dict:
     plan = build_plan(cfg, log=log)
     print_plan(plan)
     run_dir = Path(str(cfg.run_dir))
+    ckpt = cfg.get("checkpoint")  # training configs (the pipeline's plan stage) resume a run in run_dir
+    if ckpt is not None and ckpt.get("resume", False):
+        from hebatron_nemo.curriculum.ledger import check_saved_run
+
+        # before anything is written: a refused resume keeps the plan its checkpoints trained
+        check_saved_run(run_dir, plan, bool(ckpt.get("allow_future_changes", False)), log=lambda *a, **k: None)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.build_caches:
         from hebatron_nemo.curriculum.mixture import build_caches

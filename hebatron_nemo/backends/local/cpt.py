@@ -27,6 +27,10 @@ def _plan_and_caches(cfg, log) -> dict:
     run_dir = Path(str(cfg.run_dir))
     if rank == 0:
         plan = build_plan(cfg, log=log)
+        if cfg.checkpoint.resume:  # a refused resume must not overwrite the plan its checkpoints trained
+            from hebatron_nemo.curriculum.ledger import check_saved_run
+
+            check_saved_run(run_dir, plan, bool(cfg.checkpoint.allow_future_changes), log=lambda *a: None)
         plan["caches"] = build_caches(plan, str(cfg.cache_dir))
         plan["cache_dir"] = str(cfg.cache_dir)
         write_json_atomic(run_dir / "plan.json", plan)

@@ -86,7 +86,7 @@ class InLoopEval:
         self.anchor = {s: w for s in anchor_sources if (w := _windows(_split_docs(data_cfg, s, "valid"), seq, n)) is not None}
         self.phases = {}
         for p in plan["phases"]:
-            sources = sorted({plan["streams"][int(sid)]["source"] for sid in p["counts"]})
+            sources = sorted({plan["streams"][int(sid)]["source"] for sid in p.get("blend_counts", p["counts"])})
             parts = [w for s in sources if (w := _windows(_split_docs(data_cfg, s, "valid"), seq, max(1, n // len(sources)))) is not None]
             if parts:
                 self.phases[p["name"]] = torch.cat(parts)

@@ -102,8 +102,9 @@ class RunLogger:
 
 
 def _plan_summary(plan: dict) -> dict:
-    return {"fingerprint": plan["fingerprint"],
-            "phases": [{k: p[k] for k in ("name", "start_sample", "end_sample", "fingerprint")} for p in plan["phases"]]}
+    from hebatron_nemo.curriculum.ledger import resume_summary
+
+    return resume_summary(plan)
 
 
 def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = None, min_lr: float | None = None) -> dict:

@@ -26,8 +26,9 @@ SIDECAR = "hebatron_plan.json"
 
 def plan_summary(plan: dict) -> dict:
     """What a checkpoint records of its plan (the same fields the local backend's checkpoints keep)."""
-    return {"fingerprint": plan["fingerprint"],
-            "phases": [{k: p[k] for k in ("name", "start_sample", "end_sample", "fingerprint")} for p in plan["phases"]]}
+    from hebatron_nemo.curriculum.ledger import resume_summary
+
+    return resume_summary(plan)
 
 
 def iter_dir(ckpt_root: str | Path, iteration: int) -> Path:

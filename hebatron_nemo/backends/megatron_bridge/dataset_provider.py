@@ -36,7 +36,7 @@ def validation_sets(plan: dict, segment: int) -> list[dict]:
     for p in plan["phases"]:
         if p["segment"] != segment:
             continue
-        srcs = sorted({plan["streams"][int(sid)]["source"] for sid in p["counts"]})
+        srcs = sorted({plan["streams"][int(sid)]["source"] for sid in p.get("blend_counts", p["counts"])})
         out.append({"name": f"he/{p['name']}", "sources": srcs, "phase_id": p["order_index"], "is_anchor": False})
     anchor = sorted({st["source"] for st in plan["streams"] if st["role"] == "anchor" and st["segment"] == segment})
     if anchor:
