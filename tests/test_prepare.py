@@ -316,3 +316,55 @@ def test_reference_model_perplexity_signal(corpus):
     ppl = pq.read_table(m["splits"]["train"]["prefix"] + ".signals.parquet").column("perplexity").to_numpy()
     assert np.isfinite(ppl).all() and (ppl > 1).all()
     assert 200 < np.median(ppl) < 1000  # an untrained model is near-uniform over its 400 tokens
+
+
+def test_lone_surrogate_fails_located_in_prepare_and_dry_run(corpus):
+    from hebatron_nemo.errors import DataError
+
+    tmp, sources = corpus
+    bad = tmp / "raw" / "he.jsonl"
+    with open(bad, "a", encoding="utf-8") as f:
+        f.write('{"id": "bad", "text": "' + HEBREW[0] + ' \\ud800"}\n')
+    for dry in (True, False):
+        with pytest.raises(DataError, match=rf"{bad}:121 \[field 'text'\]: lone UTF-16 surrogate \\ud800"):
+            prepare(prepare_config(tmp, sources, dry_run=dry), log=_quiet)
+    assert not (tmp / "out").exists()
+
+
+def test_every_source_is_read_before_any_work(corpus):
+    """A bad line in the last source fails the run before the tokenizer is trained or the first
+    source is tokenized (the help promises failure before any work)."""
+    from hebatron_nemo.errors import DataError
+
+    tmp, sources = corpus
+    with open(tmp / "raw" / "en.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"id": "bad", "text": "ab\\u0000cd"}\n')
+    with pytest.raises(DataError, match=r"en.jsonl:81 \[field 'text'\]: NUL character"):
+        prepare(prepare_config(tmp, sources), log=_quiet)
+    assert not (tmp / "tok").exists() and not (tmp / "out").exists()
+
+
+def test_minhash_memory_is_bounded_on_one_huge_document():
+    """A multi-megabyte single document: the MinHash signature is computed in bounded batches (one
+    datasketch call per document took num_perm x 8 bytes per shingle: ~1.8 GB peak RSS for a 9 MB
+    line) and equals the one-call signature."""
+    import random
+    import tracemalloc
+
+    from hebatron_nemo.data.filters import MinHasher
+
+    rng = random.Random(0)
+    text = " ".join(rng.choice(HEBREW) for _ in range(20000))  # ~1.1M characters, ~190k shingles
+    mh = MinHasher(64, 5, 1)
+    tracemalloc.start()
+    try:
+        sig = mh.signature(text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    words = text.split()
+    reference = mh._template.copy()
+    reference.update_batch([" ".join(words[i:i + 5]).encode() for i in range(len(words) - 4)])
+    assert np.array_equal(sig, reference.hashvalues.astype(np.uint64))
+    # the words and one batch of shingles; one call over every shingle peaks near 64 x 8 x 190k x 3
+    assert peak < 40 * 2**20, f"MinHash peak {peak / 2**20:.0f} MiB"

@@ -573,6 +573,8 @@ def prepare(cfg, log: Callable = print) -> dict:
     ordered = [s for s in data.sources if s in names]
     if cfg.dry_run:
         return _dry_run(cfg, ordered, (i, n), log)
+    if not cfg.merge_only:
+        _validate_inputs(cfg, ordered, (i, n), log)
     set_tokenizer_threads(cfg.workers)
     tokenizer = ensure_tokenizer(cfg, log)
     decon = build_decontaminator(cfg)
@@ -596,6 +598,31 @@ def prepare(cfg, log: Callable = print) -> dict:
         else:
             log(f"  {name}: shard {i}/{n} done; after all shards, run with merge_only=true shard=0/{n}")
     return manifests
+
+
+def _validate_inputs(cfg, names: list[str], shard: tuple[int, int], log: Callable) -> None:
+    """Reads every selected source (the documents of this shard) before any work is done, so that a
+    bad line in the last source fails the run before the first is tokenized (or the tokenizer
+    trained). A source whose shard manifest records the same input files (by content hash) was
+    read in full when that shard was prepared and is not read again."""
+    from hebatron_nemo.data.readers import validate_source
+
+    data = cfg.data
+    i, n = shard
+    for name in names:
+        src = data.sources[name]
+        path = registry.source_path(data, name)
+        if src.role not in ("pretrain", "anchor"):
+            if i == 0:
+                validate_source(path, src.format, src.text_field, src.id_field)
+            continue
+        shard_dir = Path(str(data.output_dir)) / name / "shards" / f"{i:05d}-of-{n:05d}"
+        done = read_json(shard_dir / "manifest.json")
+        if done and done.get("identity", {}).get("files") == fingerprint_files(path, src.format)["hash"]:
+            continue
+        for _ in iter_documents(path, src.format, src.text_field, src.id_field, shard=shard):
+            pass
+    log(f"inputs checked: {len(names)} source(s)")
 
 
 def _dry_run(cfg, names: list[str], shard: tuple[int, int], log: Callable) -> dict:
