@@ -440,14 +440,14 @@ def merge_source(ctx: SourceContext, n_shards: int, earlier_sources: list[str], 
         except BaseException:
             writer.abort()
             raise
-        if not len(sel):
-            prefix = None  # nothing to read: megatron-core cannot open an empty dataset
+        # recorded relative to the manifest's folder, so the prepared folder can be moved or mounted anywhere
+        rel_prefix = s if len(sel) else None  # None: nothing to read (megatron-core cannot open an empty dataset)
         table = {c: cols[c][sel].tolist() for c in DOC_COLUMNS}
         _write_table(ctx.out_dir / f"{s}.signals.parquet", table)
         lengths = cols["n_tokens"][sel] + (1 if ctx.tokenizer.append_eod else 0)
         words = int(cols["n_words"][sel].sum())
         splits_out[s] = {
-            "prefix": prefix, "documents": int(len(sel)), "tokens": int(lengths.sum()),
+            "prefix": rel_prefix, "documents": int(len(sel)), "tokens": int(lengths.sum()),
             "characters": int(cols["n_chars"][sel].sum()), "words": words,
             "tokens_per_word": float(cols["n_tokens"][sel].sum() / max(1, words)),
             "length_histogram": length_histogram(lengths),
