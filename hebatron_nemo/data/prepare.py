@@ -76,8 +76,11 @@ def holdout_split(doc_id: str, holdout) -> str:
 
 def fingerprint_files(path: str, fmt: str) -> dict:
     """Content hashes of a source's input files (blake2b), so an edited corpus is never mistaken for
-    the one a manifest describes."""
-    files = resolve_files(path, fmt)
+    the one a manifest describes. Files are named relative to the source's root, so the same corpus
+    copied or mounted elsewhere has the same fingerprint."""
+    from hebatron_nemo.data.readers import _relative_name, _resolve
+
+    root, files = _resolve(path, fmt)
     entries = {}
     for f in files:
         h = hashlib.blake2b(digest_size=16)
@@ -88,7 +91,7 @@ def fingerprint_files(path: str, fmt: str) -> dict:
             with open(t, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 22), b""):
                     h.update(chunk)
-        entries[str(f)] = {"bytes": size, "blake2b": h.hexdigest()}
+        entries[_relative_name(f, root) if f != root else f.name] = {"bytes": size, "blake2b": h.hexdigest()}
     return {"files": entries, "hash": stable_hash(entries)}
 
 
@@ -133,7 +136,9 @@ class SourceContext:
             "decontamination": self.decontaminator.identity() if self.decontaminator else None,
             "minhash": {"num_perm": nd.num_perm, "shingle_words": nd.shingle_words, "seed": nd.seed}
             if nd.enabled else None,
-            "tokenizer": self.tokenizer.identity() if self.tokenizer else None,
+            # the tokenizer is its tokenizer.json's sha256, wherever its folder lies
+            "tokenizer": {k: v for k, v in self.tokenizer.identity().items() if k != "path"}
+            if self.tokenizer else None,
             "signals": OmegaConf.to_container(self.data.signals),
         }
 
@@ -465,7 +470,8 @@ def merge_source(ctx: SourceContext, n_shards: int, earlier_sources: list[str], 
         "registry": {"language": src.language, "register": src.register, "phase": src.phase, "role": src.role,
                      "licence": src.licence, "path": ctx.path, "format": src.format,
                      "text_field": src.text_field, "substituted": src.substituted},
-        "source_fingerprint": ident["files"], "normalizer": ident["normalizer"], "tokenizer": ident["tokenizer"],
+        "source_fingerprint": ident["files"], "normalizer": ident["normalizer"],
+        "tokenizer": {**ident["tokenizer"], "path": ctx.tokenizer.path},  # where it was (the plan prefers the run's)
         "filters": ident["filters"], "decontamination": ident["decontamination"],
         "exact_dedup": OmegaConf.to_container(dd), "near_dedup": OmegaConf.to_container(nd),
         "dedup_against": [e[0] for e in earlier], "shards": n_shards, "dtype": np.dtype(dtype).name,
