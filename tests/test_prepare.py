@@ -36,6 +36,13 @@ def corpus(tmp_path):
     return tmp_path, sources
 
 
+def _split(out_dir: Path, m: dict, split: str) -> str:
+    """The path of a split from its manifest entry (recorded relative to the source's folder)."""
+    from hebatron_nemo.data.registry import split_prefix
+
+    return split_prefix(Path(out_dir) / m["source"], m["splits"][split]["prefix"])
+
+
 def _read_all(prefix: str) -> list[list[int]]:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -58,7 +65,7 @@ def test_outputs_read_back_with_megatron_indexed_dataset(corpus):
         raw = {json.loads(line)["id"]: json.loads(line)["text"]
                for line in open(tmp / "raw" / sources[name]["path"], encoding="utf-8")}
         for split in SPLITS:
-            prefix = m["splits"][split]["prefix"]
+            prefix = _split(tmp / "out", m, split)
             docs = _read_all(prefix)
             table = pq.read_table(prefix + ".signals.parquet").to_pydict()
             assert len(docs) == len(table["doc_id"]) == m["splits"][split]["documents"]
@@ -82,7 +89,7 @@ def test_gpt_dataset_reads_identical_token_ids(corpus):
 
     tmp, sources = corpus
     manifests = prepare(prepare_config(tmp, sources), log=_quiet)
-    prefix = manifests["he_news"]["splits"]["train"]["prefix"]
+    prefix = _split(tmp / "out", manifests["he_news"], "train")
     stream = np.concatenate([np.array(d) for d in _read_all(prefix)])
     tok = LocalTokenizer(str(tmp / "tok"))
 
@@ -124,7 +131,7 @@ def test_shards_merge_to_the_unsharded_result(corpus):
                                     **{"data.raw_dir": str(tmp / "raw"), "shard": "0/2", "merge_only": True}), log=_quiet)
     for name in sources:
         for split in SPLITS:
-            a, b = whole[name]["splits"][split]["prefix"], merged[name]["splits"][split]["prefix"]
+            a, b = _split(tmp / "one" / "out", whole[name], split), _split(tmp / "two" / "out", merged[name], split)
             assert files_sha256(a) == files_sha256(b), (name, split)
         assert whole[name]["report"] == merged[name]["report"]
 
@@ -140,7 +147,7 @@ def test_rerun_is_idempotent_and_detects_changed_input(corpus):
     tmp, sources = corpus
     cfg = prepare_config(tmp, sources)
     first = prepare(cfg, log=_quiet)
-    bin_path = Path(first["he_news"]["splits"]["train"]["prefix"] + ".bin")
+    bin_path = Path(_split(tmp / "out", first["he_news"], "train") + ".bin")
     mtime = bin_path.stat().st_mtime_ns
     lines = []
     second = prepare(cfg, log=lines.append)
@@ -189,7 +196,7 @@ def test_filters_dedup_decontamination_and_their_report(tmp_path):
 
     kept_ids = set()
     for split in SPLITS:
-        kept_ids |= set(pq.read_table(m["he_news"]["splits"][split]["prefix"] + ".signals.parquet")
+        kept_ids |= set(pq.read_table(_split(tmp_path / "out", m["he_news"], split) + ".signals.parquet")
                         .column("doc_id").to_pylist())
     assert not kept_ids & {"exact-dup", "ws-dup", "short", "english", "contaminated", "near-dup"}
     assert {"he-5", "he-6", "he-7"} <= kept_ids  # the first occurrence wins
@@ -201,7 +208,7 @@ def test_holdout_is_stable_and_disjoint(corpus):
     m = prepare(prepare_config(tmp, sources), log=_quiet)["he_news"]
     import pyarrow.parquet as pq
 
-    ids = {s: set(pq.read_table(m["splits"][s]["prefix"] + ".signals.parquet").column("doc_id").to_pylist())
+    ids = {s: set(pq.read_table(_split(tmp / "out", m, s) + ".signals.parquet").column("doc_id").to_pylist())
            for s in SPLITS}
     assert ids["valid"] and ids["test"]
     assert not (ids["train"] & ids["valid"]) and not (ids["train"] & ids["test"]) and not (ids["valid"] & ids["test"])
@@ -231,7 +238,7 @@ def test_big_vocabulary_writes_int32(tmp_path):
     assert m["dtype"] == "int32"
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    ds = IndexedDataset(m["splits"]["train"]["prefix"])
+    ds = IndexedDataset(_split(tmp_path / "out", m, "train"))
     assert ds.index.dtype == np.int32
     assert ds[0][-1] == 2 and max(ds[0][:-1]) < 4 + len(words)
 
@@ -313,6 +320,125 @@ def test_reference_model_perplexity_signal(corpus):
     m = prepare(prepare_config(tmp, {"he_news": sources["he_news"]}, tmp / "tok",
                                **{"data.signals.reference_model": str(ref), "data.output_dir": str(tmp / "out2")}),
                 log=_quiet)["he_news"]
-    ppl = pq.read_table(m["splits"]["train"]["prefix"] + ".signals.parquet").column("perplexity").to_numpy()
+    ppl = pq.read_table(_split(tmp / "out2", m, "train") + ".signals.parquet").column("perplexity").to_numpy()
     assert np.isfinite(ppl).all() and (ppl > 1).all()
     assert 200 < np.median(ppl) < 1000  # an untrained model is near-uniform over its 400 tokens
+
+
+def test_lone_surrogate_fails_located_in_prepare_and_dry_run(corpus):
+    from hebatron_nemo.errors import DataError
+
+    tmp, sources = corpus
+    bad = tmp / "raw" / "he.jsonl"
+    with open(bad, "a", encoding="utf-8") as f:
+        f.write('{"id": "bad", "text": "' + HEBREW[0] + ' \\ud800"}\n')
+    for dry in (True, False):
+        with pytest.raises(DataError, match=rf"{bad}:121 \[field 'text'\]: lone UTF-16 surrogate \\ud800"):
+            prepare(prepare_config(tmp, sources, dry_run=dry), log=_quiet)
+    assert not (tmp / "out").exists()
+
+
+def test_every_source_is_read_before_any_work(corpus):
+    """A bad line in the last source fails the run before the tokenizer is trained or the first
+    source is tokenized (the help promises failure before any work)."""
+    from hebatron_nemo.errors import DataError
+
+    tmp, sources = corpus
+    with open(tmp / "raw" / "en.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"id": "bad", "text": "ab\\u0000cd"}\n')
+    with pytest.raises(DataError, match=r"en.jsonl:81 \[field 'text'\]: NUL character"):
+        prepare(prepare_config(tmp, sources), log=_quiet)
+    assert not (tmp / "tok").exists() and not (tmp / "out").exists()
+
+
+def test_minhash_memory_is_bounded_on_one_huge_document():
+    """A multi-megabyte single document: the MinHash signature is computed in bounded batches (one
+    datasketch call per document took num_perm x 8 bytes per shingle: ~1.8 GB peak RSS for a 9 MB
+    line) and equals the one-call signature."""
+    import random
+    import tracemalloc
+
+    from hebatron_nemo.data.filters import MinHasher
+
+    rng = random.Random(0)
+    text = " ".join(rng.choice(HEBREW) for _ in range(20000))  # ~1.1M characters, ~190k shingles
+    mh = MinHasher(64, 5, 1)
+    tracemalloc.start()
+    try:
+        sig = mh.signature(text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    words = text.split()
+    reference = mh._template.copy()
+    reference.update_batch([" ".join(words[i:i + 5]).encode() for i in range(len(words) - 4)])
+    assert np.array_equal(sig, reference.hashvalues.astype(np.uint64))
+    # the words and one batch of shingles; one call over every shingle peaks near 64 x 8 x 190k x 3
+    assert peak < 40 * 2**20, f"MinHash peak {peak / 2**20:.0f} MiB"
+
+
+def test_a_prepared_folder_plans_and_trains_from_a_copy(tmp_path):
+    """Data folders, manifests, plans and index caches refer to their own files relatively: a
+    prepared folder copied elsewhere (the original deleted) plans and trains from the copy, and a plan
+    and caches made against the original read the copy through the run's data.output_dir."""
+    import shutil
+
+    from corpus import train_config
+
+    from hebatron_nemo.backends.local import cpt
+    from hebatron_nemo.curriculum.mixture import CurriculumDataset, build_caches, ensure_caches
+    from hebatron_nemo.curriculum.plan import build_plan
+    from hebatron_nemo.data.registry import with_data_root
+
+    raw = tmp_path / "raw"
+    write_jsonl(raw / "he.jsonl", make_docs(HEBREW, 150, seed=1, prefix="he"))
+    write_jsonl(raw / "en.jsonl", make_docs(ENGLISH, 150, seed=2, prefix="en"))
+    sources = {"he_a": source("he.jsonl"), "en_x": source("en.jsonl", language="en", role="anchor")}
+    orig, moved = tmp_path / "orig", tmp_path / "moved"
+    prepare(prepare_config(tmp_path, sources, **{"data.output_dir": str(orig / "data")}), log=_quiet)
+
+    segs = [{"name": "s1", "seq_length": 32, "global_batch": 4, "micro_batch": 2, "data_parallel_size": 1}]
+    phases = [{"name": "p", "segment": "s1", "tokens": 640, "sources": {"he_a": 1.0}}]
+    anchor = {"share": 0.25, "sources": {"en_x": 1.0}}
+
+    def config(root):
+        cfg = train_config(root, ["he_a", "en_x"], phases, segs, anchor, base_sources={"en_x": 1.0},
+                           **{"base.tokens": 512, "base.global_batch": 4, "base.micro_batch": 2,
+                              "eval.every_steps": 0, "checkpoint.every_steps": 100})
+        cfg.tokenizer.path = str(tmp_path / "tok")
+        return cfg
+
+    before = build_plan(config(orig), log=_quiet)
+    before["caches"] = build_caches(before, str(orig / "cache"))
+    shutil.copytree(orig / "data", moved / "data")
+    shutil.copytree(orig / "cache", moved / "cache")
+    shutil.rmtree(orig)
+    for f in (moved / "data").rglob("*.json"):
+        assert str(orig) not in f.read_text(encoding="utf-8"), f
+    # the copy is up to date for prepare too, with the raw corpus moved as well: nothing is redone
+    shutil.copytree(raw, moved / "raw")
+    bins = {f: f.stat().st_mtime_ns for f in (moved / "data").rglob("*.bin")}
+    said = []
+    prepare(prepare_config(tmp_path, sources, **{"data.output_dir": str(moved / "data"),
+                                                 "data.raw_dir": str(moved / "raw")}), log=said.append)
+    assert sum("up to date" in line for line in said) == 2 * len(sources), said
+    assert {f: f.stat().st_mtime_ns for f in (moved / "data").rglob("*.bin")} == bins
+
+    # the plan made against the original reads the copy once given the run's data root, with its caches
+    with_data_root(before, str(moved / "data"))
+    stamps = {f: f.stat().st_mtime_ns for f in (moved / "cache").rglob("*.npy")}
+    ensure_caches(before, str(moved / "cache"))
+    assert stamps and {f: f.stat().st_mtime_ns for f in (moved / "cache").rglob("*.npy")} == stamps  # not rebuilt
+    ds = CurriculumDataset(before, 0, str(moved / "cache"))
+    assert ds[0]["tokens"].shape[0] == 32
+
+    # a plan made from the copy means the same and trains there
+    cfg = config(moved)
+    state = cpt.run_cpt(cfg, log=_quiet)
+    plan = json.loads((moved / "run" / "plan.json").read_text())
+    assert plan["fingerprint"] == before["fingerprint"]
+    assert plan["data_root"] == str(moved / "data")
+    assert all(not Path(s["prefix"]).is_absolute() for s in plan["streams"])
+    assert all(not Path(c["dir"]).is_absolute() for c in plan["caches"].values())
+    assert state["consumed_samples"] == plan["totals"]["samples"] > 0
+    assert (moved / "run" / "model" / "COMPLETE").exists()

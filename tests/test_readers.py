@@ -332,6 +332,55 @@ def test_malformed_json_line(tmp_path):
     assert located(e.value, f, 2).startswith("malformed JSON")
 
 
+def test_malformed_json_message_reads_cleanly(tmp_path):
+    # json's own message for an unterminated string ends in "starting at": the column must not
+    # follow it as "starting at at column 9"
+    f = write_jsonl(tmp_path / "mal.jsonl", [{"text": SENTENCES[0]}, '{"text": "abc'])
+    with pytest.raises(DataError) as e:
+        list(iter_documents(f, "jsonl"))
+    rest = located(e.value, f, 2)
+    assert "at at" not in rest
+    assert rest == "malformed JSON: Unterminated string starting at (column 10)"
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\uDC00", "x\\ud83dy"])
+def test_lone_surrogate_escape_is_a_located_error(tmp_path, escape):
+    good = json.dumps({"text": SENTENCES[0]})  # ASCII escapes throughout: the scan must not fire
+    pair = '{"text": "emoji \\ud83d\\ude00 ok"}'  # a valid pair decodes to one character
+    f = write_jsonl(tmp_path / "sur.jsonl", [good, pair, '{"text": "abc ' + escape + ' def"}'])
+    with pytest.raises(DataError) as e:
+        list(iter_documents(f, "jsonl"))
+    rest = located(e.value, f, 3, "text")
+    assert rest.startswith("lone UTF-16 surrogate \\u")
+    with pytest.raises(DataError):
+        validate_source(f, "jsonl")
+    assert texts(iter_documents(write_jsonl(tmp_path / "ok.jsonl", [good, pair]), "jsonl"))[1] == "emoji \U0001f600 ok"
+
+
+def test_lone_surrogate_in_the_id_field(tmp_path):
+    f = write_jsonl(tmp_path / "sid.jsonl", ['{"text": "abc", "id": "a\\udfffb"}'])
+    with pytest.raises(DataError) as e:
+        list(iter_documents(f, "jsonl", id_field="id"))
+    assert located(e.value, f, 1, "id").startswith("lone UTF-16 surrogate")
+
+
+def test_nul_character_is_rejected_in_every_format(tmp_path):
+    f = write_jsonl(tmp_path / "nul.jsonl", [{"text": SENTENCES[0]}, '{"text": "ab\\u0000cd"}'])
+    with pytest.raises(DataError) as e:
+        list(iter_documents(f, "jsonl"))
+    assert located(e.value, f, 2, "text").startswith("NUL character (U+0000) at character 3")
+    pq_file = write_parquet(tmp_path / "nul.parquet", {"text": [SENTENCES[0], "x\x00"]})
+    with pytest.raises(DataError) as e:
+        list(iter_documents(pq_file, "parquet"))
+    assert located(e.value, pq_file, 2, "text").startswith("NUL character")
+    d = tmp_path / "txt"
+    d.mkdir()
+    (d / "a.txt").write_text("line one\nline\x00 two\n", encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        list(iter_documents(d, "text_dir"))
+    assert located(e.value, d / "a.txt", 2).startswith("NUL character")
+
+
 def test_line_that_is_not_an_object(tmp_path):
     f = write_jsonl(tmp_path / "arr.jsonl", [{"text": SENTENCES[0]}, '["שלום"]'])
     with pytest.raises(DataError) as e:

@@ -28,6 +28,7 @@ import numpy as np
 from hebatron_nemo.curriculum.apportion import _load, _load_locator, chairman_order
 from hebatron_nemo.curriculum.plan import SourceData, _seed, docs_hash, stream_documents
 from hebatron_nemo.data.indexed import sha256_file
+from hebatron_nemo.data.registry import plan_data_path
 from hebatron_nemo.data.tokenizer import MegatronTokenizerView
 from hebatron_nemo.errors import ConfigError
 
@@ -331,7 +332,8 @@ class StreamSamples:
         self.plan, self.stream, self.cache_dir = plan, stream, cache_dir
         self.seq_length = plan["segments"][stream["segment"]]["seq_length"]
         self.spe = stream["samples_per_epoch"]
-        self.indexed = IndexedDataset(stream["prefix"])
+        self.path = plan_data_path(plan, stream["prefix"])  # the prefix is relative to the plan's data root
+        self.indexed = IndexedDataset(self.path)
         self._docs = None
         self.epochs: dict[int, object] = {}
 
@@ -341,11 +343,11 @@ class StreamSamples:
             st = self.stream
             lengths = np.asarray(self.indexed.sequence_lengths, dtype=np.int64)  # one sequence per document
             src = SourceData(st["source"], st["prefix"], st["source_fingerprint"], lengths,
-                             st["prefix"] + ".signals.parquet")
+                             self.path + ".signals.parquet")
             docs = stream_documents(src, st["seed"], tuple(st["doc_range"]), st["band"])
             if docs_hash(docs) != st["docs_sha256"]:
                 raise ConfigError(f"stream {st['key']}: its documents changed since the plan was made "
-                                  f"({st['prefix']}); rerun recipes/plan.py")
+                                  f"({self.path}); rerun recipes/plan.py")
             self._docs = docs
         return self._docs
 
@@ -359,7 +361,7 @@ class StreamSamples:
                 # the declared segment: a stream reads the same samples whichever position its segment trains at
                 random_seed=_seed("epoch", st["seed"], st["source"], st.get("declared_segment", st["segment"]),
                                   repr(st["band"]), e),
-                sequence_length=self.seq_length, blend=([st["prefix"]], None), split="100,0,0",
+                sequence_length=self.seq_length, blend=([self.path], None), split="100,0,0",
                 path_to_cache=stream_cache_dir(self.cache_dir, st, self.seq_length),
                 tokenizer=MegatronTokenizerView.from_plan(self.plan["tokenizer"]), reset_position_ids=False,
                 reset_attention_mask=False, eod_mask_loss=False, mmap_bin_files=True,
@@ -367,6 +369,8 @@ class StreamSamples:
                 # workers): Megatron-Bridge's step and the local backend build causal attention
                 # themselves and never read it
                 create_attention_mask=False)
+            # dataset_path is bookkeeping for megatron-core (it names the cache files): the relative
+            # prefix keeps the caches valid wherever the data is mounted
             ds = GPTDataset(self.indexed, st["prefix"], self.docs, None, Split.train, cfg)
             if len(ds) != self.spe:
                 raise RuntimeError(f"stream {st['key']} epoch {e}: GPTDataset has {len(ds)} samples, the plan "
@@ -423,7 +427,7 @@ def build_caches(plan: dict, cache_dir: str, progress: bool = False, log=print) 
             ss.epoch(e)
         d = Path(stream_cache_dir(cache_dir, st, ss.seq_length))
         files = {f.name: sha256_file(f)[:20] for f in sorted(d.glob("*.npy"))}
-        out[st["key"]] = {"dir": str(d), "files": files}
+        out[st["key"]] = {"dir": d.name, "files": files}  # relative to cache_dir: caches can move too
         if progress:
             log(f"  cache {st['key']}: {st['epochs_indexed']} epoch(s), {len(files)} files")
     return out
@@ -434,7 +438,8 @@ def ensure_caches(plan: dict, cache_dir: str) -> None:
     other ranks wait at a barrier (the fallback the plan's cache step avoids)."""
     import torch.distributed as dist
 
-    missing = [k for k, v in plan.get("caches", {}).items() if not all((Path(v["dir"]) / f).exists() for f in v["files"])]
+    missing = [k for k, v in plan.get("caches", {}).items()
+               if not all((Path(cache_dir) / v["dir"] / f).exists() for f in v["files"])]
     if not missing and plan.get("caches"):
         return
     if dist.is_available() and dist.is_initialized():

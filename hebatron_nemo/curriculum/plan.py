@@ -70,7 +70,7 @@ class SourceData:
     """A prepared source's training split: document token lengths and difficulty signals."""
 
     name: str
-    prefix: str
+    prefix: str  # as the plan stores it: relative to the data root (`<source>/train`)
     fingerprint: str
     doc_lengths: np.ndarray  # tokens per document, EOD included
     signals_path: str
@@ -97,15 +97,20 @@ def load_source(data_cfg, name: str) -> SourceData:
     if not manifest or manifest.get("kind") != "source":
         raise ConfigError(f"source {name!r} is not prepared (no {data_cfg.output_dir}/{name}/manifest.json): run "
                           f"`python recipes/prepare_data.py data={data_cfg.name} sources=[{name}]`")
+    from hebatron_nemo.data.registry import split_prefix
+
     train = manifest["splits"]["train"]
     if not train["prefix"] or not train["documents"]:
         raise ConfigError(f"source {name!r} has no training documents after filtering")
-    ds = IndexedDataset(train["prefix"])
+    root = Path(str(data_cfg.output_dir))
+    path = split_prefix(root / name, train["prefix"])
+    ds = IndexedDataset(path)
     seq = ds.sequence_lengths.astype(np.int64)
     doc_idx = ds.document_indices
     lengths = np.add.reduceat(seq, doc_idx[:-1]) if len(seq) else np.zeros(0, np.int64)
-    return SourceData(name, train["prefix"], manifest["fingerprint"], lengths,
-                      train["prefix"] + ".signals.parquet")
+    # the plan stores the prefix relative to data.output_dir, so it reads wherever the data is mounted
+    rel = Path(path).relative_to(root).as_posix() if Path(path).is_relative_to(root) else path
+    return SourceData(name, rel, manifest["fingerprint"], lengths, path + ".signals.parquet")
 
 
 def stream_documents(src: SourceData, seed: int, doc_range: tuple[float, float], band: dict | None) -> np.ndarray:
@@ -515,7 +520,7 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
 
     plan = {
         "schema_version": PLAN_SCHEMA_VERSION,
-        "tokenizer": _tokenizer_info(data, used),
+        "tokenizer": _tokenizer_info(data, used, OmegaConf.select(cfg, "tokenizer.path", default=None)),
         "hebatron_nemo": __version__,
         "data": data.name,
         "curriculum": {"name": cur.name, "order": cur.order, "order_seed": cur.order_seed, "seed": cur.seed,
@@ -529,15 +534,21 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
                         "tokens": int(s.doc_lengths.sum())} for n, s in sources.items()},
     }
     _add_fingerprints(plan)
+    # set after the fingerprint: where the data lies is not part of what the plan means
+    plan["data_root"] = str(Path(str(data.output_dir)).expanduser().absolute())
     plan["totals"] = _totals(plan, cfg)
     plan["warnings"] = _warnings(plan, cfg)
     plan["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return plan
 
 
-def _tokenizer_info(data_cfg, names: list[str]) -> dict:
-    """The one tokenizer every planned source was prepared with (ids only mix within one vocabulary)."""
+def _tokenizer_info(data_cfg, names: list[str], tokenizer_dir: str | None = None) -> dict:
+    """The one tokenizer every planned source was prepared with (ids only mix within one vocabulary).
+    Its folder is the run's `tokenizer.path` when that holds the same tokenizer.json (by sha256), else
+    the one the manifests recorded at prepare time (which may be another machine's mount)."""
     from tokenizers import Tokenizer
+
+    from hebatron_nemo.data.indexed import sha256_file
 
     idents = {}
     for n in names:
@@ -547,11 +558,15 @@ def _tokenizer_info(data_cfg, names: list[str]) -> dict:
         listing = "; ".join(f"{[n for n, _ in v]} with {k[:12]}" for k, v in idents.items())
         raise ConfigError(f"planned sources were tokenized with different tokenizers: {listing}")
     ident = next(iter(idents.values()))[0][1]
+    path = ident["path"]
+    if tokenizer_dir and (Path(str(tokenizer_dir)) / "tokenizer.json").is_file() \
+            and sha256_file(Path(str(tokenizer_dir)) / "tokenizer.json") == ident["tokenizer_json_sha256"]:
+        path = str(Path(str(tokenizer_dir)).expanduser().absolute())
     pad = None
-    tok_file = Path(ident["path"]) / "tokenizer.json"
+    tok_file = Path(path) / "tokenizer.json"
     if tok_file.exists():
         pad = Tokenizer.from_file(str(tok_file)).token_to_id("<pad>")
-    return {"path": ident["path"], "tokenizer_json_sha256": ident["tokenizer_json_sha256"],
+    return {"path": path, "tokenizer_json_sha256": ident["tokenizer_json_sha256"],
             "vocab_size": ident["vocab_size"], "eod": ident["eod"], "pad": 0 if pad is None else pad}
 
 
@@ -594,7 +609,10 @@ def _add_fingerprints(plan: dict) -> None:
             "anchor": {"pattern": {streams[int(s)]["key"]: c for s, c in seg["anchor_pattern"].items()},
                        "streams": [stream_identity(s) for s in seg["anchor_pattern"]]},
         })
-    plan["fingerprint"] = stable_hash({k: v for k, v in plan.items() if k not in ("created", "totals", "warnings")})
+    # where the data and the tokenizer lie is not part of what the plan means (the tokenizer is its sha256)
+    meaning = {k: v for k, v in plan.items() if k not in ("created", "totals", "warnings", "data_root")}
+    meaning["tokenizer"] = {k: v for k, v in plan["tokenizer"].items() if k != "path"}
+    plan["fingerprint"] = stable_hash(meaning)
 
 
 def _totals(plan: dict, cfg) -> dict:

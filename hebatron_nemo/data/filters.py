@@ -179,12 +179,19 @@ class MinHasher:
         self.num_perm, self.shingle_words, self.seed = num_perm, shingle_words, seed
         self._template = MinHash(num_perm=num_perm, seed=seed, scheme=MINHASH_SCHEME)
 
+    # Shingles hashed per update_batch call. datasketch builds a (num_perm x batch) uint64 matrix and
+    # temporaries of that size for each call, so one call on a whole multi-megabyte document took
+    # gigabytes; the signature is a running minimum, so batching gives the identical result.
+    SHINGLE_BATCH = 4096
+
     def signature(self, text: str) -> np.ndarray:
         words = text.split()
         k = self.shingle_words
-        shingles = [" ".join(words[i:i + k]).encode("utf-8") for i in range(max(1, len(words) - k + 1))]
         m = self._template.copy()
-        m.update_batch(shingles)
+        total = max(1, len(words) - k + 1)
+        for start in range(0, total, self.SHINGLE_BATCH):
+            m.update_batch([" ".join(words[i:i + k]).encode("utf-8")
+                            for i in range(start, min(total, start + self.SHINGLE_BATCH))])
         return m.hashvalues.astype(np.uint64)
 
 

@@ -76,8 +76,11 @@ def holdout_split(doc_id: str, holdout) -> str:
 
 def fingerprint_files(path: str, fmt: str) -> dict:
     """Content hashes of a source's input files (blake2b), so an edited corpus is never mistaken for
-    the one a manifest describes."""
-    files = resolve_files(path, fmt)
+    the one a manifest describes. Files are named relative to the source's root, so the same corpus
+    copied or mounted elsewhere has the same fingerprint."""
+    from hebatron_nemo.data.readers import _relative_name, _resolve
+
+    root, files = _resolve(path, fmt)
     entries = {}
     for f in files:
         h = hashlib.blake2b(digest_size=16)
@@ -88,7 +91,7 @@ def fingerprint_files(path: str, fmt: str) -> dict:
             with open(t, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 22), b""):
                     h.update(chunk)
-        entries[str(f)] = {"bytes": size, "blake2b": h.hexdigest()}
+        entries[_relative_name(f, root) if f != root else f.name] = {"bytes": size, "blake2b": h.hexdigest()}
     return {"files": entries, "hash": stable_hash(entries)}
 
 
@@ -133,7 +136,9 @@ class SourceContext:
             "decontamination": self.decontaminator.identity() if self.decontaminator else None,
             "minhash": {"num_perm": nd.num_perm, "shingle_words": nd.shingle_words, "seed": nd.seed}
             if nd.enabled else None,
-            "tokenizer": self.tokenizer.identity() if self.tokenizer else None,
+            # the tokenizer is its tokenizer.json's sha256, wherever its folder lies
+            "tokenizer": {k: v for k, v in self.tokenizer.identity().items() if k != "path"}
+            if self.tokenizer else None,
             "signals": OmegaConf.to_container(self.data.signals),
         }
 
@@ -440,14 +445,14 @@ def merge_source(ctx: SourceContext, n_shards: int, earlier_sources: list[str], 
         except BaseException:
             writer.abort()
             raise
-        if not len(sel):
-            prefix = None  # nothing to read: megatron-core cannot open an empty dataset
+        # recorded relative to the manifest's folder, so the prepared folder can be moved or mounted anywhere
+        rel_prefix = s if len(sel) else None  # None: nothing to read (megatron-core cannot open an empty dataset)
         table = {c: cols[c][sel].tolist() for c in DOC_COLUMNS}
         _write_table(ctx.out_dir / f"{s}.signals.parquet", table)
         lengths = cols["n_tokens"][sel] + (1 if ctx.tokenizer.append_eod else 0)
         words = int(cols["n_words"][sel].sum())
         splits_out[s] = {
-            "prefix": prefix, "documents": int(len(sel)), "tokens": int(lengths.sum()),
+            "prefix": rel_prefix, "documents": int(len(sel)), "tokens": int(lengths.sum()),
             "characters": int(cols["n_chars"][sel].sum()), "words": words,
             "tokens_per_word": float(cols["n_tokens"][sel].sum() / max(1, words)),
             "length_histogram": length_histogram(lengths),
@@ -465,7 +470,8 @@ def merge_source(ctx: SourceContext, n_shards: int, earlier_sources: list[str], 
         "registry": {"language": src.language, "register": src.register, "phase": src.phase, "role": src.role,
                      "licence": src.licence, "path": ctx.path, "format": src.format,
                      "text_field": src.text_field, "substituted": src.substituted},
-        "source_fingerprint": ident["files"], "normalizer": ident["normalizer"], "tokenizer": ident["tokenizer"],
+        "source_fingerprint": ident["files"], "normalizer": ident["normalizer"],
+        "tokenizer": {**ident["tokenizer"], "path": ctx.tokenizer.path},  # where it was (the plan prefers the run's)
         "filters": ident["filters"], "decontamination": ident["decontamination"],
         "exact_dedup": OmegaConf.to_container(dd), "near_dedup": OmegaConf.to_container(nd),
         "dedup_against": [e[0] for e in earlier], "shards": n_shards, "dtype": np.dtype(dtype).name,
@@ -573,6 +579,8 @@ def prepare(cfg, log: Callable = print) -> dict:
     ordered = [s for s in data.sources if s in names]
     if cfg.dry_run:
         return _dry_run(cfg, ordered, (i, n), log)
+    if not cfg.merge_only:
+        _validate_inputs(cfg, ordered, (i, n), log)
     set_tokenizer_threads(cfg.workers)
     tokenizer = ensure_tokenizer(cfg, log)
     decon = build_decontaminator(cfg)
@@ -596,6 +604,31 @@ def prepare(cfg, log: Callable = print) -> dict:
         else:
             log(f"  {name}: shard {i}/{n} done; after all shards, run with merge_only=true shard=0/{n}")
     return manifests
+
+
+def _validate_inputs(cfg, names: list[str], shard: tuple[int, int], log: Callable) -> None:
+    """Reads every selected source (the documents of this shard) before any work is done, so that a
+    bad line in the last source fails the run before the first is tokenized (or the tokenizer
+    trained). A source whose shard manifest records the same input files (by content hash) was
+    read in full when that shard was prepared and is not read again."""
+    from hebatron_nemo.data.readers import validate_source
+
+    data = cfg.data
+    i, n = shard
+    for name in names:
+        src = data.sources[name]
+        path = registry.source_path(data, name)
+        if src.role not in ("pretrain", "anchor"):
+            if i == 0:
+                validate_source(path, src.format, src.text_field, src.id_field)
+            continue
+        shard_dir = Path(str(data.output_dir)) / name / "shards" / f"{i:05d}-of-{n:05d}"
+        done = read_json(shard_dir / "manifest.json")
+        if done and done.get("identity", {}).get("files") == fingerprint_files(path, src.format)["hash"]:
+            continue
+        for _ in iter_documents(path, src.format, src.text_field, src.id_field, shard=shard):
+            pass
+    log(f"inputs checked: {len(names)} source(s)")
 
 
 def _dry_run(cfg, names: list[str], shard: tuple[int, int], log: Callable) -> dict:

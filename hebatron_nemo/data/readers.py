@@ -9,6 +9,14 @@ Four source formats are understood (see FORMATS):
                selects a split of a DatasetDict.
 
 Line and row numbers are 1-based everywhere, in ``doc_id`` values and in error messages.
+
+Text rules (every format): a document's text must be valid Unicode text, so two things that a
+JSON ``\\u`` escape can smuggle past UTF-8 decoding are errors naming the file, line and field:
+a lone UTF-16 surrogate (``"\\ud800"`` without its pair; it cannot be encoded, hashed or
+tokenized) and a NUL character (U+0000, in any format; it marks binary or truncated input, never
+text). Neither is stripped silently: a corpus with them is damaged and should be fixed at its
+source.
+
 Every document has an ``ordinal``: its 0-based position in the whole source, counted over
 the files in the order ``resolve_files`` returns them. Sharding keeps the documents whose
 ordinal is congruent to the shard index, so shards partition a source and their union,
@@ -25,6 +33,7 @@ import json
 import operator
 import os
 import pathlib
+import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -57,6 +66,7 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _UTF8_BOM = b"\xef\xbb\xbf"
 _GLOB_CHARS = frozenset("*?[")
 _SPLIT_SEP = "::"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +318,8 @@ def _jsonl_file(file: pathlib.Path, rel: str, text_field: str, id_field: str | N
         try:
             obj = loads(line)
         except ValueError as exc:
-            detail = (f"{exc.msg} at column {exc.colno}"
+            # JSONDecodeError's msg may itself end in "starting at": the column goes in brackets
+            detail = (f"{exc.msg} (column {exc.colno})"
                       if isinstance(exc, json.JSONDecodeError) else str(exc))
             raise DataError(f"malformed JSON: {detail}", path=path, line=lineno) from None
         except RecursionError:
@@ -328,11 +339,34 @@ def _jsonl_file(file: pathlib.Path, rel: str, text_field: str, id_field: str | N
                             path=path, line=lineno, field=text_field)
         doc_id = (f"{rel}:{lineno}" if id_field is None
                   else _doc_id_value(obj, id_field, path, lineno))
+        # Only a \\u escape can put a surrogate into decoded JSON (UTF-8 decoding refuses them),
+        # so lines without one skip the scan.
+        if b"\\ud" in raw or b"\\uD" in raw:
+            _check_surrogates(text, path, lineno, text_field)
+            if id_field is not None:
+                _check_surrogates(doc_id, path, lineno, id_field)
+        _check_nul(text, path, lineno, text_field)
         yield Document(text, doc_id, ordinal)
         ordinal += 1
     if ordinal == first_ordinal:
         raise DataError("empty file (no non-blank lines)", path=path)
     return ordinal
+
+
+def _check_surrogates(value: str, path: str, line: int, field: str) -> None:
+    m = _SURROGATE.search(value)
+    if m:
+        raise DataError(f"lone UTF-16 surrogate \\u{ord(m.group()):04x} at character {m.start() + 1} "
+                        "(a JSON \\u escape without its pair): not encodable text; fix the escape "
+                        "in the source", path=path, line=line, field=field)
+
+
+def _check_nul(text: str, path: str, line: int | None, field: str | None) -> None:
+    at = text.find("\x00")
+    if at >= 0:
+        raise DataError(f"NUL character (U+0000) at character {at + 1}: binary or damaged "
+                        "input, not text; remove it from the source", path=path, line=line,
+                        field=field)
 
 
 def _json_type(value) -> str:
@@ -418,6 +452,7 @@ def _arrow_documents(batches: Iterator, path: str, id_prefix: str, text_field: s
             row = row0 + k + 1
             if text is None:
                 raise DataError("text is null", path=path, line=row, field=text_field)
+            _check_nul(text, path, row, text_field)
             if ids is None:
                 doc_id = f"{id_prefix}:{row}"
             else:
@@ -486,13 +521,17 @@ def _read_text_file(file: pathlib.Path) -> str:
     raw = file.read_bytes()
     start = 3 if raw.startswith(_UTF8_BOM) else 0
     try:
-        return raw[start:].decode("utf-8")
+        text = raw[start:].decode("utf-8")
     except UnicodeDecodeError as exc:
         offset = start + exc.start
         line = raw.count(b"\n", 0, offset) + 1
         bad = raw[offset:offset + 1].hex()
         raise DataError(f"invalid UTF-8: byte 0x{bad}, {exc.reason} (byte offset {offset})",
                         path=str(file), line=line) from None
+    at = text.find("\x00")
+    if at >= 0:
+        _check_nul(text, str(file), text.count("\n", 0, at) + 1, None)
+    return text
 
 
 # --------------------------------------------------------------------------- public API

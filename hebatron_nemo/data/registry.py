@@ -23,6 +23,49 @@ def source_path(data_cfg, name: str) -> str:
     return str(p if p.is_absolute() else Path(str(data_cfg.raw_dir)) / p)
 
 
+def split_prefix(source_dir: str | Path, prefix: str | None) -> str | None:
+    """A split's `.bin/.idx` path prefix from its `manifest.json` entry, `source_dir` being the folder
+    that holds the manifest. `prepare` records the prefix relative to that folder (`"train"`), so a
+    prepared folder reads its own files wherever it is copied or mounted. An absolute prefix (written
+    before that) is read from `source_dir` when the files are there, else as written. None: no data."""
+    if not prefix:
+        return None
+    p = Path(prefix)
+    if not p.is_absolute():
+        return str(Path(source_dir) / p)
+    local = Path(source_dir) / p.name
+    return str(local) if Path(f"{local}.idx").exists() else str(p)
+
+
+def prepared_split(data_cfg, name: str, split: str) -> str | None:
+    """The `.bin/.idx` prefix of a prepared source's split under `data.output_dir` (None when the
+    split is empty or the source is not prepared)."""
+    from hebatron_nemo.data.indexed import read_json
+
+    source_dir = Path(str(data_cfg.output_dir)) / name
+    manifest = read_json(source_dir / "manifest.json")
+    entry = (manifest or {}).get("splits", {}).get(split) or {}
+    return split_prefix(source_dir, entry.get("prefix"))
+
+
+def plan_data_path(plan: dict, path: str) -> str:
+    """A data path as a plan stores it (relative to the plan's `data_root`: `<source>/train`) made
+    absolute. `data_root` is the run's `data.output_dir`: the plan records the one it was made
+    against, and a run that reads it elsewhere (another mount, a copied folder) replaces it with its
+    own (`with_data_root`). Absolute paths (older plans) are returned as they are."""
+    p = Path(path)
+    if p.is_absolute() or not plan.get("data_root"):
+        return str(p)
+    return str(Path(plan["data_root"]) / p)
+
+
+def with_data_root(plan: dict, data_root: str | None) -> dict:
+    """The plan, reading its data under `data_root` (the run's `data.output_dir`) when one is given."""
+    if data_root:
+        plan["data_root"] = str(Path(str(data_root)).expanduser().absolute())
+    return plan
+
+
 def output_prefix(data_cfg, name: str, split: str = "train") -> str:
     """The Megatron path prefix (`<prefix>.bin/.idx`) of a prepared source split."""
     return str(Path(str(data_cfg.output_dir)) / name / split)

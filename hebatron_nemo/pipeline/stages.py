@@ -156,6 +156,15 @@ def _package_versions(cfg) -> dict:
     return out
 
 
+def _debian_pins() -> list:
+    """The pinned Debian packages of the demo corpora: a new pin reruns the corpora stage."""
+    from dataclasses import asdict
+
+    from hebatron_nemo.data.demo_corpora import DEBIAN_PINS
+
+    return [asdict(p) for p in DEBIAN_PINS]
+
+
 def _stat_files(paths) -> list:
     """(path, size, mtime) of each file: cheap, and changes when a file is rewritten."""
     rows = []
@@ -194,7 +203,7 @@ TRAIN_KEYS = ("model", "optim", "router", "seed", "tokenizer")
 
 STAGES: tuple[Stage, ...] = (
     Stage("corpora", "demo corpora from installed packages", (), ("data.raw_dir", "pipeline.use_apt"), "shared",
-          _corpora, applies=lambda cfg: cfg.data.name == "demo", extra=lambda cfg: {"packages": _package_versions(cfg)}),
+          _corpora, applies=lambda cfg: cfg.data.name == "demo", extra=lambda cfg: {"packages": _package_versions(cfg), "debian": _debian_pins()}),
     Stage("prepare", "normalize, filter, dedup, tokenize", ("corpora",), ("data", "tokenizer", "pipeline.prepare"),
           "shared", _prepare, extra=_source_files),
     Stage("plan", "curriculum + anchor plan, index caches", ("prepare",),

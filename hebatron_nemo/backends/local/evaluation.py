@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hebatron_nemo.data.indexed import read_json
 
 
 def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -30,8 +29,9 @@ def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.
 def _split_docs(data_cfg, source: str, split: str) -> list[np.ndarray]:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    m = read_json(Path(str(data_cfg.output_dir)) / source / "manifest.json")
-    prefix = m and m["splits"][split]["prefix"]
+    from hebatron_nemo.data.registry import prepared_split
+
+    prefix = prepared_split(data_cfg, source, split)
     if not prefix:
         return []
     ds = IndexedDataset(prefix)

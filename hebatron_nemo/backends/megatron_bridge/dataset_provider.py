@@ -48,13 +48,15 @@ def validation_sets(plan: dict, segment: int) -> list[dict]:
 def _valid_prefix(plan: dict, source: str) -> str:
     from hebatron_nemo.data.indexed import read_json
 
-    train_prefix = plan["sources"][source]["prefix"]
-    manifest = read_json(Path(train_prefix).parent / "manifest.json")
+    from hebatron_nemo.data.registry import plan_data_path, split_prefix
+
+    source_dir = Path(plan_data_path(plan, plan["sources"][source]["prefix"])).parent
+    manifest = read_json(source_dir / "manifest.json")
     split = (manifest or {}).get("splits", {}).get("valid")
     if not split or not split.get("documents"):
-        raise ConfigError(f"source {source!r} has no held-out `valid` split ({Path(train_prefix).parent}/manifest.json): "
+        raise ConfigError(f"source {source!r} has no held-out `valid` split ({source_dir}/manifest.json): "
                           "prepare it with data.sources.<name>.holdout.valid > 0")
-    return split["prefix"]
+    return split_prefix(source_dir, split["prefix"])
 
 
 def _windows(prefix: str, seq: int, n: int, source: str) -> np.ndarray:
@@ -122,13 +124,18 @@ class ValidationWindows:
 
 
 def build_curriculum_datasets(plan_path: str, segment: int, cache_dir: str | None, train_samples: int,
-                              valid_samples: int = 0, test_samples: int = 0, valid_period: int = 0):
+                              valid_samples: int = 0, test_samples: int = 0, valid_period: int = 0,
+                              data_root: str | None = None):
     """(train, valid, test) for one segment. MB's requested train samples must be the segment job's
     `(start_step + batches) x global_batch` (MB trains `train_samples // global_batch` steps counted
     from step 0 of the run, and segment k resumes the previous segment's checkpoint): anything else
     means the run config and the plan disagree, and training would stop early or run past the plan.
-    The train dataset is indexed by global sample; its length is the segment's end sample."""
-    plan = load_plan(plan_path)
+    The train dataset is indexed by global sample; its length is the segment's end sample.
+    `data_root` (the run's `data.output_dir`) is where the plan's data paths are read from; None: the
+    folder the plan was made against."""
+    from hebatron_nemo.data.registry import with_data_root
+
+    plan = with_data_root(load_plan(plan_path), data_root)
     if not 0 <= segment < len(plan["segments"]):
         raise ConfigError(f"segment {segment} is not in the plan (it has {len(plan['segments'])})")
     seg = plan["segments"][segment]
@@ -165,6 +172,7 @@ def provider_class():
         plan_path: str
         segment: int = 0
         cache_dir: str | None = None
+        data_root: str | None = None  # the run's data.output_dir: the plan's data paths are relative to it
         valid_period: int = 0  # validation windows per evaluation (eval_iters x global batch); 0: no validation
 
         def __post_init__(self):
@@ -176,6 +184,7 @@ def provider_class():
 
         def build_datasets(self, context):
             return build_curriculum_datasets(self.plan_path, self.segment, self.cache_dir, context.train_samples,
-                                             context.valid_samples, context.test_samples, self.valid_period)
+                                             context.valid_samples, context.test_samples, self.valid_period,
+                                             self.data_root)
 
     return HebatronCurriculumDatasetProvider

@@ -210,7 +210,7 @@ def dataset_fields(cfg, segment: int, plan: dict | None = None) -> dict:
     if plan is not None:  # one evaluation = eval_iters global batches: the validation set's period
         period = int(cfg.megatron_bridge.eval_iters) * int(plan["segments"][segment]["global_batch"])
     return {"plan_path": str(Path(str(cfg.run_dir)) / "plan.json"), "segment": int(segment),
-            "cache_dir": str(cfg.cache_dir), "dataloader_type": "single",
+            "cache_dir": str(cfg.cache_dir), "data_root": str(cfg.data.output_dir), "dataloader_type": "single",
             "num_workers": int(cfg.megatron_bridge.num_workers), "valid_period": period}
 
 
