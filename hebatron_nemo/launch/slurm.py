@@ -156,9 +156,9 @@ def render_sbatch(cluster, job: StageJob) -> str:
         # `scancel --signal=... --full` signals the step itself too (and srun forwards its own copy):
         # the training processes create $HEBATRON_STOP_MARK when the warning reaches them, and the shell
         # forwards its copy only when it did not (backends/local/preemption.py absorbs repeats anyway)
-        lines += ["warned=0", 'step=""',
-                  f'export HEBATRON_STOP_MARK={q(str(log_dir))}/".$SLURM_JOB_ID.${{SLURM_RESTART_COUNT:-0}}.warned"',
-                  'rm -f "$HEBATRON_STOP_MARK"',
+        mark = [f'export HEBATRON_STOP_MARK={q(str(log_dir))}/".$SLURM_JOB_ID.${{SLURM_RESTART_COUNT:-0}}.warned"',
+                'rm -f "$HEBATRON_STOP_MARK"'] if handles else []
+        lines += ["warned=0", 'step=""', *mark,
                   "# shellcheck disable=SC2317  # run by the trap below",
                   "on_warning() {",
                   # `return 0`, not `return`: in a trap, a bare return returns the interrupted `wait`'s
@@ -184,8 +184,7 @@ def render_sbatch(cluster, job: StageJob) -> str:
               '  kill -0 "$step" 2>/dev/null || break',
               "done"]
     if cluster.requeue:
-        lines += ['rm -f "$HEBATRON_STOP_MARK"',
-                  'if [ "$warned" = 1 ]; then',
+        lines += mark[1:] + ['if [ "$warned" = 1 ]; then',
                   f'  if [ "${{SLURM_RESTART_COUNT:-0}}" -ge {cluster.max_restarts} ]; then',
                   f'    echo "[hebatron] not requeueing: {cluster.max_restarts} restarts already"; exit 1',
                   "  fi",
