@@ -1,7 +1,12 @@
 """Evaluate one model, or a run's checkpoint series, on the Hebrew suite and the English pack.
 
     python recipes/evaluate.py experiment=tiny_cpu                       # base, phase ends, final, SFT
-    python recipes/evaluate.py experiment=tiny_cpu evaluate.model_dir=work/runs/x/sft/model
+    python recipes/evaluate.py experiment=tiny_cpu evaluate.model_dir=work/runs/x/hf/sft
+
+Every model is loaded with the export's strict loader (hebatron_nemo.export.hf.load_exported): a
+release-format folder whose weight keys are exactly the model's and whose weight files match the
+sha256s of its manifest (recipes/export.py writes it; the series is exported under
+<run_dir>/eval/models/). Anything else stops with one line naming the folder and the problem.
 """
 
 import sys
@@ -10,6 +15,10 @@ from pathlib import Path
 import hydra
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hebatron_nemo.backends.local.threads import wait_passively  # noqa: E402
+
+wait_passively()  # before torch loads: OpenMP threads then sleep, not spin, while they wait
 
 from hebatron_nemo.config import register_configs  # noqa: E402
 

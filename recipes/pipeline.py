@@ -11,6 +11,10 @@ import hydra
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hebatron_nemo.backends.local.threads import wait_passively  # noqa: E402
+
+wait_passively()  # before torch loads: OpenMP threads then sleep, not spin, while they wait
+
 from hebatron_nemo.config import register_configs  # noqa: E402
 from hebatron_nemo.export.hf import register_export_config  # noqa: E402
 from hebatron_nemo.pipeline.config import register_pipeline_config  # noqa: E402

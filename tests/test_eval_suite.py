@@ -320,8 +320,11 @@ def tiny(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("eval")
     train_byte_level_bpe(HEBREW * 5 + ENGLISH * 5, str(tmp / "tok"), 400, 1, {"test": 1})
+    from hebatron_nemo.export.hf import export_hf
+
     model = build_model(load_model_config("micro"), 400, seed=0)
-    export_model(model, {"tokenizer": {"path": str(tmp / "tok")}, "fingerprint": "tiny"}, tmp / "model")
+    export_model(model, {"tokenizer": {"path": str(tmp / "tok")}, "fingerprint": "tiny"}, tmp / "trained")
+    export_hf(tmp / "trained", tmp / "model", compat_dirs=[])  # what evaluation loads: a verified export
     corpus = tmp / "corpus"
     write_jsonl(corpus / "pairs_test.jsonl", _pairs(24))
     write_demo_tasks(tmp / "tasks", corpus_dir=corpus, seed=0)
@@ -432,6 +435,67 @@ def test_engine_validates_every_file_before_loading_the_model(tmp_path):
         evaluate_model(tmp_path / "no-model-here", ["copa_heb"], tmp_path / "tasks")
     with pytest.raises(ConfigError, match="no schema for task 'nonesuch'"):
         evaluate_model(tmp_path / "no-model-here", ["nonesuch"], tmp_path / "tasks")
+
+
+# --------------------------------------------------------------------------- damaged model folders
+
+
+def _damaged(tiny: Path, dst: Path, how: str, keep_manifest: bool = True) -> Path:
+    """A copy of the tiny export with its weight file damaged as a disk, a copy or a hand edit damages it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny / "model", dst)
+    f = dst / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    if how == "zeroed":  # 4 KiB of zeros inside the tensor data
+        data[len(data) // 2:len(data) // 2 + 4096] = bytes(4096)
+        f.write_bytes(bytes(data))
+    elif how == "tensor_removed":  # transformers would log "newly initialized" and go on
+        tensors = load_file(str(f))
+        del tensors["backbone.layers.0.mixer.A_log"]
+        save_file(tensors, str(f), metadata={"format": "pt"})
+    elif how == "truncated":
+        f.write_bytes(bytes(data[: len(data) // 2]))
+    if not keep_manifest:
+        (dst / "hebatron_export.json").unlink()
+    return dst
+
+
+@pytest.mark.parametrize("how", ["zeroed", "tensor_removed", "truncated"])
+def test_evaluate_refuses_a_damaged_model_in_one_line(tiny, tmp_path, how):
+    """recipes/evaluate.py on a damaged export: exit 2 and one line naming the folder and the weight file
+    whose sha256 differs from the manifest's, before anything is scored (no traceback, no summary)."""
+    import os
+    import subprocess
+    import sys
+
+    model = _damaged(tiny, tmp_path / how, how)
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(repo / "recipes" / "evaluate.py"), "experiment=tiny_cpu", f"paths.work={tmp_path / 'work'}",
+           f"evaluate.model_dir={model}", f"evaluate.task_root={tiny / 'tasks'}", "evaluate.tasks=[copa_heb]",
+           "evaluate.limit=1", "threads=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HEBATRON_TRACEBACK": ""})
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert str(model) in errors[0] and "model.safetensors sha256" in errors[0] and "hebatron_export.json" in errors[0]
+    assert not list((tmp_path / "work").rglob("summary.json"))
+
+
+def test_scoring_loader_without_a_manifest_still_checks_keys_and_files(tiny, tmp_path):
+    """Without a manifest (sha256 unknown) the strict key check and the file check still hold."""
+    from hebatron_nemo.eval.engine import CausalLM, load_scoring_model
+    from hebatron_nemo.export.hf import ExportError, ExportKeyError
+
+    with pytest.raises(ExportKeyError, match=r"missing: backbone\.layers\.0\.mixer\.A_log"):
+        load_scoring_model(_damaged(tiny, tmp_path / "removed", "tensor_removed", keep_manifest=False))
+    with pytest.raises(ExportError, match="not a readable safetensors file"):
+        CausalLM(_damaged(tiny, tmp_path / "cut", "truncated", keep_manifest=False))
+    with pytest.raises(ConfigError, match="not a verified export"):
+        load_scoring_model(tiny / "trained")  # the local backend's own folder: export it first
 
 
 # --------------------------------------------------------------------------- lm-evaluation-harness

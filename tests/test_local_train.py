@@ -76,6 +76,26 @@ def _train_records(run_dir):
             if json.loads(line)["kind"] == "train"]
 
 
+def _logged(run_dir, kind):
+    """(step, record less its wall-clock fields) of every `kind` record, in file order."""
+    out = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["kind"] == kind:
+            out.append((r["step"], {k: v for k, v in r.items() if k not in ("time", "tokens_per_second")}))
+    return out
+
+
+def _same_records(reference, run):
+    """Every eval and router-health record of the resumed run equals the uninterrupted run's, once each."""
+    for kind in ("eval", "router", "checkpoint"):
+        got, ref = _logged(run, kind), _logged(reference, kind)
+        steps = [s for s, _ in got]
+        assert len(steps) == len(set(steps)), f"{kind} records logged twice: {steps}"
+        if kind != "checkpoint":  # a resumed run's periodic checkpoints are its own
+            assert got == ref, kind
+
+
 @pytest.fixture(scope="module")
 def reference(data):
     run = data / "runs" / "reference"
@@ -101,11 +121,54 @@ def test_sigkill_and_resume_is_bit_exact(data, reference, kill_at):
     assert [r["step"] for r in got] == list(range(1, len(ref) + 1))
     assert [r["loss"] for r in got] == [r["loss"] for r in ref]  # bit for bit
     assert [r["loss_by_source"] for r in got] == [r["loss_by_source"] for r in ref]
+    # the router-health window (steps 1-10 at kill_at=5, resumed from step 3) and the evals continue too
+    _same_records(reference, run)
     from safetensors.torch import load_file
 
     a, b = load_file(str(reference / "model" / "training_state.safetensors")), load_file(str(run / "model" / "training_state.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((run / "ledger.json").read_text())["phases"] == json.loads((reference / "ledger.json").read_text())["phases"]
+
+
+@pytest.mark.slow
+def test_kill_before_the_first_checkpoint_and_partial_writes(data, reference):
+    """Killed at step 2 (before the first checkpoint, at step 3) and with the temp folders a write
+    killed mid-way leaves: the rerun starts over, logs the step-0 eval once, and removes the leftovers."""
+    run = data / "runs" / "killed-early"
+    proc = _drive(data, run, kill_at=2)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert not (run / "checkpoints").exists() or not list((run / "checkpoints").glob("step-*"))
+    assert [s for s, _ in _logged(run, "eval")] == [0]
+    leftovers = [run / "checkpoints" / ".tmp-step-0000003-4242", run / "model.tmp-4242",
+                 run / "segments" / "s1" / "model.tmp-4242"]
+    for d in leftovers:
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"partial")
+    proc = _drive(data, run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["loss"] for r in _train_records(run)] == [r["loss"] for r in _train_records(reference)]
+    _same_records(reference, run)  # the step-0 eval once, not once per attempt
+    assert [p for p in leftovers if p.exists()] == []
+
+
+def test_router_state_round_trips_through_a_checkpoint():
+    from hebatron_nemo.backends.local.router import RouterBalancer
+    from hebatron_nemo.models.nemotron_h import build_model, load_model_config
+
+    model = build_model(load_model_config("micro"), 64, seed=0).train()
+    a = RouterBalancer(model)
+    model(input_ids=torch.randint(0, 64, (2, 16)), use_cache=False)
+    saved = json.loads(json.dumps(a.state()))  # as trainer.json stores it
+    before = a.stats(reset=False)
+    a.remove()
+    b = RouterBalancer(model)
+    b.load_state(saved)
+    assert b.stats(reset=False) == before and sum(map(sum, saved)) > 0
+    with pytest.raises(ValueError, match="experts per router"):
+        b.load_state([[1.0, 2.0]])
+    b.load_state(None)  # a checkpoint written before the counters were saved
+    assert b.stats() == {}
+    b.remove()
 
 
 @pytest.mark.slow
@@ -283,3 +346,43 @@ def test_report_and_sweep_summary(data, reference, tmp_path):
         shutil.copy(reference / f, twin / f)
     sweep = sweep_summary([reference, twin], tmp_path / "sweep").read_text()
     assert sweep.count("| 0.25 | easy_to_hard |") == 2
+
+
+def test_threads_follow_the_cores_the_process_may_use(monkeypatch):
+    from hebatron_nemo.backends.local import threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert threads.available_cpus() == 4
+    assert (threads.thread_count(2), threads.thread_count(8), threads.thread_count(0), threads.thread_count(None)) \
+        == (2, 4, 4, 4)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")  # Slurm's --cpus-per-task caps it
+    assert threads.available_cpus() == 3 and threads.thread_count(8) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torch.distributed.run workers share those cores
+    assert threads.thread_count(8) == 1 and threads.thread_count(None) == 1
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})  # taskset -c 5, or a one-core cpuset
+    assert threads.thread_count(2) == 1
+    saved = torch.get_num_threads()
+    try:
+        assert threads.configure(2) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("recipe", ["cpt", "sft", "pipeline"])
+def test_training_entry_points_make_openmp_wait_passively(recipe):
+    """OpenMP reads its wait policy once, when torch loads: the entry point sets it before that."""
+    code = ("import os, runpy, sys\n"
+            f"sys.argv = ['recipes/{recipe}.py', '--cfg', 'job']\n"
+            "try:\n"
+            f"    runpy.run_path('recipes/{recipe}.py', run_name='__main__')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print('POLICY', os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("POLICY"))
+    assert line.split()[1] == "PASSIVE", proc.stderr[-2000:]

@@ -124,3 +124,86 @@ def test_sft_stops_on_the_signal_and_resumes_bit_exact(sft_setup, tmp_path, monk
     done = run_sft(run, log=lambda *a: None)
     assert done["step"] == full["step"] and done["counts"] == full["counts"]
     _same_end(tmp_path / "ref", tmp_path / "run", ledger=False)
+
+
+def _wait_for_step(run: Path, proc, step: int) -> None:
+    t0 = time.time()
+    while not any(r["step"] >= step for r in _records(run)):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() - t0 < 300
+        time.sleep(0.02)
+
+
+def test_a_doubled_warning_under_torchrun_still_checkpoints(cpt):
+    """torch.distributed.run with the warning among its handled signals (as the sbatch script runs it) gets
+    the warning twice, 20 ms apart (Slurm's `scancel --signal=USR1 --full`: once directly, once forwarded).
+    It forwards the first to its worker; the second makes it send SIGTERM to the worker, which is then
+    mid-step or checkpointing. The worker must still finish the step, write the checkpoint and exit."""
+    run = cpt["root"] / "runs" / "doubled"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "--master-port",
+           str(29900 + os.getpid() % 90), "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+           "--shutdown-timeout=120", "recipes/cpt.py", *cpt["args"], f"run_dir={run}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HEBATRON_STOP_SIGNAL": "SIGUSR1"})
+    _wait_for_step(run, proc, 3)
+    os.kill(proc.pid, signal.SIGUSR1)
+    time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGUSR1)
+    out, err = proc.communicate(timeout=300)
+    log = out + err
+    assert "stopped: SIGUSR1: checkpointed at step" in log, log[-4000:]
+    stopped = max(r["step"] for r in _records(run))
+    assert f"checkpointed at step {stopped}" in log and "SIGTERM 1x after it" in log, log[-4000:]
+    assert (run / "checkpoints" / f"step-{stopped:07d}").is_dir() and not (run / "model").exists()
+    proc = subprocess.run(_cmd(cpt["args"], run), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from step-{stopped:07d}" in proc.stdout
+    _same_end(cpt["ref"], run)
+
+
+def test_sigterm_without_a_warning_still_ends_the_process(cpt):
+    """The deferral applies only after the warning: a plain SIGTERM stops the run at once, as before."""
+    run = cpt["root"] / "runs" / "terminated"
+    proc = subprocess.Popen(_cmd(cpt["args"], run), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(run, proc, 2)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGTERM
+
+
+@pytest.mark.slurm
+def test_scancel_full_warning_on_slurm_checkpoints_and_resumes(slurm_cluster, tmp_path):
+    """`scancel --signal=USR1 --full` on the local Slurm: the warning reaches the batch shell, srun and the
+    step's processes (torch.distributed.run and its two workers) directly. The job must checkpoint,
+    requeue itself and resume from that checkpoint (not start over), ending at the plan's last step."""
+    from test_slurm import job_info, train_records, wait_for
+
+    from hebatron_nemo.launch.compose import compose_launch
+    from hebatron_nemo.launch.slurm import StageJob, submit
+
+    conf = write_stage_conf(tmp_path, steps_per_phase=30)
+    work = tmp_path / "work"
+    cluster = compose_launch("local_slurm", [f"paths.work={work}", f"cluster.python={sys.executable}"]).cluster
+    run = tmp_path / "runs" / "full"
+    sub = submit(cluster, StageJob("cpt-full", "cpt", stage_args(conf, work) + [f"run_dir={run}"], distributed=True),
+                 log=lambda *a: None)
+    assert "HEBATRON_STOP_MARK" in sub.script
+    t0 = time.time()
+    while not ((run / "metrics.jsonl").exists() and any(r["step"] >= 3 for r in train_records(run))):
+        assert time.time() - t0 < 300, "the job never reached step 3"
+        assert job_info(sub.job_id)["JobState"] in {"PENDING", "RUNNING"}
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--full", f"--signal={cluster.signal}", sub.job_id], check=True)
+    t0 = time.time()
+    while int(job_info(sub.job_id).get("Restarts", 0)) < 1:
+        assert time.time() - t0 < 120, f"job {sub.job_id} was not requeued: {job_info(sub.job_id)['JobState']}"
+        time.sleep(0.3)
+    info = wait_for(sub.job_id, {"COMPLETED"}, log=sub.stdout)
+    assert info["Restarts"] == "1"
+    log = sub.stdout.read_text() + sub.stderr.read_text()
+    assert "stopped: SIGUSR1: checkpointed at step" in log, log[-4000:]
+    stopped = int(log.split("stopped: SIGUSR1: checkpointed at step ")[1].split(";")[0])
+    assert 3 <= stopped < 60 and f"resumed from step-{stopped:07d}" in log
+    assert "the warning reached the step directly: not forwarding" in log
+    assert [r["step"] for r in train_records(run)] == list(range(1, 61))
+    assert (run / "model" / "COMPLETE").exists()

@@ -126,12 +126,40 @@ def continuations(schema: TaskSchema, row: Row, chat: bool = False) -> tuple[lis
 # --------------------------------------------------------------------------- the model
 
 
+def load_scoring_model(model_dir: str | Path, dtype=None):
+    """The model a benchmark scores, loaded with the export's own strict loader
+    (`hebatron_nemo.export.hf.load_exported`): release-format config, every weight key exactly the
+    model's (a missing tensor is an error, not a silent re-initialization), and each weight file's
+    sha256 equal to the export manifest's. A problem raises one clear error naming the folder."""
+    from hebatron_nemo.export.hf import MANIFEST, TRAINING_STATE, load_exported
+
+    model_dir = Path(model_dir)
+    if (model_dir / TRAINING_STATE).is_file() and not (model_dir / MANIFEST).is_file():
+        raise ConfigError(f"{model_dir}: a training folder of the local backend, not a verified export; export it "
+                          f"first (python recipes/export.py source_dir={model_dir} out_dir=...), or leave "
+                          "evaluate.model_dir unset to evaluate the run's series (exported for you)")
+    return load_exported(model_dir, strict=True, dtype=dtype)
+
+
+def model_identity(model_dir: str | Path) -> dict:
+    """What identifies the scored weights: the folder's COMPLETE fingerprint (or its source's) and the
+    sha256 of each weight file as the export manifest records it."""
+    model_dir = Path(model_dir)
+    marker = model_dir / "COMPLETE"
+    manifest = {}
+    if (model_dir / "hebatron_export.json").is_file():
+        manifest = json.loads((model_dir / "hebatron_export.json").read_text(encoding="utf-8"))
+    fingerprint = marker.read_text().strip() if marker.is_file() else (manifest.get("source") or {}).get("fingerprint")
+    return {"model_fingerprint": fingerprint,
+            "weights_sha256": {f: m.get("sha256") for f, m in (manifest.get("weights") or {}).items()} or None}
+
+
 class CausalLM:
-    """An HF causal LM folder loaded for scoring: fp32 on CPU, eval mode."""
+    """An exported causal LM folder loaded for scoring (`load_scoring_model`): fp32 on CPU, eval mode."""
 
     def __init__(self, model_dir: str | Path, batch_size: int = 8, device: str = "cpu"):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
@@ -142,7 +170,7 @@ class CausalLM:
         self.device = device
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+        self.model = load_scoring_model(model_dir, dtype=torch.float32).to(device).eval()
         tok = self.tokenizer
         self.prefix_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -431,17 +459,18 @@ def evaluate_model(model_dir: str | Path, tasks: list[str], task_root: str | Pat
 
         saved_threads = torch.get_num_threads()
         if threads is not None:
-            torch.set_num_threads(threads)
+            from hebatron_nemo.backends.local.threads import thread_count
+
+            torch.set_num_threads(thread_count(threads))  # never more than the cores this process may use
         try:
             lm = CausalLM(model_dir, batch_size=batch_size)
             for n, task in prepared.items():
                 results[n] = _score_and_write(lm, task, out, chat, max_new_tokens, log)
         finally:
             torch.set_num_threads(saved_threads)
-    fingerprint = Path(model_dir) / "COMPLETE"
     summary = {
         "model": str(model_dir),
-        "model_fingerprint": fingerprint.read_text().strip() if fingerprint.is_file() else None,
+        **model_identity(model_dir),
         "task_root": str(task_root),
         "settings": {"n_shot": n_shot, "limit": limit, "batch_size": batch_size, "chat": chat,
                      "max_new_tokens": max_new_tokens, "schema_dir": str(schema_dir) if schema_dir else None},

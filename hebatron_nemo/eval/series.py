@@ -10,32 +10,64 @@ from pathlib import Path
 from hebatron_nemo.data.indexed import read_json, write_json_atomic
 
 
+def _release_copy(source, target: Path, note: dict, tokenizer_dir=None, log=print) -> Path:
+    """`source` (a local-backend model folder, or a function returning a model) as a release-format export at
+    `target` (verified by logit parity under the running transformers, with its manifest of sha256s),
+    so that evaluation loads every model with the export's strict loader. Reused while the manifest
+    says it was made from the same source (`note`)."""
+    from hebatron_nemo.export.hf import MANIFEST, export_hf
+
+    manifest = read_json(target / MANIFEST)
+    if manifest is not None and all((manifest.get("source") or {}).get(k) == v for k, v in note.items()):
+        return target
+    if not isinstance(source, Path):  # a checkpoint: restore its model only when it has to be exported
+        source = source()
+    export_hf(source, target, tokenizer_dir, compat_dirs=[], source_note=note, log=lambda *a: None)
+    log(f"  exported {target.name} for evaluation -> {target}")
+    return target
+
+
 def checkpoint_models(cfg, run_dir: Path, log=print) -> list[dict]:
-    """The run's models in training order, each as {name, tokens, dir}; CPT checkpoints (our
-    training format) are materialized as HF folders under <run_dir>/eval/models/ once."""
+    """The run's models in training order, each as {name, tokens, dir}: the base model, the CPT
+    checkpoints of phase and segment ends, and the SFT model, each exported once as a release-format
+    folder under <run_dir>/eval/models/<name> (see `_release_copy`)."""
     from safetensors.torch import load_file
 
-    from hebatron_nemo.backends.local.cpt import export_model
+    from hebatron_nemo.backends.local import checkpoint
+    from hebatron_nemo.backends.local.cpt import TRAINING_STATE
+    from hebatron_nemo.data.indexed import sha256_file
+    from hebatron_nemo.errors import DataError
     from hebatron_nemo.models.nemotron_h import build_model
 
     plan = read_json(run_dir / "plan.json")
+    models = run_dir / "eval" / "models"
     out = []
     base = _base_dir(cfg, plan)
     if base is not None:
-        out.append({"name": "base", "tokens": 0, "dir": str(base)})
+        note = {"training_state_sha256": sha256_file(base / TRAINING_STATE)}
+        out.append({"name": "base", "tokens": 0, "dir": str(_release_copy(base, models / "base", note, log=log))})
     for ck in sorted((run_dir / "checkpoints").glob("step-*")):
         state = json.loads((ck / "trainer.json").read_text())
         if not state.get("forced"):
             continue  # phase and segment ends only
-        target = run_dir / "eval" / "models" / ck.name
-        if not (target / "COMPLETE").exists():
+        problem = checkpoint.verify(ck)
+        if problem is not None:
+            raise DataError(f"{ck}: {problem}; it cannot be evaluated")
+
+        def restore(ck=ck):
             model = build_model(cfg.model, plan["tokenizer"]["vocab_size"], seed=cfg.seed)
             model.load_state_dict(load_file(str(ck / "model.safetensors")), strict=True)
-            export_model(model, plan, target)
+            return model
+
+        note = {"checkpoint": ck.name, "checkpoint_model_sha256": json.loads((ck / "COMPLETE").read_text())["model.safetensors"]}
+        target = _release_copy(restore, models / ck.name, note, plan["tokenizer"]["path"], log=log)
         out.append({"name": ck.name, "tokens": state["tokens"], "dir": str(target)})
-    if (run_dir / "sft" / "model" / "COMPLETE").exists():
+    sft = run_dir / "sft" / "model"
+    if (sft / "COMPLETE").exists():
         last = out[-1]["tokens"] if out else 0
-        out.append({"name": "sft", "tokens": last, "dir": str(run_dir / "sft" / "model"), "chat": True})
+        note = {"training_state_sha256": sha256_file(sft / TRAINING_STATE)}
+        out.append({"name": "sft", "tokens": last, "dir": str(_release_copy(sft, models / "sft", note, log=log)),
+                    "chat": True})
     return out
 
 
@@ -52,12 +84,15 @@ def _base_dir(cfg, plan) -> Path | None:
 
 def evaluate_series(cfg, run_dir: Path, models: list[dict], log=print) -> dict:
     """Scores every model on the configured tasks; writes <run_dir>/eval/series.json and series.png."""
-    from hebatron_nemo.eval.engine import evaluate_model
+    from hebatron_nemo.eval.engine import evaluate_model, model_identity
 
     results = []
     for m in models:
         out_dir = run_dir / "eval" / m["name"]
         summary = read_json(out_dir / "summary.json")
+        ident = model_identity(m["dir"])
+        if summary is not None and ident["weights_sha256"] and summary.get("weights_sha256") != ident["weights_sha256"]:
+            summary = None  # scored on other weights (the model was re-exported since)
         if summary is None:
             log(f"evaluating {m['name']} ({m['tokens']:,} tokens)")
             summary = evaluate_model(m["dir"], list(cfg.evaluate.tasks), cfg.evaluate.task_root, cfg.evaluate.n_shot,

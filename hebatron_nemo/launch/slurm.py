@@ -153,11 +153,26 @@ def render_sbatch(cluster, job: StageJob) -> str:
     if cluster.requeue:
         fwd = cluster.signal if handles else "TERM"
         what = "checkpoint at the next step boundary" if handles else "stop (this stage restarts from its start)"
-        lines += ["warned=0", 'step=""',
+        # `scancel --signal=... --full` signals the step itself too (and srun forwards its own copy):
+        # the training processes create $HEBATRON_STOP_MARK when the warning reaches them, and the shell
+        # forwards its copy only when it did not (backends/local/preemption.py absorbs repeats anyway)
+        mark = [f'export HEBATRON_STOP_MARK={q(str(log_dir))}/".$SLURM_JOB_ID.${{SLURM_RESTART_COUNT:-0}}.warned"',
+                'rm -f "$HEBATRON_STOP_MARK"'] if handles else []
+        lines += ["warned=0", 'step=""', *mark,
                   "# shellcheck disable=SC2317  # run by the trap below",
                   "on_warning() {",
+                  # `return 0`, not `return`: in a trap, a bare return returns the interrupted `wait`'s
+                  # status (128 + signal), and under `set -e` that would end the batch shell
+                  '  if [ "$warned" = 1 ]; then return 0; fi  # a repeated warning: forwarded once already',
                   "  warned=1",
                   f'  echo "[hebatron] SIG{cluster.signal}: preemption or time limit within {cluster.signal_seconds} s: {what}"',
+                  # `|| true`: with --full the signal also reaches this shell's children (the sleep), and
+                  # under `set -e` a child killed by it would end the batch shell before the requeue
+                  *(["  sleep 2 || true  # the time a warning sent to the step directly takes to be noted there",
+                     '  if [ -e "$HEBATRON_STOP_MARK" ]; then',
+                     '    echo "[hebatron] the warning reached the step directly: not forwarding a second copy"',
+                     "    return 0",
+                     "  fi"] if handles else []),
                   f'  kill -{fwd} "$step" 2>/dev/null || true',
                   "}",
                   f"trap on_warning {cluster.signal}"]
@@ -169,7 +184,7 @@ def render_sbatch(cluster, job: StageJob) -> str:
               '  kill -0 "$step" 2>/dev/null || break',
               "done"]
     if cluster.requeue:
-        lines += ['if [ "$warned" = 1 ]; then',
+        lines += mark[1:] + ['if [ "$warned" = 1 ]; then',
                   f'  if [ "${{SLURM_RESTART_COUNT:-0}}" -ge {cluster.max_restarts} ]; then',
                   f'    echo "[hebatron] not requeueing: {cluster.max_restarts} restarts already"; exit 1',
                   "  fi",

@@ -122,6 +122,20 @@ def load(path: Path, model, optimizer) -> dict:
     return state
 
 
+def clean_partial(run_dir: Path, log=print) -> list[str]:
+    """Deletes what killed writes left in the run folder: checkpoint temp folders
+    (`checkpoints/.tmp-step-*`) and model-export temp folders (`model.tmp-*`, also under `segments/*/`).
+    Call it at the start of a run, before anything of this run writes (the names carry the writer's
+    pid, but a requeued job can be given the same pid). Returns the deleted paths."""
+    run_dir = Path(run_dir)
+    found = sorted((run_dir / "checkpoints").glob(".tmp-step-*")) + sorted(run_dir.glob("model.tmp-*")) \
+        + sorted(run_dir.glob("segments/*/model.tmp-*"))
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+        log(f"removed {path} (left by an interrupted write)")
+    return [str(p) for p in found]
+
+
 def prune(run_dir: Path, keep_last: int) -> None:
     """Deletes old periodic checkpoints; forced ones (phase and segment ends) stay."""
     root = Path(run_dir) / "checkpoints"

@@ -106,9 +106,9 @@ def export_model(model, plan: dict, out: Path, finalize=None) -> None:
     """The trained weights as an HF folder (config + safetensors + tokenizer), written atomically;
     `COMPLETE` marks it usable. `finalize(folder)` adds files (e.g. the chat template) before the
     folder is marked and renamed. (The release export with parity checks is recipes/export.py.)"""
+    for stale in out.parent.glob(out.name + ".tmp-*"):  # left by a killed write (one writer per folder)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     model.save_pretrained(str(tmp))
     # transformers writes the released layout (backbone.*, one tensor per expert); training code
     # reloads its own module names from this file instead

@@ -90,6 +90,25 @@ class RouterBalancer:
                 w.zero_()
         return out
 
+    def state(self) -> list[list[float]]:
+        """The counters a checkpoint must carry: per router, the expert load since the last router-health
+        line (whole token counts in float64, exact in JSON). The per-step load is always zero at a step
+        boundary, so it is not saved."""
+        return [w.tolist() for w in self._window]
+
+    def load_state(self, window: list[list[float]] | None) -> None:
+        """Restores `state()`; a checkpoint without it (written before the counters were saved) starts
+        the window from zero, as such runs did."""
+        if window is None:
+            for w in self._window:
+                w.zero_()
+            return
+        if len(window) != len(self._window) or any(len(a) != len(w) for a, w in zip(window, self._window)):
+            raise ValueError(f"router state has {[len(a) for a in window]} experts per router, the model "
+                             f"{[len(w) for w in self._window]}")
+        for w, a in zip(self._window, window):
+            w.copy_(torch.tensor(a, dtype=torch.float64))
+
     def remove(self) -> None:
         for h in self._handles:
             h.remove()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hebatron_nemo.backends.local import checkpoint, distributed
+from hebatron_nemo.backends.local import checkpoint, distributed, threads
 from hebatron_nemo.backends.local.cpt import export_model, load_weights
 from hebatron_nemo.backends.local.router import RouterBalancer
 from hebatron_nemo.backends.local.schedule import WSDSchedule
@@ -77,7 +77,7 @@ def run_sft(cfg, log=print) -> dict:
 
     quiet_megatron()
     rank, world = distributed.init()
-    torch.set_num_threads(int(cfg.threads))
+    threads.configure(cfg.threads)  # the cores this process may use, at most cfg.threads
     s = cfg.sft
     init = Path(str(s.init_from))
     if not (init / "COMPLETE").exists():
@@ -103,6 +103,9 @@ def run_sft(cfg, log=print) -> dict:
     run_dir = Path(str(s.run_dir))
     state = {"step": 0, "consumed_samples": 0, "tokens": 0}
     counts = np.zeros((2, 2), dtype=np.int64)  # [kind] -> conversations, loss tokens
+    if rank == 0:  # what killed writes left behind
+        checkpoint.clean_partial(run_dir, log)
+    distributed.barrier()
     ckpt = checkpoint.latest(run_dir, log) if cfg.checkpoint.resume else None
     if ckpt is not None:
         saved = checkpoint.load(ckpt, model, optimizer)
@@ -110,7 +113,7 @@ def run_sft(cfg, log=print) -> dict:
         if rank == 0:
             counts = np.array(saved["ledger"]["counts"], dtype=np.int64)
         log(f"resumed SFT from {ckpt.name} (step {state['step']})")
-    logger = RunLogger(run_dir, cfg.logging, rank == 0, state["step"], {"sft": report})
+    logger = RunLogger(run_dir, cfg.logging, rank == 0, state["step"] if ckpt is not None else None, {"sft": report})
     if state["step"] == 0:
         logger.log({"kind": "eval", "step": 0, "consumed_samples": 0, "tokens": 0, "phase": "sft", "segment": "sft",
                     "values": evaluate(model, valid_ex, s.micro_batch)})
@@ -173,6 +176,9 @@ def run_sft(cfg, log=print) -> dict:
                 distributed.barrier()
             if preempted:
                 log(f"stopped: {stopper.name}: checkpointed at step {state['step']}; run again to resume")
+                if stopper.warnings > 1 or stopper.deferred_terms:
+                    log(f"  ({stopper.name} arrived {stopper.warnings}x and SIGTERM {stopper.deferred_terms}x after it; "
+                        "the repeats were absorbed until the checkpoint was written)")
                 break
     finally:
         stopper.restore()

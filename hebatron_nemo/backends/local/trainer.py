@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hebatron_nemo.backends.local import checkpoint, distributed
+from hebatron_nemo.backends.local import checkpoint, distributed, threads
 from hebatron_nemo.backends.local.evaluation import EarlyStop, InLoopEval, token_losses
 from hebatron_nemo.backends.local.preemption import StopOnSignal
 from hebatron_nemo.backends.local.router import RouterBalancer
@@ -44,16 +44,21 @@ def make_optimizer(model, optim_cfg) -> torch.optim.Optimizer:
 class RunLogger:
     """metrics.jsonl (the schema'd record), TensorBoard (x = tokens) and wandb (offline by default)."""
 
-    def __init__(self, run_dir: Path, logging_cfg, enabled: bool, resume_step: int, config: dict):
+    def __init__(self, run_dir: Path, logging_cfg, enabled: bool, resume_step: int | None, config: dict):
+        """resume_step: the step of the checkpoint the run resumes from, or None for a run that starts
+        from its beginning (no checkpoint)."""
         self.enabled = enabled
         self.metrics = MetricsWriter(run_dir / "metrics.jsonl")
         self.tb = self.wandb = None
         if not enabled:
             return
         path = run_dir / "metrics.jsonl"
-        if path.exists():  # steps after the checkpoint we resume from will be logged again
-            keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if json.loads(line).get("step", 0) <= resume_step]
+        if path.exists():
+            # records after the checkpoint we resume from will be logged again; a run without a
+            # checkpoint logs everything again, its step-0 eval included, so nothing is kept
+            keep = [] if resume_step is None else [
+                line for line in path.read_text(encoding="utf-8").splitlines()
+                if json.loads(line).get("step", 0) <= resume_step]
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
             tmp.replace(path)
@@ -110,7 +115,7 @@ def _plan_summary(plan: dict) -> dict:
 def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = None, min_lr: float | None = None) -> dict:
     """Runs (or resumes) the plan's steps on `model`; returns the final trainer state."""
     rank, world = distributed.init()
-    torch.set_num_threads(int(cfg.threads))
+    threads.configure(cfg.threads)  # the cores this process may use, at most cfg.threads
     stop_seg = cfg.get("stop_after_segment")
     stop_seg_end = None
     if stop_seg:  # checked before anything is loaded or run
@@ -129,6 +134,9 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
     router = RouterBalancer(model, cfg.router.seq_aux_loss_coeff, cfg.router.bias_update_rate)
     ledger = Ledger(plan)
     state = {"step": 0, "consumed_samples": 0, "tokens": 0}
+    if rank == 0:  # what killed writes left behind (no other process writes this run's checkpoints)
+        checkpoint.clean_partial(run_dir, log)
+    distributed.barrier()
     ckpt = checkpoint.latest(run_dir, log) if cfg.checkpoint.resume else None
     if ckpt is not None:
         saved = checkpoint.load(ckpt, model, optimizer)
@@ -136,6 +144,7 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
             log(note)
         if rank == 0:  # the saved ledger is the global sum; other ranks count from zero again
             ledger.load_state(saved["ledger"])
+        router.load_state(saved.get("router_window"))  # the router-health window continues where it was
         state = {k: saved[k] for k in ("step", "consumed_samples", "tokens")}
         log(f"resumed from {ckpt.name}: step {state['step']}, {state['consumed_samples']:,} samples, "
             f"{state['tokens']:,} tokens")
@@ -145,7 +154,8 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
         return state
     evaluator = InLoopEval(plan, cfg.data, cfg.eval, seed=cfg.seed)
     early = EarlyStop(cfg.eval.early_stop, plan["totals"]["tokens"])
-    logger = RunLogger(run_dir, cfg.logging, rank == 0, state["step"], {"plan": plan["fingerprint"]})
+    logger = RunLogger(run_dir, cfg.logging, rank == 0, state["step"] if ckpt is not None else None,
+                       {"plan": plan["fingerprint"]})
     phase_ends = {p["end_sample"]: p["name"] for p in plan["phases"]}
     seg_ends = {s["start_sample"] + s["num_samples"]: s["name"] for s in plan["segments"]}
     names = plan["source_names"]
@@ -244,12 +254,12 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
                 preempted = True
                 stop_reason = f"{stopper.name}: checkpointed at step {state['step']}; run again to resume"
                 if not saved:
-                    _save(run_dir, model, optimizer, state, ledger, plan, rank, False, cfg)
+                    _save(run_dir, model, optimizer, state, ledger, plan, rank, False, cfg, router)
                     if rank == 0:
                         logger.log({**_where(record), "kind": "checkpoint",
                                     "values": {"forced": False, "phase_end": "", "segment_end": ""}})
             if saved:
-                _save(run_dir, model, optimizer, state, ledger, plan, rank, forced, cfg)
+                _save(run_dir, model, optimizer, state, ledger, plan, rank, forced, cfg, router)
                 if rank == 0:
                     logger.log({**_where(record), "kind": "checkpoint",
                                 "values": {"forced": forced, "phase_end": phase_ends.get(state["consumed_samples"], ""),
@@ -259,6 +269,9 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
                                 description=f"{seg['name']}/{phase['name']} loss {record['loss']:.3f}")
             if stop_reason:
                 log(f"stopped: {stop_reason}" if preempted else f"early stop: {stop_reason}")
+                if preempted and (stopper.warnings > 1 or stopper.deferred_terms):
+                    log(f"  ({stopper.name} arrived {stopper.warnings}x and SIGTERM {stopper.deferred_terms}x after it; "
+                        "the repeats were absorbed until the checkpoint was written)")
                 break
     finally:
         stopper.restore()
@@ -287,10 +300,11 @@ def _global_ledger(ledger: Ledger) -> Ledger:
     return g
 
 
-def _save(run_dir, model, optimizer, state, ledger, plan, rank, forced, cfg) -> None:
+def _save(run_dir, model, optimizer, state, ledger, plan, rank, forced, cfg, router) -> None:
     global_ledger = _global_ledger(ledger)
     if rank == 0:
-        trainer_state = {**{k: state[k] for k in ("step", "consumed_samples", "tokens")}, "plan": _plan_summary(plan)}
+        trainer_state = {**{k: state[k] for k in ("step", "consumed_samples", "tokens")}, "plan": _plan_summary(plan),
+                         "router_window": router.state()}
         checkpoint.save(run_dir, state["step"], model, optimizer, trainer_state,
                         global_ledger.to_dict(state["consumed_samples"]), forced=forced)
         checkpoint.prune(run_dir, cfg.checkpoint.keep_last)
