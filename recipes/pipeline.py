@@ -33,7 +33,8 @@ def main(cfg) -> None:
     with clean_errors():
         try:
             # the command line: stages with their own overrides (a segment, a preset) compose from it
-            run_pipeline(cfg, overrides=list(HydraConfig.get().overrides.task))
+            hc = HydraConfig.get()
+            run_pipeline(cfg, overrides=list(hc.overrides.task), arm=hc.mode is not None and hc.mode.name == "MULTIRUN")
         except StagePreempted as stopped:
             print(f"pipeline: stage {stopped} stopped on the preemption warning; rerun (requeue) to resume it")
             sys.exit(EXIT_PREEMPTED)

@@ -172,15 +172,25 @@ def write_chain(path: Path, cluster_name: str, jobs: list[ChainJob], done: list[
     return path
 
 
-def run_chain(graph, log=print) -> dict:
+def run_chain(graph, log=print, arm: bool = False) -> dict:
     """Renders the graph for `cfg.cluster`, writes `<run_dir>/chain.json`, and submits the jobs in order
-    (afterok on their upstream jobs) unless `pipeline.dry_run`, which prints them instead."""
+    (afterok on their upstream jobs) unless `pipeline.dry_run`, which prints them instead.
+
+    `arm`: one arm of a multirun (`recipes/pipeline.py -m ... cluster=<profile>`): each arm is its own
+    chain of whole jobs (its training jobs under torch.distributed.run on every node of its preset).
+    The arms share the stages scoped `shared` (prepare), so an arm refuses to submit one of them: run
+    it once first (`pipeline.only=[prepare]`), or two arms would write the same data at once."""
     from hebatron_nemo.launch.compose import _resolved_cluster
 
     cfg = graph.cfg
     cluster = _resolved_cluster(cfg)
     dry = bool(cfg.pipeline.dry_run)
     jobs, rows = render_chain(graph, cluster)
+    shared = sorted({j.stage for j in jobs if graph.by_name[j.stage].scope == "shared"})
+    if arm and shared and not dry:
+        raise ConfigError(f"this multirun arm would submit the shared stage(s) {shared}, which every arm would "
+                          "submit at once. Fix: run them once first (the same command without -m and the swept "
+                          f"values, with pipeline.only=[{','.join(shared)}]), then the multirun")
     done = [r["stage"] for r in rows if r["status"] == "done" and r["stage"] not in {j.stage for j in jobs}]
     path = Path(str(cfg.run_dir)) / CHAIN_FILE
     log(f"chain for cluster {cluster.name}: {len(jobs)} job(s); done already (not submitted): {', '.join(done) or '-'}")

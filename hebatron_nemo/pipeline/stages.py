@@ -644,23 +644,24 @@ def stage_table(cfg) -> list[dict]:
 
 
 def print_table(rows: list[dict], log=print) -> None:
-    log(f"{'stage':<9} {'status':<6} reason")
+    w = max([9] + [len(r["stage"]) for r in rows])
+    log(f"{'stage':<{w}} {'status':<6} reason")
     for r in rows:
-        log(f"{r['stage']:<9} {r['status']:<6} {r['reason']}")
+        log(f"{r['stage']:<{w}} {r['status']:<6} {r['reason']}")
 
 
-def run_pipeline(cfg, log=print, overrides=None) -> dict:
+def run_pipeline(cfg, log=print, overrides=None, arm: bool = False) -> dict:
     """Runs every stage that is not done, in order; writes markers and `<run_dir>/pipeline/summary.json`;
     prints a table of stages with their wall times and the run's headline results.
 
     With a cluster profile (`cluster=<profile>`) the graph is rendered as Slurm jobs instead
     (hebatron_nemo/launch/chain.py). `overrides`: the run's command-line overrides (stages with
-    their own overrides compose their configs from them)."""
+    their own overrides compose their configs from them); `arm`: one arm of a multirun."""
     graph = Graph(cfg, overrides)
     if cfg.get("cluster") is not None:
         from hebatron_nemo.launch.chain import run_chain
 
-        return run_chain(graph, log=log)
+        return run_chain(graph, log=log, arm=arm)
     if cfg.get("backend", "local") != "local" and not cfg.pipeline.dry_run and len(cfg.pipeline.only) != 1:
         raise ConfigError(f"backend={cfg.backend}: the pipeline runs the local backend end to end in-process; this "
                           "backend runs the same graph as Slurm jobs: add cluster=<profile> (conf/cluster/), e.g. "
