@@ -310,3 +310,21 @@ def test_array_job_renders_the_task_index_unquoted(tmp_path):
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
     with pytest.raises(ConfigError, match="may expand"):
         render_sbatch(cluster, StageJob("x", "pipeline", [f"a=$(rm -rf /){ARRAY_TASK}"], array=2))
+
+
+def test_gpu_smoke_is_the_same_chain_on_one_node(tmp_path):
+    """experiment=hebatron_gpu_smoke composes and renders on CPU: the cluster chain's stages, every job
+    on one node, the long segment with CP 2, the scaled-down model in the MB overrides."""
+    proc = _pipeline(tmp_path, "experiment=hebatron_gpu_smoke", "cluster=eos_pyxis", "pipeline.dry_run=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chain = json.loads((tmp_path / "runs" / "gpu_smoke-easy_to_hard-anchor0.25" / "chain.json").read_text())
+    jobs = {j["name"]: j for j in chain["jobs"]}
+    assert [j["stage"] for j in chain["jobs"] if j["kind"] == "train"] == ["cpt_short", "cpt_long", "sft"]
+    assert {"parity", "export_formal", "export_colloquial", "export_long_context", "export_chat"} <= set(jobs)
+    assert all(j["nodes"] == 1 for j in chain["jobs"]) and jobs["cpt_short"]["gpus_per_node"] == 8
+    assert jobs["cpt_short"]["expected_hours"] < 0.1
+    graph = _graph(tmp_path, "experiment=hebatron_gpu_smoke", "cluster=eos_pyxis")
+    short, long = (graph.cfg_of(graph.by_name[n]) for n in ("cpt_short", "cpt_long"))
+    assert (short.parallelism.context, long.parallelism.context) == (1, 2) and long.megatron_bridge.segment == 1
+    assert "model.num_layers=7" in list(short.megatron_bridge.overrides)
+    assert "model.num_moe_experts=8" in list(long.megatron_bridge.overrides)
