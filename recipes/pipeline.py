@@ -1,7 +1,10 @@
 """The whole method in one command: python recipes/pipeline.py experiment=tiny_cpu [overrides].
 
 corpora -> prepare -> plan -> base -> cpt -> sft -> export -> evaluate -> report, skipping stages whose
-completion markers match their inputs (see hebatron_nemo/pipeline/stages.py).
+completion markers match their inputs (see hebatron_nemo/pipeline/stages.py). With a cluster profile
+the same graph becomes dependent Slurm jobs, each running one stage of it:
+
+    python recipes/pipeline.py experiment=hebatron_h100x64 cluster=eos_pyxis pipeline.dry_run=true
 """
 
 import sys
@@ -26,12 +29,16 @@ register_pipeline_config()
 
 @hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")
 def main(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     from hebatron_nemo.cli import EXIT_PREEMPTED, clean_errors
     from hebatron_nemo.pipeline.stages import StagePreempted, run_pipeline
 
     with clean_errors():
         try:
-            run_pipeline(cfg)
+            # the command line: stages with their own overrides (a segment, a preset) compose from it
+            hc = HydraConfig.get()
+            run_pipeline(cfg, overrides=list(hc.overrides.task), arm=hc.mode is not None and hc.mode.name == "MULTIRUN")
         except StagePreempted as stopped:
             print(f"pipeline: stage {stopped} stopped on the preemption warning; rerun (requeue) to resume it")
             sys.exit(EXIT_PREEMPTED)

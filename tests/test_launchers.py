@@ -1,8 +1,9 @@
 """sbatch rendering (golden files for the Pyxis profile), the submit and chain dry runs, clean errors
-for bad cluster settings, and the pipeline chain's stages and dependencies."""
+for bad cluster settings, and the run's stage graph rendered as a chain of Slurm jobs (chain.json)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from hebatron_nemo.errors import ConfigError
-from hebatron_nemo.launch.chain import chain_jobs, pipeline_stages, select
 from hebatron_nemo.launch.compose import compose_launch
 from hebatron_nemo.launch.slurm import StageJob, megatron_bridge_exit_signal, render_sbatch
 
@@ -95,43 +95,236 @@ def test_submit_dry_run_prints_script_and_command_and_writes_nothing(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: conf/cpt.yaml") and "curriculum.ordr" in bad.stderr
 
 
-def test_pipeline_chain_order_and_dependencies():
-    stages = pipeline_stages(["seq128", "seq512"], "/w/runs/x", base_model="/models/base")
-    names = [s.name for s in stages]
-    assert names == ["prepare", "plan", "parity_gate", "cpt_seq128", "export_seq128", "eval_seq128", "cpt_seq512",
-                     "export_seq512", "eval_seq512", "sft", "export_chat", "eval", "report"]
-    for k, s in enumerate(stages):  # topological: every dependency is submitted earlier
-        assert all(names.index(a) < k for a in s.after), s
-    by = {s.name: s for s in stages}
-    assert by["cpt_seq128"].after == ["plan", "parity_gate"] and by["cpt_seq128"].args == ["stop_after_segment=seq128"]
-    assert by["cpt_seq512"].after == ["cpt_seq128"] and by["cpt_seq512"].args == []  # the last segment runs to the end
-    assert by["export_seq128"].args == ["source_dir=${run_dir}/segments/seq128/model",
-                                        "out_dir=${run_dir}/hf/base_seq128"]
-    assert by["sft"].after == ["cpt_seq512"] and by["sft"].distributed and by["cpt_seq512"].distributed
-    assert by["report"].args == ["/w/runs/x"] and by["report"].after == ["eval"]
-    assert [s.name for s in pipeline_stages(["s"], "/r")][:3] == ["prepare", "plan", "cpt_s"]  # no gate without a base
-    sub = select(stages, ["plan", "cpt_seq128", "export_seq128"])
-    assert [(s.name, s.after) for s in sub] == [("plan", []), ("cpt_seq128", ["plan"]), ("export_seq128", ["cpt_seq128"])]
-    with pytest.raises(ConfigError, match="unknown stage"):
-        select(stages, ["cpt_8k"])
-
-
-def test_chain_passes_each_recipe_only_the_overrides_it_accepts():
-    stages = pipeline_stages(["seq128", "seq512"], "/w/runs/x")
-    jobs = {s.name: j for s, j in chain_jobs(stages, ["experiment=tiny_cpu", "model=micro", "data=demo"], check=False)}
-    assert jobs["prepare"].args == ["data=demo"]  # prepare has no experiment or model group
-    # every run stage composes the one RunConfig schema, so it takes every run override
-    assert jobs["plan"].args == ["experiment=tiny_cpu", "model=micro", "data=demo", "build_caches=true"]
-    assert jobs["cpt_seq128"].args == ["experiment=tiny_cpu", "model=micro", "data=demo", "stop_after_segment=seq128"]
-    assert "model=micro" in jobs["export_chat"].args and jobs["report"].args == ["/w/runs/x"]
-
-
-def test_chain_dry_run_prints_every_job_with_afterok(tmp_path):
-    proc = subprocess.run([sys.executable, "launchers/slurm/chain.py", "--set", f"paths.work={tmp_path}", "--dry-run",
-                           "experiment=tiny_cpu"], cwd=REPO, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("recipe, experiment, nodes", [("sft", "hebatron_sft_h100x16", 2),
+                                                        ("cpt", "hebatron_cpt_8k_h100x64", 8)])
+def test_submit_renders_the_presets_nodes_not_the_profiles(tmp_path, recipe, experiment, nodes):
+    # eos_pyxis says 8 nodes; hebatron_sft_h100x16's preset (h100_16gpu) is 2 nodes x 8 GPUs
+    proc = subprocess.run([sys.executable, "launchers/slurm/submit.py", "--cluster", "eos_pyxis", "--set",
+                           f"paths.work={tmp_path}", "--dry-run", recipe, f"experiment={experiment}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert f"sbatch --parsable {tmp_path}/slurm/scripts/heb-prepare.sbatch" in lines[0]
-    assert any("'--dependency=afterok:<cpt_seq128>' " in line and "heb-cpt_seq512.sbatch" in line for line in lines)
-    assert any("'--dependency=afterok:<export_chat>:<eval_seq512>'" in line for line in lines)
-    assert "report.py " in lines[-1] and not (tmp_path / "slurm").exists()
+    assert f"#SBATCH --nodes={nodes}\n" in proc.stdout and "--nproc-per-node=8" in proc.stdout
+    bad = subprocess.run([sys.executable, "launchers/slurm/submit.py", "--cluster", "eos_pyxis", "--set",
+                          f"paths.work={tmp_path}", "--set", f"cluster.nodes={nodes * 2}", "--dry-run", recipe,
+                          f"experiment={experiment}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "is not the preset's world size" in bad.stderr, bad.stderr
+
+
+def _env_keys(path: Path) -> set[str]:
+    import yaml
+
+    return set((yaml.safe_load(path.read_text()) or {}).get("env") or {})
+
+
+def test_no_cluster_profile_sets_a_variable_a_parallelism_preset_sets():
+    """MB applies the ConfigContainer's env_vars (the preset's) with setdefault: a profile's export of the
+    same variable would silently win (eos_pyxis's CUDA_DEVICE_MAX_CONNECTIONS=1 over the presets' 32)."""
+    preset_keys = {p.name: _env_keys(p) for p in (REPO / "conf" / "parallelism").glob("*.yaml")}
+    assert any(preset_keys.values())
+    for profile in (REPO / "conf" / "cluster").glob("*.yaml"):
+        for preset, keys in preset_keys.items():
+            both = _env_keys(profile) & keys
+            assert not both, f"conf/cluster/{profile.name} and conf/parallelism/{preset} both set {sorted(both)}"
+
+
+def _pipeline(tmp_path, *overrides, timeout=300):
+    env = {**os.environ, "HEBATRON_WORK": str(tmp_path)}
+    return subprocess.run([sys.executable, "recipes/pipeline.py", *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _graph(tmp_path, *overrides):
+    from hebatron_nemo.pipeline.stages import Graph, compose_pipeline
+
+    os.environ["HEBATRON_WORK"] = str(tmp_path)
+    cfg = compose_pipeline(list(overrides))
+    return Graph(cfg, list(overrides))
+
+
+CLUSTER_RUN = ["experiment=hebatron_h100x64", "cluster=eos_pyxis"]
+
+
+@pytest.fixture(scope="module")
+def cluster_chain(tmp_path_factory):
+    """The done-when command, on this machine: no GPU, no prepared data, no base model."""
+    tmp = tmp_path_factory.mktemp("cluster_chain")
+    proc = _pipeline(tmp, *CLUSTER_RUN, "pipeline.dry_run=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = tmp / "runs" / "hebatron-easy_to_hard-anchor0.25" / "chain.json"
+    return {"tmp": tmp, "stdout": proc.stdout, "chain": json.loads(path.read_text()),
+            "graph": _graph(tmp, *CLUSTER_RUN)}
+
+
+def test_cluster_run_dry_run_writes_chain_json_with_every_job(cluster_chain):
+    chain = cluster_chain["chain"]
+    jobs = {j["name"]: j for j in chain["jobs"]}
+    assert list(jobs) == ["prepare_shards", "prepare", "plan", "parity", "cpt_seq8k", "export_formal", "eval_formal",
+                          "export_colloquial", "eval_colloquial", "cpt_seq64k", "export_long_context",
+                          "eval_long_context", "sft", "export_chat", "eval_chat", "report"]
+    names = list(jobs)
+    for k, j in enumerate(chain["jobs"]):  # topological: every dependency is submitted earlier
+        assert set(j) >= {"name", "argv", "overrides", "nodes", "gpus_per_node", "time", "after", "marker"}
+        assert all(names.index(a) < k for a in j["after"]), j
+        assert j["argv"][:2] == ["recipes/pipeline.py", "experiment=hebatron_h100x64"]
+        assert f"pipeline.only=[{j['stage']}]" in j["argv"] and not any(a.startswith("cluster") for a in j["argv"])
+    assert jobs["prepare_shards"]["array"] == 64 and jobs["prepare_shards"]["marker"] is None
+    assert "pipeline.shard=${SLURM_ARRAY_TASK_ID}/64" in jobs["prepare_shards"]["argv"]
+    assert jobs["prepare"]["after"] == ["prepare_shards"] and "pipeline.merge_only=true" in jobs["prepare"]["argv"]
+    assert jobs["prepare"]["marker"].endswith("/pipeline/prepare-hebatron.done.json")
+    assert jobs["plan"]["gpus_per_node"] == 0 and jobs["plan"]["after"] == ["prepare"]
+    assert jobs["cpt_seq8k"]["after"] == ["plan", "parity"] and jobs["cpt_seq64k"]["after"] == ["cpt_seq8k"]
+    assert "megatron_bridge.segment=0" in jobs["cpt_seq8k"]["overrides"]
+    assert "megatron_bridge.segment=1" in jobs["cpt_seq64k"]["overrides"]
+    assert jobs["sft"]["after"] == ["export_long_context"] and jobs["report"]["after"] == ["eval_chat"]
+    assert chain["cluster"] == "eos_pyxis" and chain["dry_run"] is True
+    assert "sbatch --parsable '--dependency=afterok:<plan>:<parity>'" in cluster_chain["stdout"]
+    assert not (cluster_chain["tmp"] / "slurm").exists()  # a dry run writes no script
+
+
+def test_training_jobs_take_the_presets_world_size(cluster_chain):
+    import yaml
+
+    jobs = {j["name"]: j for j in cluster_chain["chain"]["jobs"]}
+    graph = cluster_chain["graph"]
+    for name, preset in [("cpt_seq8k", "h100_64gpu"), ("cpt_seq64k", "h100_64gpu_64k_cp8"), ("sft", "h100_16gpu")]:
+        cfg = graph.cfg_of(graph.by_name[name])
+        assert cfg.parallelism.name == preset
+        p = yaml.safe_load((REPO / "conf" / "parallelism" / f"{preset}.yaml").read_text())
+        j = jobs[name]
+        assert (j["nodes"], j["gpus_per_node"], j["procs_per_node"]) == (p["nodes"], p["gpus_per_node"], p["gpus_per_node"])
+        assert j["distributed"] and j["kind"] == "train"
+    assert int(graph.cfg_of(graph.by_name["cpt_seq64k"]).megatron_bridge.segment) == 1
+    # the 8K segment at 4k tokens/s/GPU on 64 GPUs: ~114 h, within eos_pyxis's 4 h x (40 + 1)
+    assert 110 < jobs["cpt_seq8k"]["expected_hours"] < 118 and jobs["cpt_seq8k"]["budget_hours"] == 164
+
+
+def test_exports_read_the_checkpoints_the_cpt_jobs_write(cluster_chain):
+    """Each phase end's export reads `<the CPT job's megatron_bridge.save_dir>/iter_<the phase's last step>`:
+    MB saves there (checkpoint.save = save_dir, iteration = steps since the run began)."""
+    from hebatron_nemo.pipeline.stages import schedule_outline
+
+    graph = cluster_chain["graph"]
+    jobs = {j["name"]: j for j in cluster_chain["chain"]["jobs"]}
+    outline = schedule_outline(graph.cfg)
+    assert [[p["name"] for p in s["phases"]] for s in outline] == [["formal", "colloquial"], ["long_context"]]
+    for seg in outline:
+        cpt = graph.cfg_of(graph.by_name[f"cpt_{seg['name']}"])
+        for ph in seg["phases"]:
+            export = graph.by_name[f"export_{ph['name']}"]
+            assert export.upstream == (f"cpt_{seg['name']}",)
+            ecfg = graph.cfg_of(export)
+            assert ecfg.megatron_bridge.save_dir == cpt.megatron_bridge.save_dir
+            # the seam hands MB checkpoint.save = megatron_bridge.save_dir; MB names iterations iter_%07d
+            want = f"{cpt.megatron_bridge.save_dir}/iter_{ph['end_step']:07d}"
+            assert f"--megatron-dir {want} " in jobs[export.name]["recipe"]
+            assert jobs[f"eval_{ph['name']}"]["overrides"] == [
+                f"evaluate.model_dir={graph.cfg.run_dir}/hf/base_{ph['name']}"]
+    assert outline[0]["end_step"] == 10029 and outline[1]["end_step"] == 10029 + 2594
+
+
+def test_sft_job_composes_the_sft_experiment(cluster_chain, tmp_path):
+    from hebatron_nemo.pipeline.stages import compose_pipeline
+
+    graph = cluster_chain["graph"]
+    sft = graph.cfg_of(graph.by_name["sft"])
+    own = compose_pipeline(["experiment=hebatron_sft_h100x16"])
+    from omegaconf import OmegaConf
+
+    for key in ("parallelism", "megatron_bridge", "optim", "run_dir"):
+        assert OmegaConf.to_container(OmegaConf.select(sft, key), resolve=True) == \
+            OmegaConf.to_container(OmegaConf.select(own, key), resolve=True) if key != "run_dir" else sft.run_dir == own.run_dir
+    want = OmegaConf.to_container(own.sft, resolve=True)
+    got = OmegaConf.to_container(sft.sft, resolve=True)
+    assert got.pop("init_from") == f"{graph.cfg.run_dir}/hf/base_long_context"  # the last CPT export
+    want.pop("init_from")
+    assert got == want and sft.megatron_bridge.save_dir.endswith("/sft/megatron")
+    export_chat = graph.cfg_of(graph.by_name["export_chat"])
+    assert export_chat.megatron_bridge.save_dir == sft.megatron_bridge.save_dir  # reads what SFT writes
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["cluster.max_restarts=20"], "exceeds cluster.time=04:00:00 x (cluster.max_restarts=20 + 1) = 84 h"),
+    (["compute.tokens_per_second_per_gpu=2000"], "compute.tokens_per_second_per_gpu=2000"),
+    (["cluster.gpus_per_node=4"], "cluster.gpus_per_node=4"),
+])
+def test_a_chain_that_cannot_finish_is_refused_before_submission(tmp_path, sets, message):
+    proc = _pipeline(tmp_path, *CLUSTER_RUN, "pipeline.dry_run=true", *sets)
+    assert proc.returncode == 2 and "nothing submitted" in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
+    assert not list(tmp_path.rglob("chain.json"))
+
+
+def test_resubmitting_leaves_out_what_is_done(tmp_path):
+    """Markers are checked when the chain is rendered: done stages are not submitted, their dependents
+    no longer wait for them; a stage below one that runs again is submitted again."""
+    from hebatron_nemo.launch.chain import render_chain
+    from hebatron_nemo.launch.compose import _resolved_cluster
+    from hebatron_nemo.pipeline.markers import write_marker
+    from hebatron_nemo.pipeline.stages import stage_table
+
+    graph = _graph(tmp_path, *CLUSTER_RUN, "cluster.max_restarts=40")
+    cluster = _resolved_cluster(graph.cfg)
+    first, _ = render_chain(graph, cluster)
+    assert first[0].name == "prepare_shards"
+    out = tmp_path / "done.txt"
+    out.write_text("x")
+    for stage in ("prepare", "plan", "parity"):  # in order, as the jobs write them
+        row = next(r for r in stage_table(graph) if r["stage"] == stage)
+        write_marker(Path(row["marker"]), stage, row["fingerprint"], row["inputs"], [str(out)], 1.0)
+    graph = _graph(tmp_path, *CLUSTER_RUN, "cluster.max_restarts=40")
+    again, rows = render_chain(graph, cluster)
+    assert [j.name for j in again][:2] == ["cpt_seq8k", "export_formal"] and again[0].after == []
+    assert {r["stage"] for r in rows if r["status"] == "done"} == {"prepare", "plan", "parity"}
+    # the plan reran (new run id in its marker): everything below it is submitted again, after it
+    row = next(r for r in stage_table(graph) if r["stage"] == "plan")
+    write_marker(Path(row["marker"]), "plan", row["fingerprint"], row["inputs"], [str(out)], 1.0)
+    graph = _graph(tmp_path, *CLUSTER_RUN, "cluster.max_restarts=40")
+    rerun, _ = render_chain(graph, cluster)
+    assert rerun[0].name == "cpt_seq8k" and len(rerun) == len(first) - 4
+
+
+def test_local_backend_renders_the_same_graph_it_runs(tmp_path):
+    from hebatron_nemo.pipeline.stages import STAGE_NAMES
+
+    proc = _pipeline(tmp_path, "experiment=tiny_cpu", "cluster=local_slurm", "pipeline.dry_run=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chain = json.loads((tmp_path / "runs" / "tiny-easy_to_hard-anchor0.25" / "chain.json").read_text())
+    assert [j["name"] for j in chain["jobs"]] == list(STAGE_NAMES)
+    assert all(j["kind"] == "cpu" and j["nodes"] == 1 for j in chain["jobs"])
+    by = {j["name"]: j for j in chain["jobs"]}
+    assert by["cpt"]["after"] == ["plan", "base"] and by["report"]["after"] == ["evaluate", "cpt"]
+    # launchers/slurm/chain.py is the same call
+    legacy = subprocess.run([sys.executable, "launchers/slurm/chain.py", "--dry-run", "experiment=tiny_cpu"], cwd=REPO,
+                            env={**os.environ, "HEBATRON_WORK": str(tmp_path)}, capture_output=True, text=True,
+                            timeout=300)
+    assert legacy.returncode == 0 and "chain for cluster local_slurm: 9 job(s)" in legacy.stdout, legacy.stderr
+
+
+def test_array_job_renders_the_task_index_unquoted(tmp_path):
+    from hebatron_nemo.launch.slurm import ARRAY_TASK
+
+    cluster = compose_launch("local_slurm", [f"paths.work={tmp_path}"]).cluster
+    text = render_sbatch(cluster, StageJob("prepare_shards", "pipeline", ["experiment=x", f"pipeline.shard={ARRAY_TASK}/4"],
+                                           array=4))
+    assert "#SBATCH --array=0-3" in text and '"pipeline.shard=${SLURM_ARRAY_TASK_ID}/4"' in text
+    assert f"#SBATCH --output={tmp_path}/slurm/logs/%x-%A_%a.out" in text
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    with pytest.raises(ConfigError, match="may expand"):
+        render_sbatch(cluster, StageJob("x", "pipeline", [f"a=$(rm -rf /){ARRAY_TASK}"], array=2))
+
+
+def test_gpu_smoke_is_the_same_chain_on_one_node(tmp_path):
+    """experiment=hebatron_gpu_smoke composes and renders on CPU: the cluster chain's stages, every job
+    on one node, the long segment with CP 2, the scaled-down model in the MB overrides."""
+    proc = _pipeline(tmp_path, "experiment=hebatron_gpu_smoke", "cluster=eos_pyxis", "pipeline.dry_run=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chain = json.loads((tmp_path / "runs" / "gpu_smoke-easy_to_hard-anchor0.25" / "chain.json").read_text())
+    jobs = {j["name"]: j for j in chain["jobs"]}
+    assert [j["stage"] for j in chain["jobs"] if j["kind"] == "train"] == ["cpt_short", "cpt_long", "sft"]
+    assert {"parity", "export_formal", "export_colloquial", "export_long_context", "export_chat"} <= set(jobs)
+    assert all(j["nodes"] == 1 for j in chain["jobs"]) and jobs["cpt_short"]["gpus_per_node"] == 8
+    assert jobs["cpt_short"]["expected_hours"] < 0.1
+    graph = _graph(tmp_path, "experiment=hebatron_gpu_smoke", "cluster=eos_pyxis")
+    short, long = (graph.cfg_of(graph.by_name[n]) for n in ("cpt_short", "cpt_long"))
+    assert (short.parallelism.context, long.parallelism.context) == (1, 2) and long.megatron_bridge.segment == 1
+    assert "model.num_layers=7" in list(short.megatron_bridge.overrides)
+    assert "model.num_moe_experts=8" in list(long.megatron_bridge.overrides)

@@ -261,3 +261,22 @@ def test_report_compares_the_anchor_arms_of_the_same_curriculum(tmp_path):
     text = write_report(mine).read_text()
     assert "## Anchor arms" in text
     assert "Against the no-anchor arm: English anchor loss at the end 4.0000 here vs 10.3000 without the anchor (-6.3000)" in text
+
+
+def test_schedule_outline_is_the_plans_step_arithmetic(tmp_path):
+    """The chain computes phase-end iterations without the data; the plan built over data must agree."""
+    from mb_fixtures import cluster_overrides, prepare_cluster_sources
+
+    from hebatron_nemo.curriculum.plan import build_plan
+    from hebatron_nemo.pipeline.stages import compose_pipeline, schedule_outline
+
+    data = prepare_cluster_sources(tmp_path)
+    for order in ("easy_to_hard", "reversed", "none"):
+        cfg = compose_pipeline(["experiment=hebatron_h100x64", f"curriculum.order={order}",
+                                *cluster_overrides(tmp_path, data)])
+        plan = build_plan(cfg, log=lambda *a, **k: None)
+        outline = schedule_outline(cfg)
+        assert [(s["name"], s["start_step"], s["steps"], s["tokens"]) for s in outline] == [
+            (s["name"], s["start_step"], s["batches"], s["tokens"]) for s in plan["segments"]]
+        assert [(p["name"], p["end_step"]) for s in outline for p in s["phases"]] == [
+            (p["name"], p["end_step"]) for p in plan["phases"]]

@@ -1,7 +1,6 @@
 """Launchers on a real Slurm: the rendered sbatch of a tiny CPT (torch.distributed.run, 2 processes over
 gloo) runs to completion; a job warned as Slurm warns before a preemption checkpoints, requeues
-itself, resumes and ends in the same state as the uninterrupted run; and a short chain (plan -> CPT
-segment 1 -> export of that segment's model) runs as afterok-dependent jobs."""
+itself, resumes and ends in the same state as the uninterrupted run; and the cluster run's whole chain (experiment=hebatron_h100x64) runs as dependent jobs, its GPU jobs as Megatron-Bridge dry runs."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ import torch
 
 import os
 
-from stage_conf import flat_stage_args, stage_args, write_stage_conf
+from stage_conf import stage_args, write_stage_conf
 
 from hebatron_nemo.launch.compose import compose_launch
 from hebatron_nemo.launch.slurm import StageJob, submit
@@ -117,24 +116,120 @@ def test_warned_job_checkpoints_requeues_and_resumes(stage, reference):
     assert json.loads((run / "ledger.json").read_text())["phases"] == json.loads((reference["run"] / "ledger.json").read_text())["phases"]
 
 
-def test_a_short_chain_runs_as_dependent_jobs(slurm_cluster, tmp_path):
-    conf = write_stage_conf(tmp_path, steps_per_phase=3, long_steps=3)
-    work = tmp_path / "work"
-    cmd = [sys.executable, "launchers/slurm/chain.py", "--set", f"paths.work={work}", "--set",
-           f"cluster.python={sys.executable}", "--only", "plan,cpt_s1,export_s1", *flat_stage_args(conf, work)]
+# A transformer_engine stand-in for the dry-run jobs: MB imports TE at module level and TE exists only as
+# CUDA builds. Every attribute is an inert class, so nothing needing TE's kernels can run (a dry run
+# only composes configs). The same idea as tests/mb_tier/conftest.py, installed through sitecustomize
+# because a Slurm job is a fresh interpreter.
+TE_STUB = """
+import importlib.abc, importlib.machinery, sys, types
+
+class _Inert(type):
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Inert(name, (object,), {})
+
+class _Loader(importlib.abc.Loader):
+    def create_module(self, spec):
+        m = types.ModuleType(spec.name)
+        m.__path__ = []
+        def attr(name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return _Inert(name, (object,), {})
+        m.__getattr__ = attr
+        if spec.name == "transformer_engine":
+            m.__version__ = "2.14.0"
+        return m
+    def exec_module(self, module):
+        pass
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "transformer_engine" or name.startswith("transformer_engine."):
+            return importlib.machinery.ModuleSpec(name, _Loader(), is_package=True)
+        return None
+
+sys.meta_path.insert(0, _Finder())
+"""
+
+
+def _cluster_corpora(root: Path) -> tuple[Path, Path]:
+    """Raw JSONL corpora under the cluster registry's source names (conf/data/hebatron.yaml), and a
+    byte-level BPE tokenizer of them (the Nemotron tokenizer is not here)."""
+    from corpus import ENGLISH, HEBREW, make_docs, write_jsonl
+
+    from hebatron_nemo.data.tokenizer import train_byte_level_bpe
+
+    raw = root / "raw"
+    for k, (name, sents, n, lo, hi) in enumerate([("he_formal", HEBREW, 120, 2, 6), ("he_colloquial", HEBREW, 80, 2, 6),
+                                                  ("he_long", HEBREW, 24, 600, 800), ("en_anchor", ENGLISH, 160, 50, 70)]):
+        write_jsonl(raw / name / "part0.jsonl", make_docs(sents, n, seed=k, min_sent=lo, max_sent=hi, prefix=name))
+    tok = root / "tok"
+    train_byte_level_bpe(HEBREW + ENGLISH, str(tok), 600, 1, {"test": 1})
+    return raw, tok
+
+
+def _mb_child_env(root: Path) -> dict:
+    """The environment a dry-run job needs to import the real Megatron-Bridge (as tests/test_mb_tier.py
+    runs its child): the MB tier and the compat layer on PYTHONPATH, and the TE stand-in."""
+    mb, compat = os.environ.get("HEBATRON_MB_DIR", ""), os.environ.get("HEBATRON_COMPAT_DIR", "")
+    if not (mb and (Path(mb) / "megatron" / "bridge").is_dir() and compat):
+        pytest.fail(f"the Megatron-Bridge tier is not installed (HEBATRON_MB_DIR={mb!r}); run the tests with make test")
+    site = root / "te_stub"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(TE_STUB)
+    return {"PYTHONPATH": os.pathsep.join([str(site), mb, compat, str(Path(__file__).resolve().parents[1])])}
+
+
+def _chain(args: list[str], env: dict) -> subprocess.CompletedProcess:
     repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    return subprocess.run([sys.executable, "recipes/pipeline.py", *args], cwd=repo, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def test_the_cluster_chain_runs_on_slurm_and_a_resubmission_submits_nothing(slurm_cluster, tmp_path):
+    """experiment=hebatron_h100x64 on the local Slurm: prepare (a 2-task job array + merge) and plan run
+    for real on CPU; every GPU job runs with megatron_bridge.dry_run=true, the CPT jobs composing the real
+    Megatron-Bridge ConfigContainer of their segment; then the same command submits nothing."""
+    raw, tok = _cluster_corpora(tmp_path)
+    work = tmp_path / "work"
+    child = _mb_child_env(tmp_path)
+    args = ["experiment=hebatron_h100x64", "cluster=local_slurm", f"cluster.python={sys.executable}",
+            f"+cluster.env.PYTHONPATH={child['PYTHONPATH']}", f"paths.work={work}", f"data.raw_dir={raw}",
+            f"tokenizer.path={tok}", "megatron_bridge.dry_run=true", "pipeline.prepare_shards=2",
+            "curriculum.max_epochs=1000000000", "build_caches=false", "data.near_dedup.enabled=false",
+            "data.decontamination.enabled=false", f"megatron_bridge.hf_model_dir={tmp_path / 'no_base_model'}"]
+    env = {**os.environ, "HEBATRON_WORK": str(work)}
+    proc = _chain(args, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ids = dict(kv.split("=") for kv in proc.stdout.split("jobs: ", 1)[1].splitlines()[0].split())
-    assert list(ids) == ["plan", "cpt_s1", "export_s1"]
-    assert job_info(ids["cpt_s1"])["Dependency"] in (f"afterok:{ids['plan']}(unfulfilled)", "(null)")
+    run = work / "runs" / "hebatron-easy_to_hard-anchor0.25"
+    chain = json.loads((run / "chain.json").read_text())
+    jobs = {j["name"]: j for j in chain["jobs"]}
+    assert list(jobs)[:3] == ["prepare_shards", "prepare", "plan"] and jobs["prepare_shards"]["array"] == 2
+    assert all(j["job_id"] for j in chain["jobs"]) and not chain["dry_run"]
+    assert job_info(jobs["plan"]["job_id"])["Dependency"] in (f"afterok:{jobs['prepare']['job_id']}(unfulfilled)",
+                                                             "(null)")
     logs = work / "slurm" / "logs"
-    for name in ("plan", "cpt_s1", "export_s1"):
-        wait_for(ids[name], {"COMPLETED"}, log=logs / f"heb-{name}-{ids[name]}.out")
-    run = work / "runs" / "synth-easy_to_hard-anchor0.25"
+    for name, j in jobs.items():
+        log = logs / (f"heb-{name}-{j['job_id']}_0.out" if j["array"] else f"heb-{name}-{j['job_id']}.out")
+        wait_for(j["job_id"], {"COMPLETED"}, timeout=900, log=log)
+    for name, j in jobs.items():
+        if j["marker"]:
+            assert json.loads(Path(j["marker"]).read_text())["stage"] == name
+    # the CPU jobs ran for real: merged shards, the plan over them
+    manifest = json.loads((work / "data" / "hebatron" / "he_formal" / "manifest.json").read_text())
+    assert manifest["kind"] != "shard" and (work / "data" / "hebatron" / "he_formal" / "shards").is_dir()
     plan = json.loads((run / "plan.json").read_text())
-    s1_end = plan["segments"][0]["num_samples"] // plan["segments"][0]["global_batch"]
-    assert max(r["step"] for r in train_records(run)) == s1_end  # stopped at the end of segment s1
-    assert (run / "segments" / "s1" / "model" / "COMPLETE").exists() and not (run / "model").exists()
-    assert (run / "hf" / "base_s1" / "config.json").exists()
-    assert "segment s1 done" in (logs / f"heb-cpt_s1-{ids['cpt_s1']}.out").read_text()
+    assert [s["name"] for s in plan["segments"]] == ["seq8k", "seq64k"]
+    # the GPU jobs composed the real Megatron-Bridge config of their segment, without a GPU
+    for name, seg in (("cpt_seq8k", 0), ("cpt_seq64k", 1)):
+        text = (run / "pipeline" / "dry_run" / f"{name}.txt").read_text()
+        assert f"Megatron-Bridge CPT, segment {seg}" in text and "# resolved ConfigContainer" in text, text[-2000:]
+    assert "context_parallel_size: 8" in (run / "pipeline" / "dry_run" / "cpt_seq64k.txt").read_text()
+    assert "Megatron-Bridge SFT: parallelism=h100_16gpu" in (run / "pipeline" / "dry_run" / "sft.txt").read_text()
+    # resubmitting the chain submits nothing: every stage's marker matches
+    again = _chain(args, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "chain for cluster local_slurm: 0 job(s)" in again.stdout
+    assert json.loads((run / "chain.json").read_text())["jobs"] == []

@@ -93,3 +93,34 @@ def test_curriculum_order_multirun_on_slurm_through_submitit(tmp_path, slurm_clu
     sweep = work / "sweeps" / "curriculum_order"
     _check_order_sweep(sweep)
     assert list((sweep / ".submitit").glob("*/*_submission.sh"))  # the arms went through sbatch
+
+
+def test_a_cluster_ablation_arm_is_a_whole_megatron_bridge_chain(tmp_path):
+    """On a cluster each arm of `recipes/pipeline.py -m ... cluster=<profile>` is its own chain: its
+    training jobs span the preset's nodes under torch.distributed.run (8 processes per node), not the
+    one task per node hydra-submitit-launcher would start; a real (not dry) multirun refuses to submit
+    the shared prepare stage from every arm at once."""
+    from hebatron_nemo.launch.chain import stage_job, ChainJob
+    from hebatron_nemo.launch.compose import compose_launch
+    from hebatron_nemo.launch.slurm import render_sbatch
+
+    env = {**_env(), "HEBATRON_WORK": str(tmp_path)}
+    cmd = [sys.executable, "recipes/pipeline.py", "-m", "experiment=hebatron_h100x64", "cluster=eos_pyxis",
+           "anchor.share=0.1,0.25"]
+    proc = subprocess.run(cmd + ["pipeline.dry_run=true"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cluster = compose_launch("eos_pyxis", [f"paths.work={tmp_path}"]).cluster
+    for share in ("0.1", "0.25"):
+        chain = json.loads((tmp_path / "runs" / f"hebatron-easy_to_hard-anchor{share}" / "chain.json").read_text())
+        jobs = {j["name"]: j for j in chain["jobs"]}
+        cpt = jobs["cpt_seq8k"]
+        assert f"anchor.share={share}" in cpt["argv"] and (cpt["nodes"], cpt["gpus_per_node"]) == (8, 8)
+        script = render_sbatch(cluster, stage_job(ChainJob(**{k: v for k, v in cpt.items()})))
+        assert "#SBATCH --nodes=8" in script and "#SBATCH --ntasks-per-node=1" in script
+        assert '-m torch.distributed.run \\\n  --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node=8' in script
+        assert "recipes/pipeline.py \\\n  experiment=hebatron_h100x64" in script
+    real = subprocess.run(cmd + ["cluster.account=acct"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert real.returncode == 2 and "shared stage(s) ['prepare']" in real.stderr, real.stderr[-2000:]
+    assert not (tmp_path / "slurm").exists()  # nothing was written or submitted

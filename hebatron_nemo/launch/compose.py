@@ -50,3 +50,13 @@ def check_stage(recipe: str, args: list[str]):
             raise ConfigError(f"no recipe recipes/{recipe}.py")
         return None
     return _compose(RECIPE_CONFIGS[recipe], [a for a in args if not a.startswith("-")])
+
+
+def _resolved_cluster(cfg):
+    """The run's cluster profile (`cluster=<profile>` of recipes/pipeline.py), every value resolved."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.create(OmegaConf.to_container(cfg.cluster, resolve=True))
+    except Exception as e:  # an unset interpolation names its key
+        raise ConfigError(f"cluster profile {cfg.cluster.get('name')!r}: {e}") from e

@@ -36,6 +36,11 @@ class StageJob:
     args: list[str] = field(default_factory=list)  # the recipe's command-line overrides, passed verbatim
     distributed: bool = False  # torch.distributed.run over nodes x procs_per_node (training stages)
     checkpoints_on_signal: bool | None = None  # stops cleanly on the warning signal; default: = distributed
+    # the job's own resources (a training job's come from its parallelism preset); None: the cluster profile's
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    procs_per_node: int | None = None
+    array: int | None = None  # a job array of this many tasks; ARRAY_TASK in an argument is the task's index
 
 
 @dataclass
@@ -51,8 +56,38 @@ class Submission:
     stderr: Path | None = None
 
 
+#: in a job array's arguments: replaced by the task's index ($SLURM_ARRAY_TASK_ID) when the job runs
+ARRAY_TASK = "${SLURM_ARRAY_TASK_ID}"
+
+
 def job_name(job: StageJob) -> str:
     return f"heb-{job.name}"
+
+
+def time_seconds(limit: str) -> int:
+    """Seconds of a Slurm time limit (D-HH:MM:SS, D-HH:MM, D-HH, HH:MM:SS, MM:SS, MM)."""
+    text = str(limit)
+    if not re.fullmatch(r"\d{1,3}(-\d{1,2})?(:\d{2}){0,2}", text):
+        raise ConfigError(f"time {text!r} is not a Slurm time limit (D-HH:MM:SS, HH:MM:SS, MM)")
+    days, _, rest = text.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:
+        h, m, sec = (parts + [0, 0])[:3]
+        return int(days) * 86400 + h * 3600 + m * 60 + sec
+    if len(parts) == 3:
+        return parts[0] * 3600 + parts[1] * 60 + parts[2]
+    if len(parts) == 2:
+        return parts[0] * 60 + parts[1]
+    return parts[0] * 60
+
+
+def _arg(a: str) -> str:
+    """One argument of the step's command line: quoted, except that ARRAY_TASK expands."""
+    if ARRAY_TASK in a:
+        if any(c in a.replace(ARRAY_TASK, "") for c in "\"$`\\!"):
+            raise ConfigError(f"argument {a!r}: only {ARRAY_TASK} may expand in a job array's arguments")
+        return f'"{a}"'
+    return shlex.quote(a)
 
 
 def _abs(path: str) -> Path:
@@ -94,12 +129,16 @@ def render_sbatch(cluster, job: StageJob) -> str:
     _check(cluster)
     dist = job.distributed
     handles = dist if job.checkpoints_on_signal is None else job.checkpoints_on_signal
-    nodes = cluster.nodes if dist else 1
+    nodes = job.nodes if job.nodes is not None else (cluster.nodes if dist else 1)
+    gpus = cluster.gpus_per_node if job.gpus_per_node is None else job.gpus_per_node
+    procs = cluster.procs_per_node if job.procs_per_node is None else job.procs_per_node
     log_dir = _abs(cluster.log_dir)
     name = job_name(job)
     sb = [f"--job-name={name}", f"--nodes={nodes}", "--ntasks-per-node=1"]
-    if cluster.gpus_per_node:
-        sb.append(f"--gpus-per-node={cluster.gpus_per_node}")
+    if job.array:
+        sb.append(f"--array=0-{int(job.array) - 1}")
+    if gpus:
+        sb.append(f"--gpus-per-node={gpus}")
     if cluster.cpus_per_task:
         sb.append(f"--cpus-per-task={cluster.cpus_per_task}")
     if cluster.mem is not None:
@@ -110,7 +149,8 @@ def render_sbatch(cluster, job: StageJob) -> str:
     for key in ("account", "partition", "qos"):
         if cluster[key]:
             sb.append(f"--{key}={cluster[key]}")
-    sb += [f"--output={log_dir}/%x-%j.out", f"--error={log_dir}/%x-%j.err", "--open-mode=append"]
+    logname = "%x-%A_%a" if job.array else "%x-%j"
+    sb += [f"--output={log_dir}/{logname}.out", f"--error={log_dir}/{logname}.err", "--open-mode=append"]
     if cluster.requeue:
         sb += [f"--signal=B:{cluster.signal}@{cluster.signal_seconds}", "--requeue"]
     else:
@@ -124,7 +164,7 @@ def render_sbatch(cluster, job: StageJob) -> str:
     if dist:
         sigs = ",".join(_TORCHRUN_SIGNALS + (f"SIG{cluster.signal}",))
         py = [cluster.python, "-m", "torch.distributed.run", '--nnodes="$SLURM_JOB_NUM_NODES"',
-              f"--nproc-per-node={cluster.procs_per_node}", "--rdzv-backend=c10d",
+              f"--nproc-per-node={procs}", "--rdzv-backend=c10d",
               '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"', '--rdzv-id="$SLURM_JOB_ID"',
               f"--signals-to-handle={sigs}", f"--shutdown-timeout={max(cluster.signal_seconds, 30)}", recipe]
     else:
@@ -132,7 +172,7 @@ def render_sbatch(cluster, job: StageJob) -> str:
     parts = [" ".join(srun)] + _container_flags(cluster) + [" ".join(py[:2 if not dist else 3])]
     if dist:
         parts += [" ".join(py[3:-1]), py[-1]]
-    parts += [q(a) for a in job.args]
+    parts += [_arg(a) for a in job.args]
     step = " \\\n  ".join(parts)
 
     lines = ["#!/bin/bash",
@@ -240,7 +280,7 @@ def submit(cluster, job: StageJob, after: list[str] | None = None, dry_run: bool
     if not job_id.isdigit():
         raise HebatronError(f"sbatch printed no job id: {proc.stdout!r}")
     log_dir = _abs(cluster.log_dir)
-    sub = Submission(job.name, script, path, cmd, job_id, log_dir / f"{job_name(job)}-{job_id}.out",
-                     log_dir / f"{job_name(job)}-{job_id}.err")
+    stem = f"{job_name(job)}-{job_id}_0" if job.array else f"{job_name(job)}-{job_id}"  # an array: its first task
+    sub = Submission(job.name, script, path, cmd, job_id, log_dir / f"{stem}.out", log_dir / f"{stem}.err")
     log(f"submitted {job.name}: job {job_id}  log {sub.stdout}")
     return sub

@@ -1,48 +1,49 @@
-"""Submit the whole pipeline as dependent Slurm jobs (afterok), one recipe call per job.
+"""The run's stage graph as dependent Slurm jobs: a shorthand for recipes/pipeline.py with a cluster.
 
-    python launchers/slurm/chain.py --cluster local_slurm --dry-run experiment=tiny_cpu
-    python launchers/slurm/chain.py --cluster eos_pyxis --set cluster.account=my_acct \\
-        --base-model /lustre/models/nemotron3-nano-30b-a3b experiment=hebatron_cpt
-    python launchers/slurm/chain.py --only plan,cpt_seq128 experiment=tiny_cpu    # part of the chain
+    python launchers/slurm/chain.py --cluster eos_pyxis --dry-run experiment=hebatron_h100x64
+    = python recipes/pipeline.py experiment=hebatron_h100x64 cluster=eos_pyxis pipeline.dry_run=true
 
-Stages: prepare -> plan -> [parity gate] -> per curriculum segment: cpt_<seg> -> export_<seg> (base_<seg>)
--> eval_<seg>; then sft -> export_chat -> eval (the whole series) -> report. The overrides go to every
-stage whose config accepts them; each stage's config is composed before anything is submitted. A dry run
-prints each job's sbatch command (placeholder ids) and recipe call. See docs/launchers.md.
+    python launchers/slurm/chain.py --cluster eos_pyxis --set cluster.account=my_acct experiment=hebatron_h100x64
+    python launchers/slurm/chain.py --cluster local_slurm --only plan,cpt experiment=tiny_cpu   # part of the chain
+
+The graph is hebatron_nemo/pipeline/stages.py's (the only list of stages); hebatron_nemo/launch/chain.py
+renders it. Each job runs `recipes/pipeline.py <overrides> pipeline.only=[<stage>]` and writes the stage's
+completion marker, so a resubmitted chain leaves out what is done. The jobs go to <run_dir>/chain.json.
+See docs/launchers.md.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pipeline_argv(args) -> list[str]:
+    """The recipes/pipeline.py call these arguments mean."""
+    argv = [str(REPO / "recipes" / "pipeline.py"), *args.overrides, f"cluster={args.cluster}"]
+    for kv in args.set:
+        key = kv.split("=", 1)[0]
+        argv.append(kv if key.startswith(("cluster.", "paths.", "+cluster.")) else f"cluster.{kv}")
+    if args.only:
+        argv.append(f"pipeline.only=[{args.only}]")
+    if args.dry_run:
+        argv.append("pipeline.dry_run=true")
+    return argv
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cluster", default="local_slurm", help="a profile of conf/cluster/ (default: local_slurm)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the launch config")
-    ap.add_argument("--base-model", help="HF checkpoint folder to parity-check before training (adds the gate stage)")
-    ap.add_argument("--only", help="comma-separated stage names: submit just these (dependencies among them kept)")
-    ap.add_argument("--dry-run", action="store_true", help="print the jobs and their sbatch commands; submit nothing")
-    ap.add_argument("--scripts", action="store_true", help="with --dry-run: print every sbatch script too")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides for the stages (e.g. experiment=tiny_cpu)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the cluster profile or paths (cluster.account=..., paths.work=...)")
+    ap.add_argument("--only", help="comma-separated stage names: submit just these (their upstream must be done)")
+    ap.add_argument("--dry-run", action="store_true", help="print the jobs, write chain.json; submit nothing")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of the run (e.g. experiment=hebatron_h100x64)")
     args = ap.parse_args()
-
-    from hebatron_nemo.cli import clean_errors
-    from hebatron_nemo.launch.chain import pipeline_stages, select, submit_chain
-    from hebatron_nemo.launch.compose import _compose, compose_launch
-
-    with clean_errors():
-        cfg = compose_launch(args.cluster, args.set)
-        run = _compose("cpt", list(args.overrides))  # the run's segments and folder, from the user's overrides
-        segments = [s.name for s in run.curriculum.segments]
-        stages = select(pipeline_stages(segments, str(run.run_dir), args.base_model),
-                        args.only.split(",") if args.only else None)
-        subs = submit_chain(cfg.cluster, stages, list(args.overrides), dry_run=args.dry_run, show_scripts=args.scripts)
-        if not args.dry_run:
-            print(f"{len(subs)} jobs: " + " ".join(f"{s.name}={s.job_id}" for s in subs))
-            print(f"logs: {subs[0].stdout.parent}")
+    argv = pipeline_argv(args)
+    os.execv(sys.executable, [sys.executable, *argv])
 
 
 if __name__ == "__main__":

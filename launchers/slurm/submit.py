@@ -5,8 +5,9 @@
         --set cluster.nodes=16 cpt experiment=tiny_cpu anchor=none
 
 The stage's overrides are checked by composing its config before anything is written or submitted.
-Training stages (cpt, sft) run under torch.distributed.run on cluster.nodes x cluster.procs_per_node;
-the others as one process. A dry run prints the sbatch script and the exact sbatch command; a real
+Training stages (cpt, sft) run under torch.distributed.run on cluster.nodes x cluster.procs_per_node
+(with backend=megatron_bridge: the parallelism preset's nodes x gpus_per_node, its wall time checked
+against cluster.time x (cluster.max_restarts + 1)); the others as one process. A dry run prints the sbatch script and the exact sbatch command; a real
 submission prints the job id and the log paths. Preemption, requeue and the profiles: docs/launchers.md.
 """
 
@@ -17,6 +18,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 DISTRIBUTED = ("cpt", "sft")
+
+
+def megatron_bridge_job(job, cluster, run, sets: list[str]):
+    """A Megatron-Bridge training job takes its nodes and GPUs from its parallelism preset; an explicit
+    `--set cluster.nodes=N` that disagrees, a cluster whose nodes have another GPU count, or a time
+    limit x restarts shorter than the expected wall time is refused before anything is written."""
+    from dataclasses import replace
+
+    from hebatron_nemo.backends.megatron_bridge.checks import raise_if
+    from hebatron_nemo.launch.chain import train_problems
+
+    par = run.parallelism
+    explicit = [int(kv.split("=", 1)[1]) for kv in sets if kv.split("=", 1)[0] == "cluster.nodes"]
+    nodes = explicit[-1] if explicit else int(par.nodes)
+    problems, _ = train_problems(cluster, run, job.recipe, nodes, int(par.gpus_per_node))
+    raise_if(problems, f"{job.recipe} on cluster {cluster.name!r}")
+    return replace(job, nodes=nodes, gpus_per_node=int(par.gpus_per_node), procs_per_node=int(par.gpus_per_node))
 
 
 def main() -> None:
@@ -37,8 +55,11 @@ def main() -> None:
 
     with clean_errors():
         cfg = compose_launch(args.cluster, args.set)
-        check_stage(args.recipe, args.overrides)
+        run = check_stage(args.recipe, args.overrides)
         job = StageJob(args.name or args.recipe, args.recipe, list(args.overrides), distributed=args.recipe in DISTRIBUTED)
+        if args.recipe in DISTRIBUTED and run is not None and run.backend == "megatron_bridge" \
+                and not run.megatron_bridge.dry_run:
+            job = megatron_bridge_job(job, cfg.cluster, run, args.set)
         sub = submit(cfg.cluster, job, after=args.after, dry_run=args.dry_run)
         if sub.job_id:
             print(f"job_id={sub.job_id}\nstdout={sub.stdout}\nstderr={sub.stderr}\nscript={sub.script_path}")
