@@ -126,3 +126,22 @@ def test_new_data_gets_a_new_folder_and_packs_stay_inside_it(prepared, tmp_path)
     root = Path(str(dataset_root(cfg, manifest["fingerprint"])))
     assert (root / "packed" / f"{name}_pad_seq_to_mult1_sft_x").resolve().is_relative_to(root)
     assert json.loads((Path(cfg.sft_data.output_dir) / MANIFEST).read_text())["fingerprint"] == manifest["fingerprint"]
+
+
+def test_sft_steps_follow_from_the_data_not_a_fixed_number(tmp_path):
+    """The cluster SFT experiment fixes no step count: MB gets sft.epochs and derives train_iters (and the
+    LR decay) from the packed rows; the dry run states the arithmetic from the prepared manifest."""
+    from mb_fixtures import compose_experiment
+
+    from hebatron_nemo.backends.megatron_bridge.run import sft_steps_line
+    from hebatron_nemo.backends.megatron_bridge.seam import sft_overrides
+
+    cfg = compose_experiment("hebatron_sft_h100x16", [f"paths.work={tmp_path}"], recipe="sft")
+    assert cfg.sft_data.name == "hebatron" and cfg.sft_data.total == 2_000_000
+    assert cfg.megatron_bridge.sft_train_iters is None
+    train = sft_overrides(cfg, tmp_path)["train"]
+    assert train["train_iters"] is None and train["num_epochs"] == cfg.sft.epochs
+    manifest = {"samples": 2_000_000, "tokens": 2_000_000 * 1500}
+    line = sft_steps_line(cfg, manifest)
+    rows = -(-manifest["tokens"] // cfg.megatron_bridge.sft_seq_length)
+    assert f"at least {-(-rows // cfg.sft.global_batch):,} steps" in line
