@@ -1,7 +1,8 @@
 """The stage graph of a run and the runner that walks it.
 
     corpora -> prepare -> plan ----------> cpt -> sft -> export -> evaluate -> report
-                       \\-> base (stage 0) -/
+                       \\-> base (stage 0) -/     /
+                       \\-> prepare_sft --------/
 
 Each stage is the same library call its recipe makes (`recipes/<stage>.py`), fed the one composed
 config. Its input fingerprint hashes the config subtrees it reads, the content it reads from outside
@@ -224,8 +225,9 @@ STAGES: tuple[Stage, ...] = (
           _base),
     Stage("cpt", "continued pretraining, every segment", ("plan", "base"),
           ("curriculum", "anchor", "eval", "checkpoint.every_steps", "max_steps") + TRAIN_KEYS, "run", _cpt),
-    Stage("prepare_sft", "SFT registry -> one prepared chat dataset", ("corpora",), ("sft_data", "tokenizer"), "run",
-          _prepare_sft, extra=_sft_source_files),
+    # after prepare: the demo's tokenizer is trained there, and the length filter counts its tokens
+    Stage("prepare_sft", "SFT registry -> one prepared chat dataset", ("corpora", "prepare"), ("sft_data", "tokenizer"),
+          "shared", _prepare_sft, extra=_sft_source_files),
     Stage("sft", "bilingual chat SFT", ("cpt", "prepare_sft"), ("sft", "sft_data") + TRAIN_KEYS, "run", _sft),
     Stage("export", "release-layout HF folder, logit parity", ("sft", "cpt"),
           ("source", "source_dir", "out_dir", "tokenizer_dir", "chat_template", "generation", "dtype",
