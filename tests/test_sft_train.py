@@ -72,12 +72,18 @@ def setup(tmp_path_factory):
                             "checkpoint.every_steps=10"])
     model = build_model(load_model_config("micro"), 600, seed=0)
     export_model(model, {"tokenizer": {"path": str(tok)}, "fingerprint": "test"}, tmp / "cpt" / "model")
-    manifest = prepare_sft(cfg, log=lambda *a: None)
-    return tmp, cfg, manifest
+    prepare_sft(cfg, log=lambda *a: None)
+    return tmp, cfg  # (tests/test_preemption.py reuses this fixture)
 
 
-def test_demo_registry_prepares_through_the_general_path(setup):
-    tmp, cfg, m = setup
+@pytest.fixture(scope="module")
+def manifest(setup):
+    _, cfg = setup
+    return json.loads((Path(cfg.sft_data.output_dir) / "manifest.json").read_text())
+
+
+def test_demo_registry_prepares_through_the_general_path(setup, manifest):
+    (tmp, cfg), m = setup, manifest
     assert m["samples"] == 240 and m["registry"] == "demo"
     assert {k: v["samples"] for k, v in m["sources"].items()} == {
         "pairs_train": 156, "he_instructions": 24, "en_kjv_chats": 30, "en_jps_chats": 30}
@@ -91,8 +97,8 @@ def test_demo_registry_prepares_through_the_general_path(setup):
     assert {r["role"] for r in lines if r["source"].startswith("en_")} == {"anchor"}
 
 
-def test_sft_trains_exports_and_resumes(setup):
-    tmp, cfg, manifest = setup
+def test_sft_trains_exports_and_resumes(setup, manifest):
+    tmp, cfg = setup
     state = run_sft(cfg, log=lambda *a: None)
     hebrew, anchor = state["counts"]
     # steps = epochs x samples / global batch: every prepared conversation trained once, by its role
@@ -122,7 +128,7 @@ def test_loss_is_assistant_only(setup):
     from hebatron_nemo.data.tokenizer import LocalTokenizer
     from hebatron_nemo.sft.template import tokenize_conversation
 
-    tmp, cfg, _ = setup
+    tmp, cfg = setup
     tok = LocalTokenizer(cfg.tokenizer.path)
     conv = [{"role": "user", "content": "תרגם לאנגלית: שלום"}, {"role": "assistant", "content": "Hello"}]
     ex = tokenize_conversation(conv, tok, 128)
