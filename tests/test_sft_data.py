@@ -14,7 +14,7 @@ from corpus import ENGLISH, HEBREW, make_docs, write_jsonl
 
 from hebatron_nemo.data.readers import Document
 from hebatron_nemo.data.tokenizer import LocalTokenizer, train_byte_level_bpe
-from hebatron_nemo.errors import ConfigError, DataError
+from hebatron_nemo.errors import DataError
 from hebatron_nemo.demo.sft import clean_verse
 from hebatron_nemo.sft.data import (IGNORE_INDEX, SFTExample, anchor_conversations, bucket_indices, collate,
                                     length_bucketed_batches, read_pairs, split_sentences, tokenize_conversations)

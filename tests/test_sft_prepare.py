@@ -17,7 +17,7 @@ from corpus import ENGLISH, HEBREW, write_jsonl
 from hebatron_nemo.config import RunConfig
 from hebatron_nemo.data.tokenizer import LocalTokenizer, train_byte_level_bpe
 from hebatron_nemo.errors import ConfigError, DataError
-from hebatron_nemo.sft.prepare import MANIFEST, TRAIN_FILE, VALID_FILE, dry_run, iter_prepared, open_prepared, prepare_sft
+from hebatron_nemo.sft.prepare import TRAIN_FILE, VALID_FILE, dry_run, iter_prepared, open_prepared, prepare_sft
 from hebatron_nemo.sft.template import CHAT_TEMPLATE, tokenize_conversation
 
 EVAL_SENTENCE = "the quick brown fox jumps over the lazy dog near the quiet river bank today"

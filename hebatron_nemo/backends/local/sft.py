@@ -78,7 +78,8 @@ def build_data(cfg, tokenizer, log=print):
     train = _examples(folder / TRAIN_FILE, tokenizer, max_length)
     valid = _examples(folder / VALID_FILE, tokenizer, max_length, limit=s.eval_conversations)
     roles = manifest["roles"]
-    log(f"SFT data {folder}: {len(train):,} conversations ({', '.join(f'{k} {v['samples']:,}' for k, v in roles.items())}), "
+    by_role = ", ".join(f"{k} {v['samples']:,}" for k, v in roles.items())
+    log(f"SFT data {folder}: {len(train):,} conversations ({by_role}), "
         f"anchor share of loss tokens {manifest['anchor_share_of_loss_tokens']:.4f}")
     return train, valid, manifest
 
