@@ -423,8 +423,8 @@ class MegatronBridgeConfig:
     require_parity: bool = True  # segment 0 refuses to start without a passing HF->Megatron logit parity record (recipes/convert.py parity)
     overrides: List[str] = field(default_factory=list)  # Hydra-syntax ConfigContainer overrides applied last
     sft_seq_length: int = 4096  # packed sequence length for SFT (padded to 2 x CP)
-    sft_train_iters: Optional[int] = None  # SFT optimizer steps; None = sft.epochs over the packed data
-    sft_data_dir: Optional[str] = None  # where the SFT mixture is materialized; default <sft.run_dir>/mb_data
+    sft_train_iters: Optional[int] = None  # fixes the SFT optimizer steps; None (default): sft.epochs over the packed data
+    sft_data_dir: Optional[str] = None  # the run's SFT data folder (links to the prepared data, MB's index and packs); default <sft.run_dir>/mb_data
     # the parallelism preset of each plan segment's job, in order (decides the optimizer-state format:
     # fully reshardable only across a layout change); []: unknown, always fully reshardable
     segment_parallelism: List[str] = field(default_factory=list)
@@ -453,15 +453,10 @@ class TrainConfig(PlanConfig):
 
 @dataclass
 class SFTConfig:
-    """Supervised fine-tuning on bilingual chat data (assistant-only loss, English anchor chats)."""
+    """Supervised fine-tuning on the prepared SFT dataset of `sft_data` (assistant-only loss)."""
 
     init_from: str = MISSING  # an HF model folder written by CPT (<run_dir>/model)
-    corpus_dir: str = MISSING  # pairs_{train,valid}.jsonl and the English anchor sources
-    max_length: int = 256  # tokens per conversation (longer ones are dropped and counted)
-    anchor_share: float = 0.25  # share of the loss tokens from English anchor chats
-    max_pairs: Optional[int] = 1000  # a seeded subset of the translation pairs (CPU budget); None = all
-    max_anchor_documents: Optional[int] = 150
-    epochs: int = 1
+    epochs: int = 1  # passes over the prepared training conversations: steps = epochs x samples / global_batch
     global_batch: int = 16  # conversations per optimizer step
     micro_batch: int = 8
     lr: float = 1e-3
@@ -469,8 +464,59 @@ class SFTConfig:
     warmup_fraction: float = 0.05
     decay_fraction: float = 0.3
     eval_every_steps: int = 25
-    eval_conversations: int = 48
+    eval_conversations: int = 48  # validation conversations scored at each eval (the prepared validation.jsonl's first)
     run_dir: str = MISSING
+
+
+SFT_KINDS = ("messages", "instruction", "pairs")
+SFT_ROLES = ("target", "anchor")
+SFT_FORMATS = ("jsonl", "parquet", "hf_disk")
+
+
+@dataclass
+class SFTSourceConfig:
+    """One source of an SFT registry (`conf/sft_data/<name>.yaml`, key `sources.<name>`)."""
+
+    kind: str = MISSING  # messages ([{role, content, reasoning_content?}]) | instruction (prompt/response columns) | pairs (he/en)
+    path: str = MISSING  # file, directory, glob, or datasets.save_to_disk folder (`dir::split`); relative to raw_dir
+    format: str = "jsonl"  # jsonl (.gz/.zst too) | parquet | hf_disk
+    role: str = "target"  # target (the chats being taught) | anchor (English replay chats against forgetting)
+    language: str = "he"  # he | en | he-en: which texts the Hebrew normalizer and transform touch
+    weight: Optional[float] = None  # share of `total` (normalized over the weighted sources); or set `samples`
+    samples: Optional[int] = None  # an exact count in the mixture (instead of a weight)
+    normalize: Optional[Dict[str, Any]] = None  # HebrewNormalizer settings for this source's Hebrew text; null: none
+    transform: Optional[str] = None  # "module:function" (str -> str) applied to the Hebrew text first (a source's own marks)
+    messages_field: str = "messages"  # kind=messages
+    prompt_field: str = "prompt"  # kind=instruction
+    response_field: str = "response"  # kind=instruction
+    system_field: Optional[str] = None  # kind=instruction: an optional system-prompt column
+    reasoning_field: Optional[str] = None  # kind=instruction: an optional reasoning column (rendered as <think>)
+    he_field: str = "he"  # kind=pairs
+    en_field: str = "en"  # kind=pairs
+    id_field: Optional[str] = None  # a stable row id; default "<file>:<line or row>"
+    directions: List[str] = field(default_factory=lambda: ["he-en", "en-he"])  # kind=pairs: one chat per direction
+    system_fraction: float = 0.3  # kind=pairs: share of translation chats with a system prompt (fixed by a hash of the id)
+    description: str = ""
+    licence: str = "user-provided"
+
+
+@dataclass
+class SFTDataConfig:
+    """An SFT registry and how it is prepared (`conf/sft_data/<name>.yaml`; `recipes/prepare_sft.py`)."""
+
+    name: str = MISSING
+    raw_dir: str = MISSING  # where the sources' relative paths live
+    output_dir: str = MISSING  # the prepared dataset: training.jsonl, validation.jsonl, manifest.json
+    total: Optional[int] = None  # conversations in the training mixture; null: the sum of `samples` (no weights then)
+    seed: int = 1234  # the mixture's choice and order
+    max_length: int = 4096  # tokens of a rendered conversation (the chat template, the run's tokenizer); longer ones are dropped
+    valid_fraction: float = 0.01  # conversations held out for validation (by a hash of their id), per source
+    max_valid: int = 2000  # at most this many validation conversations per source
+    dedup: bool = True  # exact dedup on the normalized conversation, across all sources
+    allow_repeat: bool = False  # a source asked for more than it holds is repeated (else an error)
+    decontamination: DecontamConfig = field(default_factory=DecontamConfig)  # the pretraining decontaminator
+    derive: Optional[str] = None  # "module:function(cfg, log)": writes derived source files before reading (the demo)
+    sources: Dict[str, SFTSourceConfig] = field(default_factory=dict)
 
 
 @dataclass
@@ -493,7 +539,16 @@ class RunConfig(TrainConfig):
     (`conf/experiment/*.yaml`) composes unchanged in every stage, and a stage reads only its part."""
 
     sft: SFTConfig = field(default_factory=SFTConfig)
+    sft_data: SFTDataConfig = field(default_factory=SFTDataConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+@dataclass
+class PrepareSFTConfig(RunConfig):
+    """`recipes/prepare_sft.py`: the SFT registry -> one prepared SFT dataset (both backends read it)."""
+
+    dry_run: bool = False  # validate the registry, print the per-source plan, write nothing
+    overwrite: bool = False  # redo a prepared dataset whose manifest already matches the inputs
 
 
 SFTRunConfig = RunConfig  # the names the recipes' schemas had before they were one
@@ -567,6 +622,8 @@ def register_configs() -> None:
     cs.store(name="prepare_schema", node=PrepareConfig)
     cs.store(name="install_demo_schema", node=InstallDemoConfig)
     cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="prepare_sft_schema", node=PrepareSFTConfig)
+    cs.store(group="sft_data", name="sft_data_schema", node=SFTDataConfig)
     cs.store(group="curriculum", name="curriculum_schema", node=CurriculumConfig)
     cs.store(group="anchor", name="anchor_schema", node=AnchorConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)

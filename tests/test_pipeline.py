@@ -88,7 +88,7 @@ def test_stage_selection_errors_name_the_field_and_the_missing_stage(tmp_path):
     with pytest.raises(ConfigError, match="stage cpt needs stage plan"):
         stage_table(_cfg(tmp_path, "pipeline.only=[cpt]"))
     rows = stage_table(_cfg(tmp_path, "pipeline.skip=[evaluate,report]"))
-    assert [r["status"] for r in rows] == ["run"] * 7 + ["skip", "skip"]
+    assert [r["status"] for r in rows] == ["run"] * 8 + ["skip", "skip"]  # 8: prepare_sft before sft
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):

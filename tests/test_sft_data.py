@@ -1,5 +1,5 @@
 """SFT data: the chat template and its assistant-only loss mask, Jinja parity, pair reading, translation
-and anchor chats, the anchor share in loss tokens, length buckets and label alignment."""
+and anchor chats, length buckets and label alignment (the registry preparation: test_sft_prepare.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from corpus import ENGLISH, HEBREW, make_docs, write_jsonl
 
 from hebatron_nemo.data.readers import Document
 from hebatron_nemo.data.tokenizer import LocalTokenizer, train_byte_level_bpe
-from hebatron_nemo.errors import ConfigError, DataError
-from hebatron_nemo.sft.data import (IGNORE_INDEX, SFTExample, SFTMixture, TranslationPair, anchor_conversations,
-                                    bucket_indices, build_demo_sft, clean_hebrew_verse, collate,
-                                    length_bucketed_batches, read_pairs, split_sentences,
-                                    tokenize_conversations, translation_conversations)
+from hebatron_nemo.errors import DataError
+from hebatron_nemo.demo.sft import clean_verse
+from hebatron_nemo.sft.data import (IGNORE_INDEX, SFTExample, anchor_conversations, bucket_indices, collate,
+                                    length_bucketed_batches, read_pairs, split_sentences, tokenize_conversations)
+from hebatron_nemo.sft.sources import pair_conversations
 from hebatron_nemo.sft.template import (CHAT_TEMPLATE, ConversationTooLong, render, tokenize_conversation)
 
 SYSTEM = {"role": "system", "content": "Answer briefly."}
@@ -174,7 +174,7 @@ def test_read_pairs_and_clean_hebrew(tmp_path):
     assert [(p.id, p.he, p.en, p.line) for p in pairs[:5]] == [(r["id"], r["he"], r["en"], i + 1)
                                                                for i, r in enumerate(rows[:5])]
     assert read_pairs(f, clean_hebrew=True)[-1].he == "ויהיו בני נח היצאים מן התבה"
-    assert clean_hebrew_verse("אמרי - נא אחת/י ס ו/ישב") == "אמרי נא אחתי וישב"
+    assert clean_verse("אמרי - נא אחת/י ס ו/ישב") == "אמרי נא אחתי וישב"
 
 
 @pytest.mark.parametrize("bad, line, field", [
@@ -202,27 +202,25 @@ def test_malformed_json_line_is_located(tmp_path):
 # ----------------------------------------------------------------------------------------- chats
 
 
-def test_translation_conversations_are_deterministic_and_faithful():
-    pairs = [TranslationPair(r["id"], r["he"], r["en"]) for r in _pairs_rows(60)]
-    convs = translation_conversations(pairs, reasoning_fraction=0.3)
-    assert convs == translation_conversations(pairs, reasoning_fraction=0.3)
-    assert len(convs) == 120 and len({c["id"] for c in convs}) == 120
-    by_pair = {p.id: p for p in pairs}
+def test_pair_conversations_are_deterministic_faithful_and_language_neutral():
+    rows = _pairs_rows(60)
+    convs = [c for r in rows for c in pair_conversations(r["id"], r["he"], r["en"], ["he-en", "en-he"], 0.3)]
+    assert convs == [c for r in rows for c in pair_conversations(r["id"], r["he"], r["en"], ["he-en", "en-he"], 0.3)]
+    assert len(convs) == 120 and len({cid for cid, _ in convs}) == 120
+    by_pair = {r["id"]: r for r in rows}
     hebrew_prompts = 0
-    for c in convs:
-        pid, direction = c["id"].split("|")
-        pair, answer = by_pair[pid], c["messages"][-1]
-        src, tgt = (pair.he, pair.en) if direction == "he-en" else (pair.en, pair.he)
-        assert answer["role"] == "assistant" and answer["content"] == tgt
-        assert src in c["messages"][-2]["content"]
-        hebrew_prompts += any("\u05d0" <= ch <= "\u05ea" for ch in c["messages"][-2]["content"].replace(pair.he, ""))
-        if "reasoning_content" in answer:
-            assert str(len(src.split())) in answer["reasoning_content"]  # the stated word count is true
+    for cid, messages in convs:
+        pid, direction = cid.split("|")
+        pair, answer = by_pair[pid], messages[-1]
+        src, tgt = (pair["he"], pair["en"]) if direction == "he-en" else (pair["en"], pair["he"])
+        assert answer == {"role": "assistant", "content": tgt}
+        instruction = messages[-2]["content"].replace(src, "")
+        assert src in messages[-2]["content"] and "verse" not in instruction and "פסוק" not in instruction
+        hebrew_prompts += any("\u05d0" <= ch <= "\u05ea" for ch in instruction)
     assert 20 < hebrew_prompts < 100  # instructions in both languages
-    assert 10 < sum(c["messages"][0]["role"] == "system" for c in convs) < 70
-    assert 10 < sum("reasoning_content" in c["messages"][-1] for c in convs) < 70
-    assert len({c["messages"][-2]["content"].replace(by_pair[c["id"].split("|")[0]].he, "")
-                .replace(by_pair[c["id"].split("|")[0]].en, "") for c in convs}) >= 10  # several phrasings
+    assert 10 < sum(m[0]["role"] == "system" for _, m in convs) < 70
+    assert len({m[-2]["content"].replace(by_pair[c.split("|")[0]]["he"], "")
+                .replace(by_pair[c.split("|")[0]]["en"], "") for c, m in convs}) >= 10  # several phrasings
 
 
 def test_anchor_answers_come_verbatim_from_the_text():
@@ -266,9 +264,6 @@ def test_anchor_decontamination_drops_windows():
     assert all(ENGLISH[4] not in m["content"] for c in kept for m in c["messages"])
 
 
-# ----------------------------------------------------------------------------------------- mixture
-
-
 def _examples(n: int, source: str, rng: np.random.Generator, lo: int = 5, hi: int = 60) -> list[SFTExample]:
     out = []
     for i in range(n):
@@ -277,44 +272,6 @@ def _examples(n: int, source: str, rng: np.random.Generator, lo: int = 5, hi: in
         mask[length - int(rng.integers(1, min(hi, length - 2))):] = 1
         out.append(SFTExample(f"{source}-{i}", source, rng.integers(3, 500, length).astype(np.int32), mask))
     return out
-
-
-@pytest.mark.parametrize("share, seed", [(0.1, 0), (0.25, 1), (0.4, 2), (0.0, 3)])
-def test_anchor_share_in_loss_tokens_within_one_example(share, seed):
-    from hebatron_nemo.curriculum.apportion import prefix_error
-
-    rng = np.random.default_rng(seed)
-    hebrew = _examples(400, "he", rng)
-    anchor = {"en_a": _examples(300, "en_a", rng, hi=90), "en_b": _examples(200, "en_b", rng)}
-    mix = SFTMixture.build(hebrew, anchor, share, seed=seed)
-    r = mix.report
-    a_tokens = r["loss_tokens"]["en_a"] + r["loss_tokens"]["en_b"]
-    total = a_tokens + r["loss_tokens"]["hebrew"]
-    assert r["effective_anchor_share"] == pytest.approx(a_tokens / total)
-    assert abs(a_tokens - share * total) <= r["max_anchor_example_loss_tokens"]
-    assert abs(r["deviation_loss_tokens"]) <= r["max_anchor_example_loss_tokens"]
-    # every Hebrew example exactly once; the anchor picks are distinct examples
-    assert sorted(e.id for e in mix.examples if e.source == "he") == sorted(e.id for e in hebrew)
-    anchors = [e.id for e in mix.examples if e.source != "he"]
-    assert len(anchors) == len(set(anchors))
-    # the streams are interleaved: every prefix holds each stream's count within one example
-    names = ["he", "en_a", "en_b"]
-    order = np.array([names.index(e.source) for e in mix.examples])
-    assert prefix_error(order, np.bincount(order, minlength=3)) <= 1.0
-    again = SFTMixture.build(hebrew, anchor, share, seed=seed)
-    assert [e.id for e in again.examples] == [e.id for e in mix.examples]
-
-
-def test_anchor_shortage_is_an_error_unless_repeats_are_allowed():
-    rng = np.random.default_rng(5)
-    hebrew, anchor = _examples(200, "he", rng), _examples(20, "en", rng)
-    with pytest.raises(ConfigError, match="short of its target"):
-        SFTMixture.build(hebrew, anchor, 0.5)
-    mix = SFTMixture.build(hebrew, anchor, 0.5, allow_repeat=True)
-    assert mix.report["anchor_passes"]["anchor"] > 1
-    assert abs(mix.report["deviation_loss_tokens"]) <= mix.report["max_anchor_example_loss_tokens"]
-    with pytest.raises(ConfigError):
-        SFTMixture.build(hebrew, [], 0.2)
 
 
 # ----------------------------------------------------------------------------------------- batches
@@ -392,24 +349,3 @@ def test_right_padding_leaves_real_positions_of_nemotron_h_unchanged():
                                                   batch["input_ids"][:, 1:].reshape(-1), reduction="none")
     weight = batch["loss_mask"][:, 1:].reshape(-1).float()
     assert torch.allclose(out.loss, (per_token * weight).sum() / weight.sum(), atol=1e-5)
-
-
-# ----------------------------------------------------------------------------------------- demo
-
-
-def test_build_demo_sft_end_to_end(tmp_path, tok):
-    corpus = tmp_path / "demo"
-    write_jsonl(corpus / "pairs_train.jsonl", _pairs_rows(40, "Train 1"))
-    write_jsonl(corpus / "pairs_valid.jsonl", _pairs_rows(1, "Valid 1"))
-    write_jsonl(corpus / "pairs_test.jsonl", [{"id": "Test 1:1", "he": HEBREW[0], "en": ENGLISH[6]}])
-    write_jsonl(corpus / "en_kjv.jsonl", make_docs(ENGLISH, 40, seed=4, min_sent=4, max_sent=10, prefix="kjv"))
-    write_jsonl(corpus / "en_jps.jsonl", make_docs(ENGLISH, 40, seed=5, min_sent=4, max_sent=10, prefix="jps"))
-    mix = build_demo_sft(corpus, tok, max_length=256, anchor_share=0.2, seed=1, decontam_ngram=8)
-    r = mix.report
-    assert r["pairs"] == 40 and r["examples"]["hebrew"] == 80
-    assert abs(r["deviation_loss_tokens"]) <= r["max_anchor_example_loss_tokens"]
-    assert r["anchor_sources"]["en_kjv"]["contaminated"] > 0  # windows quoting eval English are left out
-    for e in mix.examples:
-        if e.source != "translation":
-            assert ENGLISH[6] not in tok.tok.decode(e.input_ids.tolist())
-            assert ENGLISH[0] not in tok.tok.decode(e.input_ids.tolist())  # valid pairs' English too

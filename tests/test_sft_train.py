@@ -1,23 +1,28 @@
-"""SFT on the local backend, end to end on a small written corpus: assistant-only loss, the anchor's
-share of loss tokens, resume, and an exported model that carries the chat template."""
+"""SFT on the local backend, end to end on a small written corpus through the demo's SFT registry
+(`conf/sft_data/demo.yaml`, composed as `recipes/sft.py` composes it: derived sources, the prepared
+dataset): assistant-only loss, the anchor's share of the samples, resume, and an exported model that
+carries the chat template."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
 from corpus import ENGLISH, HEBREW, make_docs, write_jsonl
 
 from hebatron_nemo.backends.local.cpt import export_model
 from hebatron_nemo.backends.local.sft import run_sft
-from hebatron_nemo.config import SFTRunConfig
+from hebatron_nemo.config import register_configs
 from hebatron_nemo.data.tokenizer import train_byte_level_bpe
 from hebatron_nemo.models.nemotron_h import build_model, load_model_config
+from hebatron_nemo.sft.prepare import prepare_sft
 
+REPO = Path(__file__).resolve().parents[1]
 
-# anchor text distinct from the pairs' English (which the SFT builder decontaminates against)
+# anchor text distinct from the held-out pairs (which the SFT preparation decontaminates against)
 ANCHOR_TEXT = [
     "The old lighthouse keeper counted the ships that passed each evening.",
     "A narrow path led from the village to the orchard on the hill.",
@@ -32,39 +37,73 @@ ANCHOR_TEXT = [
     "They planted olive trees along the edge of the field.",
     "The ferry crossed the bay twice a day in calm weather.",
 ]
+HELD_OUT = "The tailor in the harbour town sewed blue sails for every fishing boat that spring morning."
+
+
+def write_demo_like_corpus(corpus: Path) -> None:
+    """The files the demo SFT registry reads, in the demo corpora's formats (verse-style segmented Hebrew)."""
+    pairs = [{"id": f"Book {c}:{v}", "he": "ו/" + HEBREW[(c * 7 + v) % len(HEBREW)] + f" {c} {v}",
+              "en": ENGLISH[(c * 3 + v) % len(ENGLISH)] + f" ({c}:{v})"} for c in range(1, 30) for v in range(1, 6)]
+    write_jsonl(corpus / "pairs_train.jsonl", pairs)
+    write_jsonl(corpus / "pairs_test.jsonl", [{"id": "Test 1:1", "he": HEBREW[0], "en": HELD_OUT}])
+    for name, seed in (("en_kjv", 1), ("en_jps", 2)):
+        write_jsonl(corpus / f"{name}.jsonl", make_docs(ANCHOR_TEXT, 40, seed=seed, min_sent=8, max_sent=16, prefix=name))
+    write_jsonl(corpus / "he_mishnah.jsonl", make_docs(HEBREW, 40, seed=3, min_sent=6, max_sent=12, prefix="mishnah"))
+
+
+def compose_sft(tmp: Path, overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="sft", overrides=[f"paths.work={tmp}", *overrides])
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sft")
     corpus = tmp / "corpus"
-    pairs = [{"id": f"Book {c}:{v}", "he": HEBREW[(c * 7 + v) % len(HEBREW)], "en": ENGLISH[(c * 3 + v) % len(ENGLISH)]}
-             for c in range(1, 30) for v in range(1, 6)]
-    write_jsonl(corpus / "pairs_train.jsonl", pairs[:120])
-    write_jsonl(corpus / "pairs_valid.jsonl", pairs[120:])
-    for name, seed in (("en_kjv", 1), ("en_jps", 2)):
-        write_jsonl(corpus / f"{name}.jsonl", make_docs(ANCHOR_TEXT, 150, seed=seed, min_sent=8, max_sent=16, prefix=name))
+    write_demo_like_corpus(corpus)
     tok = tmp / "tok"
     train_byte_level_bpe(HEBREW * 20 + ENGLISH * 20 + ANCHOR_TEXT * 20, str(tok), 600, 1, {"test": 1})
-    cfg = OmegaConf.structured(SFTRunConfig)
-    cfg.model = load_model_config("micro")
-    cfg.tokenizer.path, cfg.tokenizer.name = str(tok), "test"
-    model = build_model(cfg.model, 600, seed=0)
+    cfg = compose_sft(tmp, [f"data.raw_dir={corpus}", f"tokenizer.path={tok}", "tokenizer.name=test", "model=micro",
+                            "sft_data=demo", "sft_data.total=240", "sft_data.max_length=320",
+                            f"sft.init_from={tmp / 'cpt' / 'model'}", f"sft.run_dir={tmp / 'sft'}",
+                            "sft.global_batch=8", "sft.micro_batch=4", "sft.eval_every_steps=10",
+                            "sft.eval_conversations=16", "logging.progress=false", "threads=1",
+                            "checkpoint.every_steps=10"])
+    model = build_model(load_model_config("micro"), 600, seed=0)
     export_model(model, {"tokenizer": {"path": str(tok)}, "fingerprint": "test"}, tmp / "cpt" / "model")
-    cfg.sft.init_from, cfg.sft.corpus_dir, cfg.sft.run_dir = str(tmp / "cpt" / "model"), str(corpus), str(tmp / "sft")
-    cfg.sft.max_pairs, cfg.sft.max_length, cfg.sft.global_batch, cfg.sft.micro_batch = None, 128, 8, 4
-    cfg.sft.eval_every_steps, cfg.sft.eval_conversations = 10, 16
-    cfg.logging.progress = False  # wandb stays on, offline: the run below proves it works without an account
-    cfg.threads = 1
-    cfg.checkpoint.every_steps = 10
-    return tmp, cfg
+    prepare_sft(cfg, log=lambda *a: None)
+    return tmp, cfg  # (tests/test_preemption.py reuses this fixture)
 
 
-def test_sft_trains_exports_and_resumes(setup):
+@pytest.fixture(scope="module")
+def manifest(setup):
+    _, cfg = setup
+    return json.loads((Path(cfg.sft_data.output_dir) / "manifest.json").read_text())
+
+
+def test_demo_registry_prepares_through_the_general_path(setup, manifest):
+    (tmp, cfg), m = setup, manifest
+    assert m["samples"] == 240 and m["registry"] == "demo"
+    assert {k: v["samples"] for k, v in m["sources"].items()} == {
+        "pairs_train": 156, "he_instructions": 24, "en_kjv_chats": 30, "en_jps_chats": 30}
+    assert m["roles"]["anchor"]["samples"] == 60
+    assert (tmp / "corpus" / "sft_derived" / "en_kjv_chats.jsonl").exists()
+    lines = [json.loads(x) for x in (Path(cfg.sft_data.output_dir) / "training.jsonl").read_text().splitlines()]
+    pairs = [r for r in lines if r["source"] == "pairs_train"]
+    # the verse clean-up ran on that source (its transform) and nowhere else; prompts name no verse
+    assert all("ו/" not in json.dumps(r, ensure_ascii=False) for r in pairs)
+    assert all("verse" not in r["messages"][-2]["content"] for r in pairs)
+    assert {r["role"] for r in lines if r["source"].startswith("en_")} == {"anchor"}
+
+
+def test_sft_trains_exports_and_resumes(setup, manifest):
     tmp, cfg = setup
     state = run_sft(cfg, log=lambda *a: None)
     hebrew, anchor = state["counts"]
-    assert anchor[1] / (hebrew[1] + anchor[1]) == pytest.approx(0.25, abs=0.05)  # anchor share of loss tokens
+    # steps = epochs x samples / global batch: every prepared conversation trained once, by its role
+    assert state["step"] == 240 // 8 and hebrew[0] == 180 and anchor[0] == 60
+    assert anchor[1] == manifest["roles"]["anchor"]["loss_tokens"] and hebrew[1] == manifest["roles"]["target"]["loss_tokens"]
     lines = [json.loads(x) for x in (tmp / "sft" / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if x["kind"] == "eval"]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == state["step"]

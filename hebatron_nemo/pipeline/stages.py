@@ -3,7 +3,8 @@
 local backend (in-process, `make demo`):
 
     corpora -> prepare -> plan ----------> cpt -> sft -> export -> evaluate -> report
-                       \\-> base (stage 0) -/
+                       \\-> base (stage 0) -/     /
+                       \\-> prepare_sft --------/
 
 megatron_bridge backend (as Slurm jobs, `cluster=<profile>`; hebatron_nemo/launch/chain.py renders it):
 
@@ -143,6 +144,27 @@ def _cpt(cfg, log):
                           f"{model} was not written, so the stages after CPT cannot run")
     return [model / "COMPLETE", Path(str(cfg.run_dir)) / "ledger.json"], {
         k: state[k] for k in ("step", "consumed_samples", "tokens")}
+
+
+def _prepare_sft(cfg, log):
+    from hebatron_nemo.sft.prepare import MANIFEST, prepare_sft
+
+    manifest = prepare_sft(cfg, log=log)
+    return [Path(str(cfg.sft_data.output_dir)) / MANIFEST], {
+        "samples": manifest["samples"], "validation_samples": manifest["validation_samples"],
+        "loss_tokens": manifest["loss_tokens"]}
+
+
+def _sft_source_files(cfg) -> dict:
+    """The SFT registry's input files as they are now (derived ones appear after their first run)."""
+    from hebatron_nemo.sft.sources import source_path
+
+    rows = {}
+    for name in cfg.sft_data.sources:
+        p = Path(source_path(cfg.sft_data, name).split("::")[0])
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.exists() else []
+        rows[name] = _stat_files(files[:20000])
+    return {"sft_raw": rows}
 
 
 def _sft(cfg, log):
@@ -369,7 +391,10 @@ STAGES: tuple[Stage, ...] = (
           _base),
     Stage("cpt", "continued pretraining, every segment", ("plan", "base"),
           ("curriculum", "anchor", "eval", "checkpoint.every_steps", "max_steps") + TRAIN_KEYS, "run", _cpt),
-    Stage("sft", "bilingual chat SFT", ("cpt",), ("sft",) + TRAIN_KEYS, "run", _sft),
+    # after prepare: the demo's tokenizer is trained there, and the length filter counts its tokens
+    Stage("prepare_sft", "SFT registry -> one prepared chat dataset", ("corpora", "prepare"), ("sft_data", "tokenizer"),
+          "shared", _prepare_sft, extra=_sft_source_files),
+    Stage("sft", "bilingual chat SFT", ("cpt", "prepare_sft"), ("sft", "sft_data") + TRAIN_KEYS, "run", _sft),
     Stage("export", "release-layout HF folder, logit parity", ("sft", "cpt"),
           ("source", "source_dir", "out_dir", "tokenizer_dir", "chat_template", "generation", "dtype",
            "max_shard_bytes", "compat_dir", "tolerance"), "run", _export),

@@ -1,3 +1,3 @@
-"""Supervised fine-tuning: the Nemotron-3 chat template with assistant-only loss masks, and the bilingual
-chat data (translation conversations from aligned pairs, English anchor conversations, their mixture
-measured in loss tokens, length-bucketed batches without packing)."""
+"""Supervised fine-tuning: the Nemotron-3 chat template with assistant-only loss masks (`template`), SFT
+registries read as validated conversations (`sources`), one prepared SFT dataset for both backends
+(`prepare`), and the local backend's tokenized examples and length-bucketed batches (`data`)."""

@@ -1,25 +1,21 @@
-"""The bilingual SFT data of the demo: translation chats from aligned pairs, English anchor chats, their
-mixture measured in loss tokens, and length-bucketed batches (no packing).
+"""SFT examples: English anchor chats derived from documents, tokenized conversations, and
+length-bucketed batches (no packing) for the local backend.
 
-Pipeline::
+The SFT data itself is prepared from a registry (``sft.prepare``, ``conf/sft_data/``); this module
+holds what the preparation and the local trainer share: ``anchor_conversations`` (English chats whose
+answers are verbatim spans of a document, for registries that derive anchor chats from text),
+``read_pairs`` (the validating reader of aligned-pair files), ``tokenize_conversations``, ``collate``
+and ``bucket_indices``.
 
-    read_pairs -> translation_conversations --+
-                                              +-> tokenize_conversations -> SFTMixture.build
-    iter_documents(en_*) -> anchor_conversations                              -> length_bucketed_batches
-
-Every choice (phrasing, system prompt, reasoning, anchor task, window size) is a function of a hash of
-the item's id, so the data is the same on every machine and run; only the mixture's order and the
-batches depend on a seed. Instructions are written for this project in Hebrew and English.
-
-Why no packing: transformers' Nemotron-H passes no document boundaries to its Mamba-2 layers (no
-``seq_idx``/``cu_seqlens``), so a packed row would carry recurrent state from one conversation into the
-next. Each row is one conversation; similar lengths are batched together to keep padding low.
+Why no packing on the local backend: transformers' Nemotron-H passes no document boundaries to its
+Mamba-2 layers (no ``seq_idx``/``cu_seqlens``), so a packed row would carry recurrent state from one
+conversation into the next. Each row is one conversation; similar lengths are batched together to
+keep padding low.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,7 +29,6 @@ from hebatron_nemo.sft.template import ConversationTooLong, encode_conversations
 
 SALT = "hebatron-sft-v1"
 IGNORE_INDEX = -100  # transformers' cross-entropy ignore_index
-DIRECTIONS = ("he-en", "en-he")
 
 
 # ------------------------------------------------------------------------------------------ hashing
@@ -68,36 +63,16 @@ class TranslationPair:
     line: int = 0
 
 
-_MORPH_SLASH = re.compile(r"(?<=[\u05d0-\u05ea])/(?=[\u05d0-\u05ea])")
-_MAQAF = re.compile(r"\s*[-\u05be]\s*")
-_PARAGRAPH_MARK = re.compile(r"(?:(?<=\s)|^)[\u05e1\u05e4](?=\s|$)")
-_NUN_HAFUKHA = "\u05c6"
-
-
-def clean_hebrew_verse(text: str) -> str:
-    """The demo pairs' Hebrew as plain unpointed text.
-
-    The demo's Hebrew verses come in a morphologically segmented form: ``/`` between a word's
-    morphemes (``ו/יהיו``), the maqaf written `` - `` (``בני - נח``), the paragraph markers ``ס`` and
-    ``פ`` as words of their own, and inverted nun ``׆``. A chat model should read and write plain
-    Hebrew, so morphemes are joined, maqaf becomes a space (as unpointed modern text writes it),
-    markers are dropped and spaces collapsed. Meant for that source only: in modern text it would also
-    turn a spaced dash into a space and drop a lone ס or פ."""
-    text = _MORPH_SLASH.sub("", text.replace(_NUN_HAFUKHA, ""))
-    text = _MAQAF.sub(" ", text)
-    text = _PARAGRAPH_MARK.sub("", text)
-    return " ".join(text.split())
-
-
 def read_pairs(path: str | Path, clean_hebrew: bool = False) -> list[TranslationPair]:
     """The pairs of a JSONL file (or directory of them) with rows ``{"id", "he", "en"}``.
 
     Read through ``iter_documents`` (one stream per field, in step), so a malformed line, a missing
     field or a non-string value is a DataError naming the file, line and field; so are an empty or
     blank ``id``/``he``/``en`` and an ``id`` seen before. ``clean_hebrew`` applies
-    ``clean_hebrew_verse`` (the demo's verses need it; an ``he`` empty after cleaning is an error too).
+    ``demo.sft.clean_verse`` (the demo's verses need it; an ``he`` empty after cleaning is an error too).
     Texts are otherwise kept as written, stripped of surrounding whitespace."""
     from hebatron_nemo.data.readers import iter_documents, resolve_files
+    from hebatron_nemo.demo.sft import clean_verse  # the demo pairs' own marks; only on request
 
     pairs: list[TranslationPair] = []
     seen: dict[str, tuple[str, int]] = {}
@@ -109,7 +84,7 @@ def read_pairs(path: str | Path, clean_hebrew: bool = False) -> list[Translation
             for name, doc in (("id", ids), ("he", he), ("en", en)):
                 if not doc.text.strip():
                     raise DataError("empty text", field=name, **where)
-            text_he = clean_hebrew_verse(he.text) if clean_hebrew else he.text.strip()
+            text_he = clean_verse(he.text) if clean_hebrew else he.text.strip()
             if not text_he:
                 raise DataError("no Hebrew left after removing the source's marks", field="he", **where)
             pid = ids.text.strip()
@@ -119,81 +94,6 @@ def read_pairs(path: str | Path, clean_hebrew: bool = False) -> list[Translation
             seen[pid] = (str(file), line)
             pairs.append(TranslationPair(pid, text_he, en.text.strip(), str(file), line))
     return pairs
-
-
-# Instructions: (language, template); {src} is the text to translate. Written for this project.
-_INSTRUCTIONS = {
-    "he-en": [
-        ("he", "נא לתרגם לאנגלית את הפסוק הבא:\n\n{src}"),
-        ("he", "מה התרגום לאנגלית של הטקסט הזה?\n\n{src}"),
-        ("he", "{src}\n\nאיך אומרים את זה באנגלית?"),
-        ("he", "תרגום לאנגלית, בבקשה:\n{src}"),
-        ("en", "Translate this Hebrew verse into English:\n\n{src}"),
-        ("en", "What does the following Hebrew text say in English?\n\n{src}"),
-        ("en", "{src}\n\nPlease put the Hebrew above into English."),
-        ("en", "English translation, please:\n{src}"),
-    ],
-    "en-he": [
-        ("he", "נא לתרגם לעברית את הפסוק הבא:\n\n{src}"),
-        ("he", "איך כותבים את זה בעברית?\n\n{src}"),
-        ("he", "{src}\n\nמה התרגום של הטקסט הזה לעברית?"),
-        ("he", "תרגום לעברית, בבקשה:\n{src}"),
-        ("en", "Translate the following verse into Hebrew:\n\n{src}"),
-        ("en", "How would this read in Hebrew?\n\n{src}"),
-        ("en", "{src}\n\nGive me the Hebrew version of the text above."),
-        ("en", "Hebrew translation, please:\n{src}"),
-    ],
-}
-_TRANSLATION_SYSTEM = {
-    "he": ["תפקידך: תרגום נאמן בין עברית לאנגלית. יש להשיב בתרגום בלבד.",
-           "התשובות כאן הן תרגומים מדויקים, בלי הסברים נוספים."],
-    "en": ["You translate faithfully between Hebrew and English. Reply with the translation only.",
-           "You are a careful Hebrew-English translator."],
-}
-_LANGUAGE_NAME = {"he": {"he": "עברית", "en": "אנגלית"}, "en": {"he": "Hebrew", "en": "English"}}
-# Reasoning states only what is true of every such example: the direction, the source's word count
-# (computed), and that the answer is the translation alone.
-_TRANSLATION_REASONING = {
-    "he": ["המשימה: תרגום מ{src_lang} ל{tgt_lang}. במקור {words} מילים. אחזיר את התרגום בלבד, בלי הערות.",
-           "צריך לתרגם טקסט של {words} מילים מ{src_lang} ל{tgt_lang} ולהשיב רק בתרגום."],
-    "en": ["The task is to translate from {src_lang} into {tgt_lang}. The source has {words} words. "
-           "I will give only the translation, with no commentary.",
-           "A {words}-word text to put from {src_lang} into {tgt_lang}; the answer is the translation alone."],
-}
-
-
-def translation_conversations(pairs: Iterable[TranslationPair], directions: Sequence[str] = DIRECTIONS,
-                              system_fraction: float = 0.3, reasoning_fraction: float = 0.2,
-                              salt: str = SALT) -> list[dict]:
-    """Translation chats from pairs, one per pair and direction (``he-en``, ``en-he``).
-
-    Each is ``{"id": "<pair id>|<direction>", "source": "translation", "messages": [...]}``. The
-    instruction (Hebrew or English, several phrasings), whether a system prompt is present (about
-    `system_fraction` of chats) and whether the assistant turn carries a short reasoning trace (about
-    `reasoning_fraction`) are each fixed by a hash of the id. The answer is the pair's other side."""
-    for d in directions:
-        if d not in _INSTRUCTIONS:
-            raise ConfigError(f"translation direction {d!r} is not one of {sorted(_INSTRUCTIONS)}")
-    out = []
-    for pair in pairs:
-        for d in directions:
-            cid = f"{pair.id}|{d}"
-            src_lang, tgt_lang = d.split("-")
-            src, tgt = (pair.he, pair.en) if src_lang == "he" else (pair.en, pair.he)
-            lang, template = _pick(_INSTRUCTIONS[d], salt, "instruction", cid)
-            messages = []
-            if _unit(salt, "system", cid) < system_fraction:
-                system = _pick(_TRANSLATION_SYSTEM[lang], salt, "system-text", cid)
-                messages.append({"role": "system", "content": system})
-            messages.append({"role": "user", "content": template.format(src=src)})
-            answer = {"role": "assistant", "content": tgt}
-            if _unit(salt, "reasoning", cid) < reasoning_fraction:
-                names = _LANGUAGE_NAME[lang]
-                answer["reasoning_content"] = _pick(_TRANSLATION_REASONING[lang], salt, "reasoning-text", cid).format(
-                    src_lang=names[src_lang], tgt_lang=names[tgt_lang], words=len(src.split()))
-            messages.append(answer)
-            out.append({"id": cid, "source": "translation", "messages": messages})
-    return out
 
 
 # ------------------------------------------------------------------------------------------ anchor
@@ -399,120 +299,6 @@ def tokenize_conversations(conversations: Sequence[Mapping], tokenizer, max_leng
     return out, counts
 
 
-# ------------------------------------------------------------------------------------------ mixture
-
-
-def _permutation(n: int, seed: int, name: str) -> np.ndarray:
-    return np.random.default_rng([seed, _hash("stream", name) & 0xFFFFFFFF]).permutation(n)
-
-
-def _nearest_prefix(lengths: np.ndarray, target: float) -> int:
-    """The k whose prefix sum lengths[:k].sum() is nearest to target (the smaller k on ties)."""
-    cum = np.concatenate(([0], np.cumsum(lengths)))
-    return int(np.argmin(np.abs(cum - target)))
-
-
-@dataclass
-class SFTMixture:
-    """Hebrew chat examples and anchor chat examples, the anchor's share measured in loss tokens.
-
-    ``examples`` is one epoch: every Hebrew example once, plus the anchor examples chosen so that
-    anchor loss tokens / all loss tokens is as near `anchor_share` as whole examples allow (within one
-    anchor example's loss tokens). Order: Hebrew examples shuffled by seed, each anchor stream shuffled
-    by seed, the streams interleaved by ``chairman_order`` on their example counts (every prefix holds
-    each stream's count share within one example). ``report`` has the nominal and effective shares."""
-
-    examples: list[SFTExample]
-    report: dict
-
-    @classmethod
-    def build(cls, hebrew: Sequence[SFTExample], anchor: Sequence[SFTExample] | Mapping[str, Sequence[SFTExample]],
-              anchor_share: float, seed: int = 0, anchor_weights: Mapping[str, float] | None = None,
-              allow_repeat: bool = False) -> "SFTMixture":
-        """`anchor` is one stream or ``{name: examples}``; `anchor_weights` splits the anchor's loss
-        tokens between streams (default: in proportion to what each holds). Not enough anchor text for
-        the share is a ConfigError unless `allow_repeat`, which reuses a stream in further reshuffled
-        passes (reported as ``anchor_passes``)."""
-        from hebatron_nemo.curriculum.apportion import chairman_order, largest_remainder
-
-        if not 0.0 <= anchor_share < 1.0:
-            raise ConfigError(f"anchor_share must be in [0, 1), got {anchor_share}")
-        if not hebrew:
-            raise ConfigError("the SFT mixture needs Hebrew examples")
-        streams = dict(anchor) if isinstance(anchor, Mapping) else {"anchor": list(anchor)}
-        if "hebrew" in streams:
-            raise ConfigError("'hebrew' is the name of the Hebrew stream; rename that anchor stream")
-        available = {name: int(sum(e.n_loss for e in ex)) for name, ex in streams.items()}
-        if anchor_weights is None:
-            anchor_weights = {n: float(a) for n, a in available.items()}
-        unknown = set(anchor_weights) - set(streams)
-        if unknown:
-            raise ConfigError(f"anchor_weights name streams that are not given: {sorted(unknown)}")
-        hebrew_tokens = int(sum(e.n_loss for e in hebrew))
-        # The total if the anchor met its share exactly; its integer split between the Hebrew stream
-        # and the anchor streams comes from largest_remainder, so the targets sum to it exactly.
-        nominal_total = round(hebrew_tokens / (1.0 - anchor_share))
-        weights = {"hebrew": 1.0 - anchor_share}
-        weight_sum = sum(anchor_weights.values())
-        if anchor_share > 0 and (not streams or weight_sum <= 0):
-            raise ConfigError(f"anchor_share={anchor_share} needs anchor examples with positive weight")
-        for name in streams:
-            w = anchor_weights.get(name, 0.0)
-            weights[name] = anchor_share * w / weight_sum if anchor_share > 0 else 0.0
-        targets = largest_remainder(weights, nominal_total) if anchor_share > 0 else \
-            {"hebrew": hebrew_tokens, **{n: 0 for n in streams}}
-
-        chosen: dict[str, list[SFTExample]] = {}
-        passes: dict[str, int] = {}
-        carry = 0.0  # loss tokens the earlier anchor streams fell short of their targets (negative: over)
-        for name, ex in streams.items():
-            target = targets[name] + carry
-            longest = max((e.n_loss for e in ex), default=0)
-            if available[name] < target - longest and not allow_repeat:
-                raise ConfigError(
-                    f"anchor stream {name!r} holds {available[name]} loss tokens, short of its target "
-                    f"{target:.0f} for anchor_share={anchor_share}; lower the share, add anchor text or "
-                    f"set allow_repeat")
-            picked: list[SFTExample] = []
-            got = 0
-            passes[name] = 0
-            while ex and target - got > 0 and (allow_repeat or passes[name] == 0):
-                order = _permutation(len(ex), seed + passes[name], name)
-                lengths = np.fromiter((ex[j].n_loss for j in order), np.int64, count=len(order))
-                k = _nearest_prefix(lengths, target - got)
-                picked += [ex[j] for j in order[:k]]
-                got += int(lengths[:k].sum())
-                passes[name] += 1
-                if k < len(order):  # the target fell inside this pass
-                    break
-            chosen[name] = picked
-            carry = target - got
-
-        hebrew_order = [hebrew[j] for j in _permutation(len(hebrew), seed, "hebrew")]
-        names = ["hebrew", *streams]
-        lists = [hebrew_order, *(chosen[n] for n in streams)]
-        ids, cursor = chairman_order([len(x) for x in lists])
-        examples = [lists[s][c] for s, c in zip(ids.tolist(), cursor.tolist())]
-
-        anchor_tokens = int(sum(e.n_loss for n in streams for e in chosen[n]))
-        total = hebrew_tokens + anchor_tokens
-        max_anchor = max((e.n_loss for n in streams for e in streams[n]), default=0)
-        report = {
-            "nominal_anchor_share": anchor_share,
-            "effective_anchor_share": anchor_tokens / total if total else 0.0,
-            "loss_tokens": {"hebrew": hebrew_tokens, **{n: int(sum(e.n_loss for e in chosen[n])) for n in streams}},
-            "loss_token_targets": {n: int(targets[n]) for n in names},
-            "examples": {n: len(x) for n, x in zip(names, lists)},
-            "input_tokens": int(sum(len(e) for e in examples)),
-            # anchor tokens minus what the nominal share of the realized total asks for
-            "deviation_loss_tokens": anchor_tokens - anchor_share * total,
-            "max_anchor_example_loss_tokens": int(max_anchor),
-            "anchor_available_loss_tokens": available,  # the share is capped near sum/(hebrew + sum)
-            "anchor_passes": passes,
-        }
-        return cls(examples, report)
-
-
 # ------------------------------------------------------------------------------------------ batches
 
 
@@ -582,54 +368,3 @@ def length_bucketed_batches(examples: Sequence[SFTExample], batch_size: int, see
         out = collate([examples[i] for i in batch], pad_id, pad_to_multiple_of)
         out["index"] = batch
         yield out
-
-
-# ------------------------------------------------------------------------------------------ demo
-
-
-def build_demo_sft(corpus_dir: str | Path, tokenizer, max_length: int = 512, anchor_share: float = 0.25,
-                   seed: int = 0, split: str = "train", overflow: str = "drop",
-                   anchor_sources: Sequence[str] = ("en_kjv", "en_jps"), decontam_ngram: int = 13,
-                   max_pairs: int | None = None, max_anchor_documents: int | None = None,
-                   messages: dict | None = None) -> SFTMixture:
-    """The demo's SFT mixture for one split of ``pairs_{split}.jsonl`` in `corpus_dir`.
-
-    Translation chats in both directions, plus anchor chats from the English sources (``en_kjv.jsonl``,
-    ``en_jps.jsonl``; JSONL ``{"id", "text"}``) at `anchor_share` of the loss tokens (0 for none).
-    Anchor windows that share a `decontam_ngram`-gram with the English of the valid or test pairs are
-    left out: the JPS text *is* the pairs' English, so without this the anchor would teach the eval
-    references. The report adds tokenization and anchor counts. When `messages` is a dict, it receives
-    every tokenized chat's messages by id (to write the mixture as chat JSONL for Megatron-Bridge)."""
-    from hebatron_nemo.data.filters import Decontaminator
-    from hebatron_nemo.data.readers import iter_documents
-
-    corpus = Path(corpus_dir)
-    pairs = read_pairs(corpus / f"pairs_{split}.jsonl", clean_hebrew=True)
-    if max_pairs is not None and len(pairs) > max_pairs:  # a seeded subset: small CPU budgets
-        pairs = [pairs[i] for i in sorted(_permutation(len(pairs), seed, f"pairs-{split}")[:max_pairs])]
-    convs = translation_conversations(pairs)
-    if messages is not None:
-        messages.update({c["id"]: c["messages"] for c in convs})
-    hebrew, tok_report = tokenize_conversations(convs, tokenizer, max_length, overflow)
-    anchor: dict[str, list[SFTExample]] = {}
-    anchor_report: dict = {}
-    if anchor_share > 0:
-        held_out = [p.en for s in ("valid", "test") if (corpus / f"pairs_{s}.jsonl").exists()
-                    for p in read_pairs(corpus / f"pairs_{s}.jsonl", clean_hebrew=False)]
-        decontaminator = Decontaminator(held_out, decontam_ngram)
-        for name in anchor_sources:
-            stats = AnchorStats()
-            docs = iter_documents(corpus / f"{name}.jsonl", "jsonl", id_field="id")
-            if max_anchor_documents is not None:
-                docs = itertools.islice(docs, max_anchor_documents)
-            convs = anchor_conversations(docs, name, decontaminator=decontaminator, stats=stats)
-            if messages is not None:
-                convs = list(convs)
-                messages.update({c["id"]: c["messages"] for c in convs})
-            anchor[name], counts = tokenize_conversations(convs, tokenizer, max_length, overflow)
-            anchor_report[name] = {"windows": stats.windows, "contaminated": stats.contaminated,
-                                   "tasks": stats.tasks, "tokenization": counts}
-    mixture = SFTMixture.build(hebrew, anchor, anchor_share, seed)
-    mixture.report.update({"split": split, "pairs": len(pairs), "tokenization": {"translation": tok_report},
-                           "anchor_sources": anchor_report, "max_length": max_length})
-    return mixture

@@ -138,8 +138,10 @@ def test_no_leaked_defaults(cluster, name, tmp_path):
         assert type(c.dataset) is not type(default.dataset) and c.dataset.dataloader_type == "single"
     else:
         c, ours = build_sft_container(cfg, tmp_path / "data"), sft_overrides(cfg, tmp_path / "data")
-        must = MUST_SET + [("train", "train_iters"), ("scheduler", "lr_warmup_fraction"), ("scheduler", "lr_decay_iters")]
-        differ = DIFFER | {("train", "train_iters"), ("scheduler", "lr_warmup_fraction")}
+        # steps from the data: sft.epochs over the packed rows (MB sets train_iters and lr_decay_iters from them)
+        must = MUST_SET + [("train", "num_epochs"), ("scheduler", "lr_warmup_fraction")]
+        differ = DIFFER | {("train", "num_epochs"), ("scheduler", "lr_warmup_fraction")}
+        assert c.train.train_iters is None and c.scheduler.lr_decay_iters is None
         assert type(c.dataset).__name__ == "GPTSFTDatasetConfig"
     for path in must:
         assert _get(ours, path) is not None, path

@@ -1,4 +1,4 @@
-"""SFT with the local backend: bilingual chat data, assistant-only loss, no packing.
+"""SFT with the local backend: the prepared SFT dataset (sft.prepare), assistant-only loss, no packing.
 
 transformers' Nemotron-H passes no document boundaries to its Mamba layers, so a packed row would
 carry one conversation's state into the next. We do not pack: conversations of similar length are
@@ -38,21 +38,50 @@ def chat_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _kind(example) -> int:
-    return 0 if example.source == "translation" or not example.source.startswith("en_") else 1
+    return KINDS.index("anchor") if example.source == "anchor" else KINDS.index("hebrew")
+
+
+def _examples(path: Path, tokenizer, max_length: int, limit: int | None = None) -> list:
+    """Tokenized examples of a prepared JSONL file; `source` holds the record's role (target/anchor)."""
+    from hebatron_nemo.sft.data import SFTExample
+    from hebatron_nemo.sft.prepare import iter_prepared
+    from hebatron_nemo.sft.template import encode_conversations
+
+    out, chunk = [], []
+
+    def flush():
+        for rec, (ids, mask) in zip(chunk, encode_conversations([r["messages"] for r in chunk], tokenizer)):
+            if len(ids) > max_length:  # the preparation filtered at this length with this tokenizer
+                raise ConfigError(f"{path}: conversation {rec['id']!r} has {len(ids)} tokens, over max_length "
+                                  f"{max_length}: the prepared data does not match this tokenizer")
+            out.append(SFTExample(rec["id"], rec["role"], np.asarray(ids, np.int32), np.asarray(mask, np.uint8)))
+        chunk.clear()
+
+    for rec in iter_prepared(path):
+        if limit is not None and len(out) + len(chunk) >= limit:
+            break
+        chunk.append(rec)
+        if len(chunk) >= 1024:
+            flush()
+    if chunk:
+        flush()
+    return out
 
 
 def build_data(cfg, tokenizer, log=print):
-    from hebatron_nemo.sft.data import build_demo_sft
+    """(training examples, validation examples, manifest) of the prepared SFT dataset (recipes/prepare_sft.py)."""
+    from hebatron_nemo.sft.prepare import TRAIN_FILE, VALID_FILE, open_prepared
 
     s = cfg.sft
-    train = build_demo_sft(s.corpus_dir, tokenizer, s.max_length, s.anchor_share, seed=cfg.seed, split="train",
-                           max_pairs=s.max_pairs, max_anchor_documents=s.max_anchor_documents)
-    valid = build_demo_sft(s.corpus_dir, tokenizer, s.max_length, s.anchor_share, seed=cfg.seed, split="valid",
-                           max_pairs=s.eval_conversations, max_anchor_documents=20)
-    r = train.report
-    log(f"SFT data: {len(train.examples):,} conversations, anchor share of loss tokens "
-        f"{r['effective_anchor_share']:.4f} (nominal {s.anchor_share})")
-    return train.examples, valid.examples[: s.eval_conversations], train.report
+    folder, manifest = open_prepared(cfg, tokenizer)
+    max_length = int(cfg.sft_data.max_length)
+    train = _examples(folder / TRAIN_FILE, tokenizer, max_length)
+    valid = _examples(folder / VALID_FILE, tokenizer, max_length, limit=s.eval_conversations)
+    roles = manifest["roles"]
+    by_role = ", ".join(f"{k} {v['samples']:,}" for k, v in roles.items())
+    log(f"SFT data {folder}: {len(train):,} conversations ({by_role}), "
+        f"anchor share of loss tokens {manifest['anchor_share_of_loss_tokens']:.4f}")
+    return train, valid, manifest
 
 
 @torch.no_grad()

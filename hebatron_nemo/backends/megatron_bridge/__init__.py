@@ -7,6 +7,6 @@ machines (see docs/environments.md; its CPU test tier is tests/mb_tier/). Module
   tokens as per-segment MB scheduler fields; `checks`: world-size arithmetic and checks before GPU time.
 - `dataset_provider`: our curriculum dataset and per-phase validation sets as an MB dataset provider.
 - `forward`, `callbacks`: per-source loss and the ledger, phase-end checkpoints, plan sidecars, resume check.
-- `sft_data`: the SFT mixture as chat JSONL; `convert`: HF <-> Megatron and the logit parity gate.
+- `sft_data`: the prepared SFT dataset linked into the run's data folder for MB's `GPTSFTDatasetConfig`; `convert`: HF <-> Megatron and the logit parity gate.
 - `run`: the CPT segment job, the SFT job, their dry runs (docs/megatron_bridge.md).
 """

@@ -91,8 +91,25 @@ def run_cpt_mb(cfg, log=print) -> None:
     pretrain(container, make_forward_step(stats, eval_stats=eval_stats), callbacks=[callback])
 
 
+def sft_steps_line(cfg, manifest: dict | None) -> str:
+    """How many SFT steps the data gives: MB sets train_iters = ceil(epochs x ceil(packed rows / global
+    batch)) after packing; before packing, the prepared tokens bound the packed rows from below."""
+    import math
+
+    s, mb = cfg.sft, cfg.megatron_bridge
+    if mb.sft_train_iters is not None:
+        return f"steps: {int(mb.sft_train_iters):,} (megatron_bridge.sft_train_iters)"
+    if manifest is None:
+        return f"steps: {s.epochs} epoch(s) over the packed data (no prepared data yet to estimate from)"
+    seq = sft_layout(cfg)["seq_length"]
+    rows = max(1, math.ceil(manifest["tokens"] / seq))
+    return (f"steps: {s.epochs} epoch(s) x ceil(packed rows / {s.global_batch}); {manifest['samples']:,} conversations, "
+            f"{manifest['tokens']:,} tokens -> at least {rows:,} rows of {seq:,} -> at least "
+            f"{math.ceil(s.epochs * math.ceil(rows / int(s.global_batch))):,} steps (MB counts the packed rows)")
+
+
 def run_sft_mb(cfg, log=print) -> None:
-    from hebatron_nemo.backends.megatron_bridge.sft_data import materialize_sft_mixture
+    from hebatron_nemo.backends.megatron_bridge.sft_data import link_prepared_sft, planned_dataset_root
 
     mb = cfg.megatron_bridge
     problems = checks.config_problems(cfg)
@@ -104,9 +121,13 @@ def run_sft_mb(cfg, log=print) -> None:
     if not mb.dry_run:
         problems += checks.path_problems(cfg, 0, sft=True)
     checks.raise_if(problems, "megatron_bridge SFT")
-    data_dir = Path(str(mb.sft_data_dir or Path(str(cfg.sft.run_dir)) / "mb_data"))
+    if mb.dry_run:  # no prepared data needed; nothing written
+        data_dir, manifest = planned_dataset_root(cfg)
+    else:  # every rank: checks the prepared dataset (written once by recipes/prepare_sft.py) and links it
+        data_dir, manifest = link_prepared_sft(cfg, log)
     text = [f"Megatron-Bridge SFT: parallelism={cfg.parallelism.name}, packed length {sft_layout(cfg)['seq_length']}, "
             f"data {data_dir}"] + ["  " + x for x in checks.layout_lines(cfg.parallelism)]
+    text.append("  " + sft_steps_line(cfg, manifest))
     if mb.dry_run:
         if _mb_importable() and (Path(str(cfg.sft.init_from)) / "config.json").exists():
             text += ["", "# resolved ConfigContainer", container_yaml(build_sft_container(cfg, data_dir))]
@@ -115,9 +136,7 @@ def run_sft_mb(cfg, log=print) -> None:
                      OmegaConf.to_yaml(OmegaConf.create(sft_overrides(cfg, data_dir)))]
         print("\n".join(text))
         return
-    report = materialize_sft_mixture(cfg, data_dir, log)
-    log(f"SFT mixture: {report['examples']} conversations, anchor share of loss tokens "
-        f"{report['effective_anchor_share']:.4f} -> {data_dir}")
+    log("\n".join(text))
     container = build_sft_container(cfg, data_dir)
     from megatron.bridge.training.finetune import finetune
     from megatron.bridge.training.gpt_step import forward_step

@@ -282,7 +282,9 @@ def sft_overrides(cfg, data_dir: Path) -> dict:
     steps = int(iters) if iters is not None else None
     return {
         "model": {**model_fields(cfg, lay["seq_length"]), "calculate_per_token_loss": True},
-        # no step count: sft.epochs over the packed data (MB derives the steps from the dataset size)
+        # no fixed step count: sft.epochs over the packed data; MB's _resolve_num_epochs sets train_iters =
+        # ceil(epochs x ceil(packed rows / global batch)) once the packed dataset exists (and lr_decay_iters
+        # to match), so the steps follow from the prepared data, not from a number in the experiment
         "train": {"train_iters": steps, "num_epochs": None if steps else int(s.epochs), "train_samples": None,
                   "global_batch_size": int(s.global_batch), "micro_batch_size": int(s.micro_batch),
                   **PREEMPTION},
@@ -309,19 +311,25 @@ def sft_overrides(cfg, data_dir: Path) -> dict:
 
 
 def sft_dataset_config(cfg, data_dir: Path):
-    """MB's `GPTSFTDatasetConfig` over the materialized mixture (`training.jsonl`, `validation.jsonl`
-    with `messages`), the tokenizer's chat template, assistant-only loss, offline packing to Parquet."""
+    """MB's `GPTSFTDatasetConfig` over the prepared SFT dataset as linked into the run's data folder
+    (`data_dir`, see sft_data.py: `training.jsonl`, `validation.jsonl` with `messages`), the tokenizer's
+    chat template, assistant-only loss, MB's offline packing to Parquet under `data_dir/packed/`.
+    `tokenizer_model_name` is one safe path component: MB joins it under `packed/`, and the tokenizer's
+    absolute path would put the packs at `/<path>_pad...` (outside the run, shared across runs)."""
     from megatron.bridge.data.builders import ChatSFTPreprocessingConfig, GPTSFTDatasetConfig
     from megatron.bridge.data.packing.config import PackedSequenceSpecs
+
+    from hebatron_nemo.backends.megatron_bridge.sft_data import pack_tokenizer_name
 
     lay = sft_layout(cfg)
     return GPTSFTDatasetConfig(
         dataset_root=str(data_dir), seq_length=lay["seq_length"], seed=int(cfg.seed), dataloader_type="batch",
         num_workers=int(cfg.megatron_bridge.num_workers),
         preprocessing=ChatSFTPreprocessingConfig(loss_mode="assistant"),
+        do_test=False,  # the prepared dataset has training and validation splits only
         enable_offline_packing=True,
         offline_packing_specs=PackedSequenceSpecs(packed_sequence_size=lay["seq_length"],
-                                                  tokenizer_model_name=str(cfg.tokenizer.path),
+                                                  tokenizer_model_name=pack_tokenizer_name(cfg),
                                                   pad_seq_to_mult=lay["pad_seq_to_mult"]))
 
 
