@@ -6,7 +6,6 @@ same ones. Example budgets are bounded per test (CI's `ci` profile derandomizes 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
