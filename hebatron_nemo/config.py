@@ -494,6 +494,7 @@ class SFTSourceConfig:
     he_field: str = "he"  # kind=pairs
     en_field: str = "en"  # kind=pairs
     id_field: Optional[str] = None  # a stable row id; default "<file>:<line or row>"
+    keep_fraction: float = 1.0  # read only this share of the rows, chosen by a hash of the row id (a large source, small budget)
     directions: List[str] = field(default_factory=lambda: ["he-en", "en-he"])  # kind=pairs: one chat per direction
     system_fraction: float = 0.3  # kind=pairs: share of translation chats with a system prompt (fixed by a hash of the id)
     description: str = ""

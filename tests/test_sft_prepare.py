@@ -164,6 +164,21 @@ def test_per_source_counts_dedup_and_decontamination(prepared):
     valid = (Path(cfg.sft_data.output_dir) / VALID_FILE).read_text().splitlines()
     assert len(valid) == m["validation_samples"] and 0 < len(valid) <= 3 * 4
     assert not {json.loads(v)["id"] for v in valid} & {r["id"] for r in lines}
+    # validation interleaves the sources: an eval of its first rows sees each of them
+    first = [json.loads(v)["source"] for v in valid[:len(m["sources"])]]
+    assert len(set(first)) == len([k for k, v in s.items() if v["validation"]])
+
+
+def test_keep_fraction_reads_a_hashed_share_of_the_rows(prepared, tmp_path, tok_dir):
+    tmp, _, _ = prepared
+    cfg = _cfg(tmp, tok_dir, allow_repeat=True, output_dir=str(tmp_path / "kept"))
+    cfg.sft_data.sources.pairs.keep_fraction = 0.5
+    m = prepare_sft(cfg, log=lambda *a: None)
+    assert 2 * 10 <= m["sources"]["pairs"]["read"] <= 2 * 30  # about half of 40 pairs, both directions each
+    cfg.sft_data.output_dir = str(tmp_path / "kept2")
+    again = prepare_sft(cfg, log=lambda *a: None)  # the same rows: the choice is a hash of the row id
+    assert again["sources"]["pairs"]["read"] == m["sources"]["pairs"]["read"]
+    assert (tmp_path / "kept" / TRAIN_FILE).read_bytes() == (tmp_path / "kept2" / TRAIN_FILE).read_bytes()
 
 
 def test_rerun_keeps_matching_output_and_same_seed_gives_same_file(prepared, tmp_path, tok_dir):

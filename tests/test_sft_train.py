@@ -66,6 +66,7 @@ def setup(tmp_path_factory):
     train_byte_level_bpe(HEBREW * 20 + ENGLISH * 20 + ANCHOR_TEXT * 20, str(tok), 600, 1, {"test": 1})
     cfg = compose_sft(tmp, [f"data.raw_dir={corpus}", f"tokenizer.path={tok}", "tokenizer.name=test", "model=micro",
                             "sft_data=demo", "sft_data.total=240", "sft_data.max_length=320",
+                            "sft_data.sources.pairs_train.keep_fraction=1.0",
                             f"sft.init_from={tmp / 'cpt' / 'model'}", f"sft.run_dir={tmp / 'sft'}",
                             "sft.global_batch=8", "sft.micro_batch=4", "sft.eval_every_steps=10",
                             "sft.eval_conversations=16", "logging.progress=false", "threads=1",

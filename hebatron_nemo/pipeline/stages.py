@@ -156,9 +156,12 @@ def _prepare_sft(cfg, log):
 
 
 def _sft_source_files(cfg) -> dict:
-    """The SFT registry's input files as they are now (derived ones appear after their first run)."""
+    """The SFT registry's input files (size, mtime). A registry with a `derive` hook (the demo) makes its
+    files from the corpora, an upstream stage: stat'ing them would change the fingerprint once they exist."""
     from hebatron_nemo.sft.sources import source_path
 
+    if cfg.sft_data.derive:
+        return {"derive": str(cfg.sft_data.derive)}
     rows = {}
     for name in cfg.sft_data.sources:
         p = Path(source_path(cfg.sft_data, name).split("::")[0])

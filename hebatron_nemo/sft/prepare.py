@@ -13,10 +13,12 @@ The prepared folder (``sft_data.output_dir``) is what both backends read: the lo
 written aside (``<output_dir>.tmp-<pid>``) and renamed into place by one process (the prepare_sft
 stage or job), never by training ranks.
 
-Memory is bounded by the number of conversations only through fixed-size records, never through the
-conversations themselves: exact dedup keeps a set of 16-byte digests (about 90 bytes per distinct
-conversation in CPython: ~180 MB at 2M), and each kept conversation costs a spool offset and two
-token counts (16 bytes). Conversations stream through in batches of ``BATCH`` and live on disk.
+Memory grows with the number of conversations only through fixed-size records, never through the
+conversations themselves: exact dedup keeps a set of 16-byte digests (roughly 90 bytes per distinct
+conversation in CPython: ~180 MB at 2M); each kept conversation costs a spool offset and two token
+counts (16 bytes), each chosen one a selection index and an interleaving slot (14 bytes). The texts
+stream through in batches of ``BATCH`` and live on disk (per-source spool files, then the output).
+The tokenizer's own chunk memo (LocalTokenizer) is a cache with a fixed cap, not per conversation.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ def validate_sft_registry(sd, check_paths: bool = True) -> None:
             bad = [d for d in src.directions if d not in ("he-en", "en-he")]
             if bad or not src.directions:
                 raise ConfigError(f"{key}.directions must be a non-empty list of he-en/en-he, got {list(src.directions)}")
+        if not 0.0 < src.keep_fraction <= 1.0:
+            raise ConfigError(f"{key}.keep_fraction must be in (0, 1], got {src.keep_fraction}")
         if not 0.0 <= src.system_fraction <= 1.0:
             raise ConfigError(f"{key}.system_fraction must be in [0, 1], got {src.system_fraction}")
         if check_paths:
@@ -254,7 +258,6 @@ def prepare_sft(cfg, tokenizer=None, log=print, overwrite: bool = False) -> dict
     """Writes the prepared SFT dataset of ``cfg.sft_data`` (see the module docstring); returns its manifest.
 
     A folder whose manifest matches the inputs' fingerprint is kept as it is (unless `overwrite`)."""
-    from hebatron_nemo.curriculum.apportion import chairman_order
     from hebatron_nemo.data.tokenizer import LocalTokenizer
     from hebatron_nemo.sft.template import encode_conversations
 
@@ -280,27 +283,24 @@ def prepare_sft(cfg, tokenizer=None, log=print, overwrite: bool = False) -> dict
         seen: set[bytes] = set()
         spools: dict[str, _Spool] = {}
         sources: dict[str, dict] = {}
-        valid_fh = open(tmp / VALID_FILE, "wb")
-        valid_counts: dict[str, int] = {}
+        valid_spools: dict[str, _Spool] = {}
         for name, src in sd.sources.items():
             stats = {"kind": src.kind, "role": src.role, "read": 0, "dropped": dict.fromkeys(DROP_REASONS, 0),
                      "validation": 0, "path": source_path(sd, name)}
             spool = spools[name] = _Spool(tmp / "spool" / f"{len(spools):04d}.jsonl")
-            valid_counts[name] = 0
+            vspool = valid_spools[name] = _Spool(tmp / "spool" / f"valid-{len(valid_spools):04d}.jsonl")
             batch: list[Conversation] = []
 
-            def flush(batch=batch, name=name, src=src, stats=stats, spool=spool):
+            def flush(batch=batch, name=name, src=src, stats=stats, spool=spool, vspool=vspool):
                 encoded = encode_conversations([c.messages for c in batch], tok)
                 for conv, (ids, mask) in zip(batch, encoded):
                     if len(ids) > sd.max_length:
                         stats["dropped"]["too_long"] += 1
                         continue
                     line = _record(conv, name, src.role)
-                    held = _unit(sd.seed, "valid", name, conv.id) < sd.valid_fraction and \
-                        valid_counts[name] < sd.max_valid
+                    held = _unit(sd.seed, "valid", name, conv.id) < sd.valid_fraction and len(vspool) < sd.max_valid
                     if held:
-                        valid_fh.write(line)
-                        valid_counts[name] += 1
+                        vspool.add(line, len(ids), int(sum(mask)))
                         stats["validation"] += 1
                     else:
                         spool.add(line, len(ids), int(sum(mask)))
@@ -323,11 +323,11 @@ def prepare_sft(cfg, tokenizer=None, log=print, overwrite: bool = False) -> dict
             if batch:
                 flush()
             spool.fh.close()
+            vspool.fh.close()
             stats["available"] = len(spool)
             sources[name] = stats
             log(f"  {name}: read {stats['read']:,}, kept {len(spool):,} (+{stats['validation']:,} validation), "
                 f"dropped {stats['dropped']}")
-        valid_fh.close()
         seen.clear()
 
         names = list(sd.sources)
@@ -336,16 +336,11 @@ def prepare_sft(cfg, tokenizer=None, log=print, overwrite: bool = False) -> dict
             orders[name], sources[name]["passes"] = _selection(len(spools[name]), targets[name], sd.seed, name,
                                                                bool(sd.allow_repeat))
         counts = np.array([len(orders[n]) for n in names], np.int64)
-        ids, cursor = chairman_order(counts)
-        files = {n: open(spools[n].path, "rb") for n in names}
-        with open(tmp / TRAIN_FILE, "wb") as f:
-            for s, c in zip(ids.tolist(), cursor.tolist()):
-                name = names[s]
-                fh = files[name]
-                fh.seek(spools[name].offsets[int(orders[name][c])])
-                f.write(fh.readline())
-        for fh in files.values():
-            fh.close()
+        _interleave(tmp / TRAIN_FILE, [spools[n] for n in names], [orders[n] for n in names])
+        # validation: every held-out conversation once, sources interleaved (an eval of its first rows
+        # sees every source)
+        _interleave(tmp / VALID_FILE, [valid_spools[n] for n in names],
+                    [np.arange(len(valid_spools[n])) for n in names])
 
         roles: dict[str, dict] = {}
         for name in names:
@@ -363,7 +358,7 @@ def prepare_sft(cfg, tokenizer=None, log=print, overwrite: bool = False) -> dict
             "format_version": FORMAT_VERSION, "registry": sd.name, "fingerprint": fingerprint,
             "tokenizer": tokenizer_identity(tok), "max_length": int(sd.max_length), "seed": int(sd.seed),
             "files": {"train": TRAIN_FILE, "validation": VALID_FILE},
-            "samples": int(counts.sum()), "validation_samples": int(sum(valid_counts.values())),
+            "samples": int(counts.sum()), "validation_samples": int(sum(len(v) for v in valid_spools.values())),
             "tokens": sum(r["tokens"] for r in roles.values()), "loss_tokens": total_loss,
             "roles": roles,
             "anchor_share_of_loss_tokens": roles.get("anchor", {}).get("loss_tokens", 0) / total_loss if total_loss else 0.0,
@@ -381,6 +376,24 @@ def prepare_sft(cfg, tokenizer=None, log=print, overwrite: bool = False) -> dict
         f"conversations, {manifest['tokens']:,} tokens ({manifest['loss_tokens']:,} loss) in {manifest['seconds']} s "
         f"-> {out}")
     return manifest
+
+
+def _interleave(path: Path, spools: list[_Spool], orders: list[np.ndarray]) -> None:
+    """Writes the spools' lines at `orders` (spool indices), the sources interleaved by chairman_order
+    on their counts (every prefix holds each source's share within one conversation)."""
+    from hebatron_nemo.curriculum.apportion import chairman_order
+
+    ids, cursor = chairman_order(np.array([len(o) for o in orders], np.int64))
+    files = [open(sp.path, "rb") for sp in spools]
+    try:
+        with open(path, "wb") as f:
+            for s, c in zip(ids.tolist(), cursor.tolist()):
+                fh = files[s]
+                fh.seek(spools[s].offsets[int(orders[s][c])])
+                f.write(fh.readline())
+    finally:
+        for fh in files:
+            fh.close()
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

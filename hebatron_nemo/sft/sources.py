@@ -273,8 +273,11 @@ def iter_conversations(src, path: str, key: str) -> Iterator[Conversation]:
     """The validated, normalized conversations of one registry source (``SFTSourceConfig``)."""
     norm = text_normalizer(src, key)
     touch_all = src.language == "he"  # an English source keeps its text; a pairs source normalizes its he side
+    keep = float(src.keep_fraction)
     for file, line, obj in iter_rows(path, src.format):
         rid = _row_id(obj, src.id_field, file, line)
+        if keep < 1.0 and _hash(SALT, "keep", rid) / 2.0**64 >= keep:
+            continue  # not sampled: skipped before any other work
         if src.kind == "messages":
             if src.messages_field not in obj:
                 keys = ", ".join(repr(k) for k in list(obj)[:10]) or "none"
