@@ -177,6 +177,17 @@ def test_cluster_run_dry_run_writes_chain_json_with_every_job(cluster_chain):
     assert "megatron_bridge.segment=1" in jobs["cpt_seq64k"]["overrides"]
     assert jobs["sft"]["after"] == ["export_long_context"] and jobs["report"]["after"] == ["eval_chat"]
     assert chain["cluster"] == "eos_pyxis" and chain["dry_run"] is True
+    # the gate is the parity record backends/megatron_bridge/checks.py requires of segment 0
+    from hebatron_nemo.backends.megatron_bridge.convert import PARITY_RECORD
+
+    graph = cluster_chain["graph"]
+    run_dir = str(graph.cfg.run_dir)
+    assert jobs["parity"]["recipe"] == (f"recipes/convert.py parity --hf-dir {graph.cfg.megatron_bridge.hf_model_dir} "
+                                        f"--run-dir {run_dir}") and graph.cfg.megatron_bridge.require_parity
+    assert graph.by_name["parity"].keys[0] == "megatron_bridge.hf_model_dir" and PARITY_RECORD == "parity.json"
+    # prepare composes the run's registry and tokenizer (the experiment's data=hebatron, not the default)
+    prep = graph.cfg_of(graph.by_name["prepare"])
+    assert prep.data.name == "hebatron" and prep.tokenizer.name == "nemotron3_nano"
     assert "sbatch --parsable '--dependency=afterok:<plan>:<parity>'" in cluster_chain["stdout"]
     assert not (cluster_chain["tmp"] / "slurm").exists()  # a dry run writes no script
 
