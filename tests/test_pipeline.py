@@ -177,7 +177,7 @@ def test_a_rerun_skips_every_completed_stage(smoke):
     proc = _pipeline(work, "sft.lr=0.0005", "pipeline.dry_run=true")
     status = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()
               if line.split() and line.split()[0] in STAGE_NAMES}
-    assert status == {"corpora": "done", "prepare": "done", "plan": "done", "base": "done", "cpt": "done",
+    assert status == {"corpora": "done", "prepare": "done", "plan": "done", "prepare_sft": "done", "base": "done", "cpt": "done",
                       "sft": "run", "export": "run", "evaluate": "run", "report": "run"}
 
 

@@ -170,6 +170,31 @@ def _cluster_corpora(root: Path) -> tuple[Path, Path]:
     return raw, tok
 
 
+def _cluster_sft_corpora(root: Path) -> Path:
+    """Small files under the SFT registry's source paths (conf/sft_data/hebatron.yaml): chats, instruction
+    and reasoning Parquet, translation pairs, English anchor chats."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from corpus import ENGLISH, HEBREW, write_jsonl
+
+    raw, n = root / "sft_raw", 30
+    he = [f"{HEBREW[i % len(HEBREW)]} {i}" for i in range(n)]
+    en = [f"{ENGLISH[i % len(ENGLISH)]} {i}" for i in range(n)]
+    write_jsonl(raw / "he_chat" / "part0.jsonl", [
+        {"messages": [{"role": "user", "content": f"שאלה {he[i]}"}, {"role": "assistant", "content": he[(i + 1) % n]}]}
+        for i in range(n)])
+    (raw / "he_instruction").mkdir(parents=True)
+    pq.write_table(pa.table({"prompt": [f"הוראה {t}" for t in he], "response": en}),
+                   raw / "he_instruction" / "part0.parquet")
+    (raw / "he_reasoning").mkdir(parents=True)
+    pq.write_table(pa.table({"prompt": [f"חשב {t}" for t in he], "response": he[::-1], "reasoning": en[::-1]}),
+                   raw / "he_reasoning" / "part0.parquet")
+    write_jsonl(raw / "he_en_pairs" / "part0.jsonl", [{"he": h, "en": e} for h, e in zip(he, en)])
+    write_jsonl(raw / "en_chat" / "part0.jsonl", [
+        {"messages": [{"role": "user", "content": f"Repeat: {e}"}, {"role": "assistant", "content": e}]} for e in en])
+    return raw
+
+
 def _mb_child_env(root: Path) -> dict:
     """The environment a dry-run job needs to import the real Megatron-Bridge (as tests/test_mb_tier.py
     runs its child): the MB tier and the compat layer on PYTHONPATH, and the TE stand-in."""
@@ -193,10 +218,12 @@ def test_the_cluster_chain_runs_on_slurm_and_a_resubmission_submits_nothing(slur
     for real on CPU; every GPU job runs with megatron_bridge.dry_run=true, the CPT jobs composing the real
     Megatron-Bridge ConfigContainer of their segment; then the same command submits nothing."""
     raw, tok = _cluster_corpora(tmp_path)
+    sft_raw = _cluster_sft_corpora(tmp_path)
     work = tmp_path / "work"
     child = _mb_child_env(tmp_path)
     args = ["experiment=hebatron_h100x64", "cluster=local_slurm", f"cluster.python={sys.executable}",
             f"+cluster.env.PYTHONPATH={child['PYTHONPATH']}", f"paths.work={work}", f"data.raw_dir={raw}",
+            f"sft_data.raw_dir={sft_raw}", "sft_data.total=40",
             f"tokenizer.path={tok}", "megatron_bridge.dry_run=true", "pipeline.prepare_shards=2",
             "curriculum.max_epochs=1000000000", "build_caches=false", "data.near_dedup.enabled=false",
             "data.decontamination.enabled=false", f"megatron_bridge.hf_model_dir={tmp_path / 'no_base_model'}"]
@@ -220,6 +247,10 @@ def test_the_cluster_chain_runs_on_slurm_and_a_resubmission_submits_nothing(slur
     # the CPU jobs ran for real: merged shards, the plan over them
     manifest = json.loads((work / "data" / "hebatron" / "he_formal" / "manifest.json").read_text())
     assert manifest["kind"] != "shard" and (work / "data" / "hebatron" / "he_formal" / "shards").is_dir()
+    # the SFT registry was prepared once, by its own CPU job, composed like the SFT job (sft_data=hebatron)
+    [prepared_dir] = (work / "sft_data").glob("hebatron-*")
+    prepared = json.loads((prepared_dir / "manifest.json").read_text())
+    assert prepared["samples"] == 40
     plan = json.loads((run / "plan.json").read_text())
     assert [s["name"] for s in plan["segments"]] == ["seq8k", "seq64k"]
     # the GPU jobs composed the real Megatron-Bridge config of their segment, without a GPU

@@ -488,8 +488,14 @@ def megatron_bridge_stages(cfg) -> tuple[Stage, ...]:
             last_export = (exp, out)
     sft_over = extra.get("sft", ()) + (f"sft.init_from={last_export[1]}",)
     chat = str(run_dir / "hf" / "chat")
+    # the SFT registry prepared once, by one CPU job composed like the SFT job (its sft_data), never by
+    # the training ranks; it needs no CPT output, so it runs beside the CPT jobs
+    prep_over = extra.get("sft", ())
     stages += [
-        Stage("sft", "bilingual chat SFT from the last CPT export", (last_export[0],), ("sft",) + MB_TRAIN_KEYS, "run",
+        Stage(**{**by_name["prepare_sft"].__dict__, "upstream": (), "overrides": prep_over,
+                 "recipe": " ".join(("recipes/prepare_sft.py",) + prep_over)}),
+        Stage("sft", "bilingual chat SFT from the last CPT export", (last_export[0], "prepare_sft"),
+              ("sft", "sft_data") + MB_TRAIN_KEYS, "run",
               _mb_sft, kind="train", overrides=sft_over, recipe="recipes/sft.py " + " ".join(sft_over)),
         Stage("export_chat", "Megatron -> HF of the SFT job's last checkpoint", ("sft",),
               ("megatron_bridge.save_dir", "sft.init_from") + MB_KEYS, "run",
