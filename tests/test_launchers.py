@@ -160,7 +160,7 @@ def test_cluster_run_dry_run_writes_chain_json_with_every_job(cluster_chain):
     jobs = {j["name"]: j for j in chain["jobs"]}
     assert list(jobs) == ["prepare_shards", "prepare", "plan", "parity", "cpt_seq8k", "export_formal", "eval_formal",
                           "export_colloquial", "eval_colloquial", "cpt_seq64k", "export_long_context",
-                          "eval_long_context", "sft", "export_chat", "eval_chat", "report"]
+                          "eval_long_context", "prepare_sft", "sft", "export_chat", "eval_chat", "report"]
     names = list(jobs)
     for k, j in enumerate(chain["jobs"]):  # topological: every dependency is submitted earlier
         assert set(j) >= {"name", "argv", "overrides", "nodes", "gpus_per_node", "time", "after", "marker"}
@@ -175,7 +175,10 @@ def test_cluster_run_dry_run_writes_chain_json_with_every_job(cluster_chain):
     assert jobs["cpt_seq8k"]["after"] == ["plan", "parity"] and jobs["cpt_seq64k"]["after"] == ["cpt_seq8k"]
     assert "megatron_bridge.segment=0" in jobs["cpt_seq8k"]["overrides"]
     assert "megatron_bridge.segment=1" in jobs["cpt_seq64k"]["overrides"]
-    assert jobs["sft"]["after"] == ["export_long_context"] and jobs["report"]["after"] == ["eval_chat"]
+    assert jobs["sft"]["after"] == ["export_long_context", "prepare_sft"] and jobs["report"]["after"] == ["eval_chat"]
+    # the SFT registry is prepared once by a CPU job composed like the SFT job (its sft_data), never by the ranks
+    assert jobs["prepare_sft"]["gpus_per_node"] == 0 and jobs["prepare_sft"]["after"] == []
+    assert "experiment=hebatron_sft_h100x16" in jobs["prepare_sft"]["overrides"]
     assert chain["cluster"] == "eos_pyxis" and chain["dry_run"] is True
     # the gate is the parity record backends/megatron_bridge/checks.py requires of segment 0
     from hebatron_nemo.backends.megatron_bridge.convert import PARITY_RECORD

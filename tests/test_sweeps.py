@@ -122,5 +122,5 @@ def test_a_cluster_ablation_arm_is_a_whole_megatron_bridge_chain(tmp_path):
         assert "recipes/pipeline.py \\\n  experiment=hebatron_h100x64" in script
     real = subprocess.run(cmd + ["cluster.account=acct"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
-    assert real.returncode == 2 and "shared stage(s) ['prepare']" in real.stderr, real.stderr[-2000:]
+    assert real.returncode == 2 and "shared stage(s) ['prepare', 'prepare_sft']" in real.stderr, real.stderr[-2000:]
     assert not (tmp_path / "slurm").exists()  # nothing was written or submitted
