@@ -34,3 +34,16 @@ def compose_experiment(name: str, overrides: list[str], recipe: str = "cpt"):
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name=recipe, overrides=[f"experiment={name}", *overrides])
+
+
+def tiny_hf_folder(path):
+    """A tiny Nemotron-H saved by the container's transformers (5.12.1, from the compat layer)."""
+    from transformers import NemotronHConfig, NemotronHForCausalLM
+
+    cfg = NemotronHConfig(vocab_size=256, hidden_size=64, num_hidden_layers=4, hybrid_override_pattern="M*EM",
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, mamba_num_heads=4,
+                          mamba_head_dim=16, ssm_state_size=16, n_groups=1, n_routed_experts=8,
+                          num_experts_per_tok=2, moe_intermediate_size=32, moe_shared_expert_intermediate_size=64,
+                          intermediate_size=64)
+    NemotronHForCausalLM(cfg).save_pretrained(str(path))
+    return path

@@ -77,7 +77,7 @@ _FLUENT_PLACEABLE = re.compile(r"\{[^{}]*\}")
 _PRINTF = re.compile(r"%[-+ #0-9.]*[sdiufxXc]|%\([a-z_]+\)s|\$\{?\w+\}?|~|&(?=\w)")
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+def write_jsonl_rows(path: Path, rows: Iterable[dict]) -> int:
     """Writes rows to `path` atomically (temp file, then rename); returns the row count."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     n = 0
@@ -318,7 +318,7 @@ def install_demo_corpora(out_dir: str | os.PathLike, use_apt: bool = True, log=p
     summary: dict = {"version": SUMMARY_VERSION, "sources": {}, "substitutions": [], "debian_pins": pins}
 
     def record(name: str, rows: list[dict], origin: str, identity: dict) -> None:
-        n = _write_jsonl(out / f"{name}.jsonl", rows)
+        n = write_jsonl_rows(out / f"{name}.jsonl", rows)
         chars = sum(len(r.get("text", "")) + len(r.get("he", "")) + len(r.get("en", "")) for r in rows)
         summary["sources"][name] = {"documents": n, "characters": chars, "origin": origin, "identity": identity}
         log(f"  {name:<14} {n:>6} documents {chars:>10,} characters  <- {origin}")

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 from pathlib import Path
+
+from hebatron_nemo.data.demo_corpora import write_jsonl_rows
 
 ANCHOR_SOURCES = ("en_kjv", "en_jps")
 HEBREW_SOURCE = "he_mishnah"
@@ -67,17 +68,6 @@ def hebrew_instructions(documents, min_sentences: int = 3) -> list[dict]:
     return rows
 
 
-def _write_jsonl(path: Path, rows) -> int:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
-
-
 def derive_demo_sft(cfg, log=print) -> dict:
     """Writes the derived demo SFT sources (see the module docstring); returns rows per file. Rerun
     only when an input changed (a stamp of input sizes and times is kept beside them)."""
@@ -96,10 +86,10 @@ def derive_demo_sft(cfg, log=print) -> dict:
     for name in ANCHOR_SOURCES:
         docs = itertools.islice(iter_documents(raw / f"{name}.jsonl", "jsonl", id_field="id"), MAX_DOCUMENTS)
         chats = anchor_conversations(docs, name)
-        written[f"{name}_chats"] = _write_jsonl(out / f"{name}_chats.jsonl",
+        written[f"{name}_chats"] = write_jsonl_rows(out / f"{name}_chats.jsonl",
                                                 ({"id": c["id"], "messages": c["messages"]} for c in chats))
     docs = itertools.islice(iter_documents(raw / f"{HEBREW_SOURCE}.jsonl", "jsonl", id_field="id"), MAX_DOCUMENTS)
-    written["he_instructions"] = _write_jsonl(out / "he_instructions.jsonl", hebrew_instructions(docs))
+    written["he_instructions"] = write_jsonl_rows(out / "he_instructions.jsonl", hebrew_instructions(docs))
     stamp_file.write_text(json.dumps(stamp))
     log(f"demo SFT sources derived in {out}: {written}")
     return written

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mb_fixtures import (CPT_EXPERIMENTS, SFT_EXPERIMENTS, cluster_overrides, compose_experiment,
+from mb_fixtures import (tiny_hf_folder, CPT_EXPERIMENTS, SFT_EXPERIMENTS, cluster_overrides, compose_experiment,
                          prepare_cluster_sources)
 
 from hebatron_nemo.backends.megatron_bridge.seam import (build_cpt_container, build_sft_container, container_yaml,
@@ -20,24 +20,13 @@ from hebatron_nemo.curriculum.runplan import make_plan
 from hebatron_nemo.errors import ConfigError
 
 
-def _tiny_hf_folder(path):
-    """A tiny Nemotron-H saved by the container's transformers (5.12.1, from the compat layer)."""
-    from transformers import NemotronHConfig, NemotronHForCausalLM
-
-    cfg = NemotronHConfig(vocab_size=256, hidden_size=64, num_hidden_layers=4, hybrid_override_pattern="M*EM",
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, mamba_num_heads=4,
-                          mamba_head_dim=16, ssm_state_size=16, n_groups=1, n_routed_experts=8,
-                          num_experts_per_tok=2, moe_intermediate_size=32, moe_shared_expert_intermediate_size=64,
-                          intermediate_size=64)
-    NemotronHForCausalLM(cfg).save_pretrained(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
     data = prepare_cluster_sources(tmp)
-    hf = _tiny_hf_folder(tmp / "hf")
+    hf = tiny_hf_folder(tmp / "hf")
     out = {}
     for name in CPT_EXPERIMENTS:
         # the base-model folder must exist for MB's checkpoint validation: the tiny HF folder stands in

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from corpus import ENGLISH, HEBREW, write_jsonl
-from mb_fixtures import cluster_overrides, compose_experiment, prepare_cluster_sources
+from mb_fixtures import tiny_hf_folder, cluster_overrides, compose_experiment, prepare_cluster_sources
 
 from hebatron_nemo.backends.megatron_bridge.seam import build_sft_container
 from hebatron_nemo.backends.megatron_bridge.sft_data import link_prepared_sft, pack_tokenizer_name
@@ -23,16 +23,6 @@ from hebatron_nemo.sft.prepare import TRAIN_FILE, iter_prepared, prepare_sft
 from hebatron_nemo.sft.template import CHAT_TEMPLATE, tokenize_conversation
 
 
-def _tiny_hf_folder(path):
-    from transformers import NemotronHConfig, NemotronHForCausalLM
-
-    cfg = NemotronHConfig(vocab_size=256, hidden_size=64, num_hidden_layers=4, hybrid_override_pattern="M*EM",
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, mamba_num_heads=4,
-                          mamba_head_dim=16, ssm_state_size=16, n_groups=1, n_routed_experts=8,
-                          num_experts_per_tok=2, moe_intermediate_size=32, moe_shared_expert_intermediate_size=64,
-                          intermediate_size=64)
-    NemotronHForCausalLM(cfg).save_pretrained(str(path))
-    return path
 
 
 def _write_hebatron_categories(raw: Path) -> None:
@@ -68,7 +58,7 @@ def _write_hebatron_categories(raw: Path) -> None:
 def sft_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mbsftprep")
     data = prepare_cluster_sources(tmp)
-    hf = _tiny_hf_folder(tmp / "hf")
+    hf = tiny_hf_folder(tmp / "hf")
     # a tokenizer folder that MB's HuggingFaceTokenizer (AutoTokenizer) loads, with the Nemotron-3 template
     tok = tmp / "models" / "Nemotron tok"
     train_byte_level_bpe(HEBREW * 4 + ENGLISH * 4, str(tok), vocab_size=700, min_frequency=1, fingerprint={"t": 1})
