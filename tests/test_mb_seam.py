@@ -169,7 +169,7 @@ def test_dry_run_prints_layout_and_config(cluster):
     assert "data parallel DP = 64 / 8 = 8" in out and "65,536 / CP 8 = 8,192 tokens per GPU" in out
     assert "segment 1 'seq64k' starts at" in out and "on the plateau" in out
     assert "train_samples:" in out and "context_parallel_size: 8" in out
-    assert "mixed precision: Megatron-Bridge recipe bf16_mixed" in out and "fully reshardable" in out
+    assert "mixed precision: Megatron-Bridge recipe bf16_mixed" in out and "optimizer state saved dp_reshardable" in out
     bad = subprocess.run([sys.executable, "recipes/cpt.py", "experiment=hebatron_cpt_64k_h100x64",
                           "megatron_bridge.dry_run=true", "parallelism.expert=48", *cluster_overrides(tmp, data)],
                          cwd=REPO, capture_output=True, text=True, env=env, timeout=600)

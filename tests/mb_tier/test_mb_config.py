@@ -179,7 +179,9 @@ def test_mb_scheduler_wiring_follows_the_plan(cluster):
     curve = plan_schedule(plan, cfg.optim)
     state, tokens, worst = None, 0, 0.0
     for k, seg in enumerate(plan["segments"]):
-        c = build_cpt_container(cfg, plan, k)
+        # each segment's job composes its own experiment (its preset is the one segment_parallelism names)
+        job_cfg = exps["hebatron_cpt_64k_h100x64"][0] if k == 1 else cfg
+        c = build_cpt_container(job_cfg, plan, k)
         c._calculate_scheduler_steps()
         opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=c.optimizer.lr)
         sched = _get_scheduler(c.optimizer, c.scheduler, opt)
