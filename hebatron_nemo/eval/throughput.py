@@ -400,7 +400,7 @@ def nano_arch(conf_dir: str | None = None) -> HybridArch:
 
     return HybridArch.from_model_config(
         load_model_config("nemotron3_nano_30b_a3b", conf_dir),
-        source="conf/model/nemotron3_nano_30b_a3b.yaml (the HF config.json values; REFERENCE.md section 2)")
+        source="conf/model/nemotron3_nano_30b_a3b.yaml (the values of the released HF config.json)")
 
 
 # --------------------------------------------------------------------------------------- estimates

@@ -2,7 +2,7 @@
 (nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16), verified by logit parity under every transformers
 version that will read it, and a strict loader.
 
-Why this exists (measured, docs: ../shared/REFERENCE.md section 7): checkpoints are not portable
+Why this exists (measured on a 2-core CPU machine, 2026-11): checkpoints are not portable
 between transformers 5.12.1 (the NeMo container's) and 5.24 (the CPU env's) as `save_pretrained`
 writes them. 5.24 writes `layers_block_type: [linear_attention, full_attention, ...]`, which 5.12.1
 rejects; 5.12.1 writes its embedding as `backbone.embedding.weight` (its save path reverses a
