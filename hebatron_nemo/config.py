@@ -310,6 +310,7 @@ class RouterConfig:
     seq_aux_loss_coeff: float = 1e-4  # Nemotron-3 Nano's value; the Hebatron team raised it against collapse
     bias_update_rate: float = 1e-3  # aux-loss-free expert-bias update per step (0 = frozen bias)
     log_every: int = 10  # steps between router-health lines (per-layer load entropy)
+    min_entropy: float = 0.5  # warn (log line + router/layers_below_min_entropy) when a layer's load entropy / ln(E) is below; 0 = off
 
 
 @dataclass
@@ -321,6 +322,17 @@ class EarlyStopConfig:
     patience: int = 3  # consecutive evals above best + min_rise
     min_rise: float = 0.05
     within_fraction: float = 0.3  # only in the first part of the run
+
+
+@dataclass
+class LossGuardConfig:
+    """The early-rise stop on the training loss (backends/health.py): after the LR warmup, when the
+    mean loss of the last `window` steps rises more than `margin` above its best in the current phase,
+    the run checkpoints and stops."""
+
+    enabled: bool = False
+    window: int = 20  # steps averaged
+    margin: float = 0.1  # in loss units (nats per token)
 
 
 @dataclass
@@ -438,6 +450,7 @@ class TrainConfig(PlanConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
+    loss_guard: LossGuardConfig = field(default_factory=LossGuardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

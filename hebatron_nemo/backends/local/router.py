@@ -16,8 +16,6 @@ layers on Hebrew): entropy of the load distribution, 1.0 = perfectly even when n
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -77,15 +75,14 @@ class RouterBalancer:
 
     def stats(self, reset: bool = True) -> dict:
         """Per layer: load fractions, normalized load entropy, max/mean load; since the last reset."""
+        from hebatron_nemo.backends.health import load_stats
+
         out = {}
         for name, w in zip(self.names, self._window):
-            total = float(w.sum())
-            if total == 0:
+            s = load_stats(w)  # the rule the Megatron-Bridge callback applies too
+            if s is None:
                 continue
-            frac = w / total
-            ent = float(-(frac[frac > 0] * frac[frac > 0].log()).sum()) / math.log(len(w))
-            out[name] = {"load": [round(float(x), 5) for x in frac], "entropy": ent,
-                         "max_over_mean": float(frac.max() * len(w))}
+            out[name] = s
             if reset:
                 w.zero_()
         return out

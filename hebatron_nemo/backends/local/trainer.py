@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from hebatron_nemo.backends.health import LossRiseGuard, low_entropy_layers, low_entropy_message, phase_at
 from hebatron_nemo.backends.local import checkpoint, distributed, threads
 from hebatron_nemo.backends.local.evaluation import EarlyStop, InLoopEval, token_losses
 from hebatron_nemo.backends.local.preemption import StopOnSignal
@@ -154,6 +155,8 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
         return state
     evaluator = InLoopEval(plan, cfg.data, cfg.eval, seed=cfg.seed)
     early = EarlyStop(cfg.eval.early_stop, plan["totals"]["tokens"])
+    guard = LossRiseGuard(cfg.loss_guard, schedule.warmup)
+    guard_phase = None
     logger = RunLogger(run_dir, cfg.logging, rank == 0, state["step"] if ckpt is not None else None,
                        {"plan": plan["fingerprint"]})
     phase_ends = {p["end_sample"]: p["name"] for p in plan["phases"]}
@@ -237,16 +240,26 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
                 logger.log(record)
             if cfg.router.log_every and state["step"] % cfg.router.log_every == 0:
                 rstats = router.stats()
+                low = low_entropy_layers(rstats, cfg.router.min_entropy)
+                if low and rank == 0:
+                    log(low_entropy_message(low, rstats, cfg.router.min_entropy, state["step"]))
                 logger.log({**_where(record), "kind": "router",
                             "values": {f"router/{layer}/entropy": s["entropy"] for layer, s in rstats.items()}
-                            | {f"router/{layer}/max_over_mean": s["max_over_mean"] for layer, s in rstats.items()},
+                            | {f"router/{layer}/max_over_mean": s["max_over_mean"] for layer, s in rstats.items()}
+                            | {"router/layers_below_min_entropy": len(low)},
                             "load": {layer: s["load"] for layer, s in rstats.items()}})
+            if phase_at(plan, c) != guard_phase:  # a new phase's loss starts its own best
+                guard.reset()
+                guard_phase = phase_at(plan, c)
+            # with a re-warm per segment, the warmup counts from the segment's first token
+            warm_from = seg_token_starts[k] if optim_cfg.rewarm_each_segment else 0
+            stop_reason = guard.update(state["step"], state["tokens"] - warm_from, record["loss"])
             at_phase_end = state["consumed_samples"] in phase_ends
             at_seg_end = state["consumed_samples"] in seg_ends
             if (cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0) or at_phase_end:
                 values = evaluator.run(model)
                 logger.log({**_where(record), "kind": "eval", "values": values})
-                stop_reason = early.update(values, state["tokens"])
+                stop_reason = stop_reason or early.update(values, state["tokens"])
             forced = at_phase_end or at_seg_end or stop_reason is not None
             saved = forced or bool(cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0)
             if stopper.requested() and state["consumed_samples"] < total_samples:

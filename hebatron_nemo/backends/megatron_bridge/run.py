@@ -85,10 +85,23 @@ def run_cpt_mb(cfg, log=print) -> None:
     stats = SourceStats(len(plan["phases"]), len(plan["source_names"]))
     eval_stats = SourceStats(len(sets), len(plan["source_names"]))
     callback = make_callback(plan, segment, stats, cfg.run_dir, container.checkpoint.save, eval_stats, sets)
+    from hebatron_nemo.backends.megatron_bridge.health import make_health_callback
+    from hebatron_nemo.backends.megatron_bridge.schedule import plan_schedule
+
+    health = make_health_callback(plan, segment, cfg.run_dir, cfg.router, cfg.loss_guard,
+                                  plan_schedule(plan, cfg.optim).warmup, log)
     from megatron.bridge.training.pretrain import pretrain
 
     apply_preset_env(cfg, container, log)
-    pretrain(container, make_forward_step(stats, eval_stats=eval_stats), callbacks=[callback])
+    try:
+        pretrain(container, make_forward_step(stats, eval_stats=eval_stats), callbacks=[callback, health])
+    except SystemExit:
+        if health.stop_reason is None:
+            raise
+        # MB leaves through sys.exit(0) after the checkpoint; a chain must not go on to the next segment
+        raise SystemExit(f"stopped by the early-rise guard (loss_guard) at step {health.stop_step}: "
+                         f"{health.stop_reason}. The checkpoint of step {health.stop_step} is saved; see "
+                         f"{Path(str(cfg.run_dir)) / 'loss_guard_stop.json'}") from None
 
 
 def sft_steps_line(cfg, manifest: dict | None) -> str:
