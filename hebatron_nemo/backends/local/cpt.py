@@ -49,6 +49,7 @@ def base_config(cfg):
                                    "sources": OmegaConf.to_container(b.sources), "select": {}}]},
         "anchor": {"share": 0.0, "sources": {}},
         "eval": {"early_stop": {"enabled": False}},
+        "loss_guard": {"enabled": False},  # a from-scratch loss is not the CPT's to judge
         "stop_after_segment": None,  # a CPT segment name; stage 0 has its own single segment
     })
     return bc
