@@ -116,3 +116,22 @@ def test_local_trainer_stops_on_the_guard_with_a_forced_checkpoint(tmp_path):
     ckpts = [r for r in records if r["kind"] == "checkpoint"]
     assert [(r["step"], r["values"]["forced"]) for r in ckpts] == [(expected, True)]
     assert any(x.startswith("early stop: the training loss") for x in lines)
+
+
+def test_report_plots_the_megatron_bridge_router_log(tmp_path):
+    """A run folder with only mb_router.jsonl (an MB run): the report's router panel reads it, and a
+    step logged again by a resumed job counts once (its last record)."""
+    from hebatron_nemo.eval.report import write_report
+
+    def rec(step, e1, e3):
+        return {"kind": "router", "step": step, "consumed_samples": 16 * step, "tokens": 512 * step, "phase": "formal",
+                "segment": "s1", "time": 0.0, "load": {},
+                "values": {"router/layer1/entropy": e1, "router/layer3/entropy": e3,
+                           "router/layers_below_min_entropy": int(e3 < 0.5)}}
+
+    rows = [rec(10, 0.99, 0.9), rec(20, 0.98, 0.2), rec(20, 0.97, 0.6), rec(30, 0.96, 0.55)]
+    (tmp_path / "mb_router.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = write_report(tmp_path).read_text()
+    assert "## Router health" in report and (tmp_path / "report_router.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Lowest routing entropy at step 30: layer3 0.550, layer1 0.960." in report
+    assert "below router.min_entropy" not in report  # step 20's collapsed record was logged again as 0.6

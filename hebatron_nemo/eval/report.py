@@ -162,18 +162,7 @@ def write_report(run_dir: str | Path) -> Path:
                 lines.append(f"| {key} | {base[key]:.4f} | {last[key]:.4f} | {last[key] - base[key]:+.4f} |")
         lines.append("")
 
-    if routers:
-        fig, ax = plt.subplots(figsize=(10, 3.5))
-        layers = sorted({k for r in routers for k in r["values"] if k.endswith("/entropy")})
-        for k in layers:
-            ax.plot([r["tokens"] for r in routers], [r["values"][k] for r in routers], label=k.split("/")[1])
-        ax.set_ylim(0, 1.05)
-        ax.set_xlabel("training tokens")
-        ax.set_ylabel("load entropy / ln(E)")
-        ax.set_title("router health per MoE layer (1 = even load)")
-        ax.legend(fontsize=7)
-        _save(fig, run_dir / "report_router.png")
-        lines += ["## Router health", "", "![](report_router.png)", ""]
+    lines += _router_health_section(run_dir, routers)
 
     mine = _arm_row(run_dir)
     arms = [row for row in map(_arm_row, sibling_arms(run_dir)) if row]
@@ -219,6 +208,55 @@ def write_report(run_dir: str | Path) -> Path:
     tmp.write_text("\n".join(lines), encoding="utf-8")
     tmp.replace(out)
     return out
+
+
+def _router_records(run_dir: Path, local: list[dict]) -> tuple[list[dict], str]:
+    """Router-health records of the run and which backend wrote them: the local backend's (kind
+    "router" in metrics.jsonl) or, when there are none, the Megatron-Bridge callback's
+    (mb_router.jsonl, same record shape). A resumed MB job logs the steps after its checkpoint again:
+    the last record of a step wins."""
+    if local:
+        return local, "local backend"
+    path = run_dir / "mb_router.jsonl"
+    if not path.exists():
+        return [], ""
+    by_step = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if r.get("kind") == "router":
+            by_step[r["step"]] = r
+    return [by_step[k] for k in sorted(by_step)], "Megatron-Bridge"
+
+
+def _router_health_section(run_dir: Path, local: list[dict]) -> list[str]:
+    """Per-layer routing entropy over training (report_router.png) and the layers lowest at the end;
+    [] when the run logged no router health."""
+    routers, backend = _router_records(run_dir, local)
+    if not routers:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    layers = sorted({k for r in routers for k in r["values"] if k.endswith("/entropy")},
+                    key=lambda k: (len(k), k))  # layer2 before layer10
+    for k in layers:
+        pts = [(r["tokens"], r["values"][k]) for r in routers if k in r["values"]]
+        ax.plot(*zip(*pts), label=k.split("/")[1], linewidth=0.8)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("load entropy / ln(E)")
+    ax.set_title(f"router health per MoE layer (1 = even load; {backend})")
+    ax.legend(fontsize=6, ncol=max(1, len(layers) // 12), loc="lower left")
+    _save(fig, run_dir / "report_router.png")
+    last = routers[-1]["values"]
+    lowest = sorted((last[k], k.split("/")[1]) for k in layers if k in last)[:3]
+    warned = [r["step"] for r in routers if r["values"].get("router/layers_below_min_entropy", 0) > 0]
+    out = ["## Router health", "", "![](report_router.png)", "",
+           f"Lowest routing entropy at step {routers[-1]['step']:,}: " + ", ".join(f"{n} {v:.3f}" for v, n in lowest)
+           + "."]
+    if warned:
+        out.append(f"Layers were below router.min_entropy at {len(warned)} of {len(routers)} logged steps "
+                   f"(first at step {warned[0]:,}).")
+    return out + [""]
 
 
 def _benchmark_average(run_dir: Path) -> float | None:

@@ -219,6 +219,13 @@ def test_router_entropy_per_layer_and_collapse_warning(plan, tmp_path, monkeypat
         assert all(e.value == pytest.approx(HAND[key], rel=1e-6) for e in events)  # TB stores float32
     assert [e.value for e in acc.Scalars("router/layers_below_min_entropy")] == [1.0, 1.0]
 
+    from hebatron_nemo.eval.report import write_report  # the run report plots the MB records
+
+    report = write_report(tmp_path).read_text()
+    assert "## Router health" in report and (tmp_path / "report_router.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Lowest routing entropy at step 4: layer3 0.369, layer5 0.485, layer1 1.000." in report
+    assert "below router.min_entropy at 2 of 2 logged steps (first at step 2)" in report
+
 
 def test_min_entropy_zero_warns_nothing(plan, tmp_path, monkeypatch, gloo_model_parallel):
     """router.min_entropy = 0 turns the warning off; the entropies are still logged."""
