@@ -83,8 +83,9 @@ def _state(tmp_path, train_iters: int, log_interval: int):
     return state
 
 
-def _run_train(state, model, train_step, monkeypatch, callbacks):
-    """MB's `train()` with our callbacks; returns the checkpoint recorder and the SystemExit, if any."""
+def _run_train(state, model, train_step, monkeypatch, callbacks, wrap=None):
+    """MB's `train()` with our callbacks; returns the checkpoint recorder and the SystemExit, if any.
+    `wrap(run)`, when given, runs the loop (as run_cpt_mb runs pretrain)."""
     import megatron.bridge.training.train as mbt
     from megatron.bridge.training.callbacks import CallbackManager
     from megatron.core.num_microbatches_calculator import (destroy_num_microbatches_calculator,
@@ -100,9 +101,12 @@ def _run_train(state, model, train_step, monkeypatch, callbacks):
     monkeypatch.setattr(type(state.timers), "log", lambda *a, **k: None)  # its all-ranks gather is a CUDA tensor
     init_num_microbatches_calculator(0, None, state.cfg.train.global_batch_size, 1, 1)
     exited = None
-    try:
+    def run():
         mbt.train(lambda *a: None, [model], None, None, iter(()), None, state, ckpt,
                   ProcessGroupCollection.use_mpu_process_groups(), callback_manager=manager)
+
+    try:
+        (wrap or (lambda f: f()))(run)
     except SystemExit as e:
         exited = e
     finally:
@@ -265,10 +269,12 @@ STOP_STEP = 12
 def test_early_rise_guard_stops_at_the_right_step_with_a_checkpoint(plan, tmp_path, monkeypatch, gloo_model_parallel):
     """LOSSES through MB's loop with loss_guard(window=3, margin=0.25) and a warmup of 4 steps' tokens:
     the rising loss of the warmup does not stop the run; the window mean crosses best + margin at step
-    12 (by hand above), and MB's own exit path saves step 12 and leaves the loop (SystemExit) there."""
+    12 (by hand above), and MB's own exit path saves step 12 and leaves the loop there; run_cpt_mb's
+    wrapper turns MB's sys.exit(0) into a failed exit with the guard's message."""
     import torch.nn as nn
 
     from hebatron_nemo.backends.megatron_bridge.health import STOP_FILE, make_health_callback
+    from hebatron_nemo.backends.megatron_bridge.run import fail_on_guard_stop
 
     state = _state(tmp_path, train_iters=len(LOSSES), log_interval=100)
     model = nn.Module()
@@ -284,8 +290,11 @@ def test_early_rise_guard_stops_at_the_right_step_with_a_checkpoint(plan, tmp_pa
     warmup_tokens = 4 * 16 * 32  # 4 steps of 16 x 32 tokens
     cb = make_health_callback(plan, 0, tmp_path, SimpleNamespace(min_entropy=0.5),
                               SimpleNamespace(enabled=True, window=3, margin=0.25), warmup_tokens, log=lines.append)
-    ckpt, exited = _run_train(state, model, train_step, monkeypatch, [cb])
-    assert exited is not None and not exited.code  # MB's sys.exit(0) after an exit_interval stop
+    ckpt, exited = _run_train(state, model, train_step, monkeypatch, [cb],
+                              wrap=lambda run: fail_on_guard_stop(run, cb, tmp_path))
+    # MB leaves with sys.exit(0) after an exit_interval stop; the job fails with the guard's message
+    assert exited is not None and isinstance(exited.code, str)
+    assert exited.code.startswith(f"stopped by the early-rise guard (loss_guard) at step {STOP_STEP}: the training")
     assert seen == list(range(1, STOP_STEP + 1)) and state.train_state.step == STOP_STEP
     assert ckpt.saved_steps == [STOP_STEP]  # MB saved the stopping step before exiting
     assert cb.stop_step == STOP_STEP and "rose to 4.1333" in cb.stop_reason and "best 3.7000 (step 9)" in cb.stop_reason
@@ -299,6 +308,7 @@ def test_early_rise_guard_off_runs_to_the_end(plan, tmp_path, monkeypatch, gloo_
     import torch.nn as nn
 
     from hebatron_nemo.backends.megatron_bridge.health import make_health_callback
+    from hebatron_nemo.backends.megatron_bridge.run import fail_on_guard_stop
 
     state = _state(tmp_path, train_iters=len(LOSSES), log_interval=100)
     model = nn.Module()
@@ -309,6 +319,7 @@ def test_early_rise_guard_off_runs_to_the_end(plan, tmp_path, monkeypatch, gloo_
 
     cb = make_health_callback(plan, 0, tmp_path, SimpleNamespace(min_entropy=0.5),
                               SimpleNamespace(enabled=False, window=3, margin=0.25), 0)
-    ckpt, exited = _run_train(state, model, train_step, monkeypatch, [cb])
+    ckpt, exited = _run_train(state, model, train_step, monkeypatch, [cb],
+                              wrap=lambda run: fail_on_guard_stop(run, cb, tmp_path))
     assert exited is None and state.train_state.step == len(LOSSES) and ckpt.saved_steps == [len(LOSSES)]
     assert cb.stop_reason is None

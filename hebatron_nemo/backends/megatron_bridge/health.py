@@ -177,6 +177,8 @@ def make_health_callback(plan: dict, segment: int, run_dir: str | Path, router_c
             return None if local == float("-inf") else local
 
         def _guard(self, context, step: int, consumed_before: int, consumed: int) -> None:
+            if not self.guard.enabled:  # no per-step all-reduce when the guard is off
+                return
             phase = phase_at(plan, consumed_before)
             if phase != self.phase:  # a new phase's loss starts its own best (as on the local backend)
                 self.guard.reset()

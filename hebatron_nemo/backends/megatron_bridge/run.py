@@ -93,15 +93,24 @@ def run_cpt_mb(cfg, log=print) -> None:
     from megatron.bridge.training.pretrain import pretrain
 
     apply_preset_env(cfg, container, log)
+    fail_on_guard_stop(lambda: pretrain(container, make_forward_step(stats, eval_stats=eval_stats),
+                                        callbacks=[callback, health]), health, cfg.run_dir)
+
+
+def fail_on_guard_stop(run, health, run_dir) -> None:
+    """Runs `run()` (MB's pretrain); when the early-rise guard of `health` stopped it, MB's exit
+    (`sys.exit(0)` after the checkpoint) becomes a failed exit with the guard's message, so a chain
+    does not go on to the next segment."""
+    from hebatron_nemo.backends.megatron_bridge.health import STOP_FILE
+
     try:
-        pretrain(container, make_forward_step(stats, eval_stats=eval_stats), callbacks=[callback, health])
+        run()
     except SystemExit:
         if health.stop_reason is None:
             raise
-        # MB leaves through sys.exit(0) after the checkpoint; a chain must not go on to the next segment
         raise SystemExit(f"stopped by the early-rise guard (loss_guard) at step {health.stop_step}: "
                          f"{health.stop_reason}. The checkpoint of step {health.stop_step} is saved; see "
-                         f"{Path(str(cfg.run_dir)) / 'loss_guard_stop.json'}") from None
+                         f"{Path(str(run_dir)) / STOP_FILE}") from None
 
 
 def sft_steps_line(cfg, manifest: dict | None) -> str:
