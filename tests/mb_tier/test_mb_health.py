@@ -232,13 +232,14 @@ def test_router_entropy_per_layer_and_collapse_warning(plan, tmp_path, monkeypat
 
 
 def test_min_entropy_zero_warns_nothing(plan, tmp_path, monkeypatch, gloo_model_parallel):
-    """router.min_entropy = 0 turns the warning off; the entropies are still logged."""
+    """router.min_entropy = 0 turns the warning off; the entropies are still logged. A router whose layer
+    number lies outside the model config is left out with a line, and the job goes on."""
     import torch.nn as nn
 
     from hebatron_nemo.backends.megatron_bridge.health import ROUTER_LOG, make_health_callback
 
     state = _state(tmp_path, train_iters=2, log_interval=1)
-    routers = _routers(state, [4])
+    routers = _routers(state, [4, 999])
     model = nn.Module()
     model.config, model.routers = state.cfg.model, routers
 
@@ -254,6 +255,8 @@ def test_min_entropy_zero_warns_nothing(plan, tmp_path, monkeypatch, gloo_model_
     assert [r["values"]["router/layers_below_min_entropy"] for r in records] == [0, 0]
     assert records[0]["values"]["router/layer3/entropy"] == pytest.approx(HAND["collapsed"])
     assert not [x for x in lines if "WARNING" in x]
+    assert set(records[0]["load"]) == {"layer3"}
+    assert [x for x in lines if "layer_number 999" in x and "its load is not logged" in x]
 
 
 # the scripted training loss, one value per step (step 1 first); steps 1-4 are the warmup
