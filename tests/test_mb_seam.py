@@ -54,6 +54,7 @@ def test_every_cluster_experiment_emits_our_fields(cluster, name):
     assert o["model"]["moe_flex_dispatcher_backend"] == "hybridep"
     assert o["model"]["moe_aux_loss_coeff"] == cfg.router.seq_aux_loss_coeff
     assert o["model"]["moe_router_bias_update_rate"] == cfg.router.bias_update_rate
+    assert o["model"]["moe_per_layer_logging"] is True  # per-layer aux loss from megatron-core's tracker
     assert checks.layout(cfg.parallelism)["dp"] == dp
     # MB trains train_samples // global_batch steps, counting from step 0 of the run: the plan's end step
     assert o["train"] == {"train_iters": None, "train_samples": (seg["start_step"] + seg["batches"]) * gbs,

@@ -46,6 +46,9 @@ def model_fields(cfg, seq_length: int) -> dict:
          "moe_router_bias_update_rate": float(cfg.router.bias_update_rate),
          "moe_aux_loss_coeff": float(cfg.router.seq_aux_loss_coeff),
          "moe_router_load_balancing_type": "seq_aux_loss",
+         # MB's training log then writes megatron-core's aux-loss tracker per layer, beside the load
+         # entropy of the health callback (megatron_bridge/health.py)
+         "moe_per_layer_logging": True,
          **DISPATCH[str(par.moe_dispatcher)]}
     return m
 
