@@ -43,8 +43,11 @@ def gloo_model_parallel():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29563")
         dist.init_process_group("gloo", rank=0, world_size=1)
+    from megatron.core.transformer.moe.moe_logging import destroy_moe_metrics_tracker
+
     parallel_state.initialize_model_parallel()
     yield
+    destroy_moe_metrics_tracker()  # the routers' aux losses recorded into megatron-core's global tracker
     parallel_state.destroy_model_parallel()
     if started:
         dist.destroy_process_group()

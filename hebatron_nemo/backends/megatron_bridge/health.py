@@ -72,7 +72,6 @@ def make_health_callback(plan: dict, segment: int, run_dir: str | Path, router_c
             self.phase = None
             self.stop_reason: str | None = None
             self.stop_step: int | None = None
-            self.last_stats: dict = {}
             self.warned_empty = False
 
         def _writer(self) -> bool:
@@ -87,7 +86,10 @@ def make_health_callback(plan: dict, segment: int, run_dir: str | Path, router_c
             self.detach()
             self.main_layers = int(model_cfg.num_layers)
             layers = self.main_layers + int(getattr(model_cfg, "mtp_num_layers", None) or 0)
-            experts = int(model_cfg.num_moe_experts or 0)
+            experts = int(getattr(model_cfg, "num_moe_experts", None) or 0)
+            if not experts:  # a dense model: nothing to watch
+                self.counts = None
+                return
             for chunk in model_chunks:
                 for m in chunk.modules():
                     if not isinstance(m, TopKRouter):
@@ -103,7 +105,7 @@ def make_health_callback(plan: dict, segment: int, run_dir: str | Path, router_c
                     self.routers.append((row, self._name(row), m))
                     self.handles.append(m.register_forward_hook(self._hook(row)))
             # every rank builds the same table, also ranks without MoE layers (the all-reduce needs it)
-            self.counts = torch.zeros(layers, max(experts, 1), dtype=torch.float64, device=_device())
+            self.counts = torch.zeros(layers, experts, dtype=torch.float64, device=_device())
 
         def _name(self, row: int) -> str:
             """`layer<i>` (0-based in the layer stack, as the HF model numbers its layers), `mtp<j>`."""
@@ -130,16 +132,16 @@ def make_health_callback(plan: dict, segment: int, run_dir: str | Path, router_c
             self.counts.zero_()
             if _dist():
                 torch.distributed.all_reduce(total)
+            total = total.cpu()
             out = {}
             for row in range(total.shape[0]):  # rows no rank routed through (dense layers) give None
-                s = load_stats(total[row].cpu())
+                s = load_stats(total[row])
                 if s is not None:
                     out[self._name(row)] = s
             return out
 
         def _log_router(self, context, step: int, before: int, consumed: int) -> None:
             stats = self.router_stats()
-            self.last_stats = stats
             if not stats:
                 if not self.warned_empty and self._writer():
                     log("router health: no routed tokens were seen by the router hooks since the last line "
