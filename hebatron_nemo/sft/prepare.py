@@ -13,12 +13,21 @@ The prepared folder (``sft_data.output_dir``) is what both backends read: the lo
 written aside (``<output_dir>.tmp-<pid>``) and renamed into place by one process (the prepare_sft
 stage or job), never by training ranks.
 
-Memory grows with the number of conversations only through fixed-size records, never through the
-conversations themselves: exact dedup keeps a set of 16-byte digests (roughly 90 bytes per distinct
-conversation in CPython: ~180 MB at 2M); each kept conversation costs a spool offset and two token
-counts (16 bytes), each chosen one a selection index and an interleaving slot (14 bytes). The texts
-stream through in batches of ``BATCH`` and live on disk (per-source spool files, then the output).
-The tokenizer's own chunk memo (LocalTokenizer) is a cache with a fixed cap, not per conversation.
+Memory is bounded apart from a few numpy bytes per conversation; no Python object is kept per
+conversation. The texts stream through in batches of ``BATCH`` and live on disk (per-source spool
+files, then the output). What stays O(N):
+
+* exact dedup: 8 bytes per distinct conversation (``KeySet``: 64-bit keys in a sorted uint64 array; 16
+  during a merge), plus a fixed buffer of the newest 65,536 keys (~6 MB);
+* each kept conversation: its spool offset and two token counts (``RECORD_BYTES`` = 16);
+* each chosen conversation: its selection index and interleaving slot (``ORDER_BYTES`` = 10), plus one
+  pass's int64 permutation (8 per kept conversation) while it is drawn.
+
+Not all at once: the dedup keys are freed before the mixture is drawn, so the peak is about 32 bytes
+per conversation over the fixed part (reading: 16 + 16 during a merge; mixing: 16 + 10, or 16 + 4 + 8
+while a permutation is drawn): ~64 MB at 2,000,000 conversations.
+The tokenizer's chunk memo (LocalTokenizer) is capped at ``MEMO_CHUNKS`` entries (~200 bytes each,
+~13 MB) while preparing: a cache, cleared when full, not a record per conversation.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from hebatron_nemo.sft.sources import Conversation, iter_conversations, load_cal
 
 BATCH = 256
 CHUNK = 1 << 16  # lines interleaved per numpy lookup
+DEDUP_BUFFER = 1 << 16  # newest dedup keys held in a Python set before they are merged into the sorted array
 MEMO_CHUNKS = 1 << 16  # the tokenizer chunk memo's cap while preparing: ~200 bytes an entry, ~13 MB
 RECORD_BYTES = 16  # per kept conversation: spool offset (8) and two token counts (4 + 4)
 ORDER_BYTES = 10  # per chosen conversation: selection index (4), interleaving source id and cursor (2 + 4)
@@ -352,7 +362,7 @@ def prepare_sft(cfg, tokenizer=None, log=print, overwrite: bool = False) -> dict
         if memo is not None:
             memo.max_chunks = min(memo_cap, MEMO_CHUNKS)
         decon = build_decontaminator(sd)
-        seen = KeySet()
+        seen = KeySet(DEDUP_BUFFER)
         spools: dict[str, _Spool] = {}
         sources: dict[str, dict] = {}
         valid_spools: dict[str, _Spool] = {}
