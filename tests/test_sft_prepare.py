@@ -314,3 +314,20 @@ def test_memory_grows_by_a_few_numpy_bytes_per_conversation(tmp_path, tok_dir, m
         assert m["samples"] == n and m["dropped"]["duplicate"] == n // 50
     per = (peaks[4000] - peaks[1000]) / 3000
     assert per < 64, f"peak traced memory grows {per:.0f} bytes per conversation ({peaks})"
+
+
+def test_keyset_answers_like_a_set_across_merges():
+    """The dedup structure (sorted uint64 array + a small set of the newest keys) says "new" exactly
+    when a Python set would, across many merges, for keys spanning the whole 64-bit range."""
+    import random
+
+    from hebatron_nemo.sft.prepare import KeySet
+
+    rng = random.Random(5)
+    pool = [rng.getrandbits(64) for _ in range(3000)] + [0, 2**64 - 1, 2**63]
+    keys, ref = KeySet(buffer=64), set()
+    for _ in range(12000):
+        k = rng.choice(pool)
+        assert keys.add(k) == (k not in ref), k
+        ref.add(k)
+    assert len(keys) == len(ref) and keys.nbytes() >= 8 * (len(ref) - 64)
