@@ -277,3 +277,57 @@ def test_parquet_row_errors_name_the_row(tmp_path, tok_dir):
     with pytest.raises(DataError) as err:
         prepare_sft(cfg, log=lambda *a: None)
     assert (err.value.path, err.value.line, err.value.field) == (str(raw / "i.parquet"), 2, "response")
+
+
+def test_memory_grows_by_a_few_numpy_bytes_per_conversation(tmp_path, tok_dir, monkeypatch):
+    """Peak traced memory (tracemalloc: Python objects and numpy buffers) of prepare_sft at 1,000 and
+    4,000 conversations: the growth per extra conversation is the few fixed-size records the module
+    docstring lists (~32 bytes), not a Python object per conversation (a set of digests: ~90 bytes;
+    a tokenizer memo that keeps every new word: hundreds). The fixed buffers (the dedup set of
+    newest keys, the tokenizer memo's cap, the reader's read size) are set small here so that a few thousand conversations
+    are well past them; each conversation has a number of its own, a word the memo has not seen."""
+    import tracemalloc
+
+    from hebatron_nemo.data import readers
+    from hebatron_nemo.sft import prepare as prep
+
+    monkeypatch.setattr(readers, "_CHUNK", 1 << 14)  # the JSONL reader's read size (1 MiB: the whole file here)
+    monkeypatch.setattr(prep, "DEDUP_BUFFER", 256, raising=False)
+    monkeypatch.setattr(prep, "MEMO_CHUNKS", 512, raising=False)
+    peaks = {}
+    for n in (1000, 4000):
+        raw = tmp_path / f"raw{n}"
+        rows = [{"messages": [{"role": "user", "content": f"שאלה {i}: {HEBREW[i % len(HEBREW)]}"},
+                              {"role": "assistant", "content": f"answer {i * 7 + 3}: {ENGLISH[i % len(ENGLISH)]}"}]}
+                for i in range(n)]
+        write_jsonl(raw / "chat.jsonl", rows + rows[:n // 50])  # 2% exact duplicates
+        cfg = _cfg(tmp_path, tok_dir, raw_dir=str(raw), output_dir=str(tmp_path / f"out{n}"), total=n,
+                   valid_fraction=0.01, max_valid=5, allow_repeat=True, decontamination={"enabled": False},
+                   sources={"chat": {"kind": "messages", "path": "chat.jsonl", "weight": 1.0}})
+        tok = LocalTokenizer(str(tok_dir))
+        tracemalloc.start()
+        try:
+            m = prepare_sft(cfg, tokenizer=tok, log=lambda *a: None)
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert m["samples"] == n and m["dropped"]["duplicate"] == n // 50
+    per = (peaks[4000] - peaks[1000]) / 3000
+    assert per < 64, f"peak traced memory grows {per:.0f} bytes per conversation ({peaks})"
+
+
+def test_keyset_answers_like_a_set_across_merges():
+    """The dedup structure (sorted uint64 array + a small set of the newest keys) says "new" exactly
+    when a Python set would, across many merges, for keys spanning the whole 64-bit range."""
+    import random
+
+    from hebatron_nemo.sft.prepare import KeySet
+
+    rng = random.Random(5)
+    pool = [rng.getrandbits(64) for _ in range(3000)] + [0, 2**64 - 1, 2**63]
+    keys, ref = KeySet(buffer=64), set()
+    for _ in range(12000):
+        k = rng.choice(pool)
+        assert keys.add(k) == (k not in ref), k
+        ref.add(k)
+    assert len(keys) == len(ref) and keys.nbytes() >= 8 * (len(ref) - 64)

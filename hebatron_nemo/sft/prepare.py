@@ -13,12 +13,21 @@ The prepared folder (``sft_data.output_dir``) is what both backends read: the lo
 written aside (``<output_dir>.tmp-<pid>``) and renamed into place by one process (the prepare_sft
 stage or job), never by training ranks.
 
-Memory grows with the number of conversations only through fixed-size records, never through the
-conversations themselves: exact dedup keeps a set of 16-byte digests (roughly 90 bytes per distinct
-conversation in CPython: ~180 MB at 2M); each kept conversation costs a spool offset and two token
-counts (16 bytes), each chosen one a selection index and an interleaving slot (14 bytes). The texts
-stream through in batches of ``BATCH`` and live on disk (per-source spool files, then the output).
-The tokenizer's own chunk memo (LocalTokenizer) is a cache with a fixed cap, not per conversation.
+Memory is bounded apart from a few numpy bytes per conversation; no Python object is kept per
+conversation. The texts stream through in batches of ``BATCH`` and live on disk (per-source spool
+files, then the output). What stays O(N):
+
+* exact dedup: 8 bytes per distinct conversation (``KeySet``: 64-bit keys in a sorted uint64 array; 16
+  during a merge), plus a fixed buffer of the newest 65,536 keys (~6 MB);
+* each kept conversation: its spool offset and two token counts (``RECORD_BYTES`` = 16);
+* each chosen conversation: its selection index and interleaving slot (``ORDER_BYTES`` = 10), plus one
+  pass's int64 permutation (8 per kept conversation) while it is drawn.
+
+Not all at once: the dedup keys are freed before the mixture is drawn, so the peak is about 32 bytes
+per conversation over the fixed part (reading: 16 + 16 during a merge; mixing: 16 + 10, or 16 + 4 + 8
+while a permutation is drawn): ~64 MB at 2,000,000 conversations.
+The tokenizer's chunk memo (LocalTokenizer) is capped at ``MEMO_CHUNKS`` entries (~200 bytes each,
+~13 MB) while preparing: a cache, cleared when full, not a record per conversation.
 """
 
 from __future__ import annotations
@@ -41,6 +50,11 @@ from hebatron_nemo.errors import ConfigError, DataError
 from hebatron_nemo.sft.sources import Conversation, iter_conversations, load_callable, source_path
 
 BATCH = 256
+CHUNK = 1 << 16  # lines interleaved per numpy lookup
+DEDUP_BUFFER = 1 << 16  # newest dedup keys held in a Python set before they are merged into the sorted array
+MEMO_CHUNKS = 1 << 16  # the tokenizer chunk memo's cap while preparing: ~200 bytes an entry, ~13 MB
+RECORD_BYTES = 16  # per kept conversation: spool offset (8) and two token counts (4 + 4)
+ORDER_BYTES = 10  # per chosen conversation: selection index (4), interleaving source id and cursor (2 + 4)
 MANIFEST = "manifest.json"
 TRAIN_FILE, VALID_FILE = "training.jsonl", "validation.jsonl"  # the names GPTSFTDatasetConfig reads
 DROP_REASONS = ("duplicate", "contaminated", "too_long")
@@ -196,10 +210,54 @@ def conversation_text(messages: list[dict]) -> str:
     return "\n".join(parts)
 
 
-def conversation_digest(messages: list[dict]) -> bytes:
-    """16-byte key of exact dedup: the normalized conversation (roles, texts, reasoning) as canonical JSON."""
+def conversation_key(messages: list[dict]) -> int:
+    """64-bit key of exact dedup: a hash of the normalized conversation (roles, texts, reasoning) as
+    canonical JSON. Two different conversations share a key with probability 2^-64: among n distinct
+    ones, some pair does with probability about n^2 / 2^65 (1e-7 at 2M, 1e-5 at 20M)."""
     canon = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.blake2b(canon.encode("utf-8"), digest_size=16).digest()
+    return int.from_bytes(hashlib.blake2b(canon.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class KeySet:
+    """The dedup keys seen so far, 8 bytes each: a sorted numpy uint64 array, plus the newest (at most
+    `buffer`) in a Python set that is merged into the array when it fills.
+
+    Memory: 8 bytes per distinct key, 16 during a merge (the old array and the new one), plus the
+    set's fixed cap (~6 MB at the default 65,536: ~90 bytes per entry in CPython). A merge costs one
+    copy of the array: 2M keys at the default buffer are 31 merges, each copying at most 16 MB."""
+
+    def __init__(self, buffer: int = 1 << 16):
+        self.keys = np.zeros(0, np.uint64)
+        self.recent: set[int] = set()
+        self.buffer = buffer
+
+    def __len__(self) -> int:
+        return len(self.keys) + len(self.recent)
+
+    def add(self, key: int) -> bool:
+        """Adds `key`; False when it was already there (a duplicate)."""
+        if key in self.recent:
+            return False
+        keys = self.keys
+        if len(keys):
+            k = np.uint64(key)
+            i = int(keys.searchsorted(k))
+            if i < len(keys) and keys[i] == k:
+                return False
+        self.recent.add(key)
+        if len(self.recent) >= self.buffer:
+            self._merge()
+        return True
+
+    def _merge(self) -> None:
+        new = np.fromiter(self.recent, np.uint64, count=len(self.recent))
+        new.sort()
+        self.keys = np.insert(self.keys, self.keys.searchsorted(new), new)
+        self.recent.clear()
+
+    def nbytes(self) -> int:
+        """Bytes held in numpy (the set's entries are not counted)."""
+        return int(self.keys.nbytes)
 
 
 def _unit(*parts) -> float:
@@ -211,23 +269,34 @@ def _unit(*parts) -> float:
 
 
 class _Spool:
-    """One source's kept conversations on disk (JSON lines), with their byte offsets and token counts."""
+    """One source's kept conversations on disk (JSON lines), with their byte offsets and token counts:
+    16 bytes per conversation (`array`, no Python object each)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.fh = open(path, "wb")
-        self.offsets = array("q")
+        self.offsets = array("q")  # start of each line; close() appends the end of the last
         self.tokens = array("I")
         self.loss = array("I")
+        self._end = 0
 
     def add(self, line: bytes, tokens: int, loss: int) -> None:
-        self.offsets.append(self.fh.tell())
+        self.offsets.append(self._end)
         self.fh.write(line)
+        self._end += len(line)
         self.tokens.append(tokens)
         self.loss.append(loss)
 
+    def close(self) -> None:
+        self.fh.close()
+        self.offsets.append(self._end)
+
+    def bounds(self) -> np.ndarray:
+        """Byte offsets of the lines and the file's end (len + 1 values; after close)."""
+        return np.frombuffer(self.offsets, np.int64)
+
     def __len__(self) -> int:
-        return len(self.offsets)
+        return len(self.tokens)
 
 
 def _record(conv: Conversation, name: str, role: str) -> bytes:
@@ -237,7 +306,10 @@ def _record(conv: Conversation, name: str, role: str) -> bytes:
 
 def _selection(n: int, target: int, seed: int, name: str, allow_repeat: bool) -> tuple[np.ndarray, int]:
     """(spool indices in training order, passes): whole seeded permutations of the source for each full
-    pass, then the first `target mod n` of one more; so every conversation is used once before any twice."""
+    pass, then the first `target mod n` of one more; so every conversation is used once before any twice.
+
+    The indices are uint32 (4 bytes per chosen conversation); one pass's int64 permutation (8 bytes per
+    kept conversation) exists at a time."""
     if target > n and not allow_repeat:
         raise ConfigError(f"sft_data.sources.{name}: asked for {target:,} conversations but {n:,} are left after "
                           "validation, dedup, decontamination and the length filter. Fix: lower its weight/samples "
@@ -247,10 +319,13 @@ def _selection(n: int, target: int, seed: int, name: str, allow_repeat: bool) ->
     seed_key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little")
     rng = np.random.default_rng([seed, seed_key])
     full, rest = divmod(target, n) if n else (0, 0)
-    parts = [rng.permutation(n) for _ in range(full)]
+    if n >= 2**32:
+        raise ConfigError(f"sft_data.sources.{name}: {n:,} conversations exceed the uint32 index space")
+    order = np.empty(target, np.uint32)
+    for p in range(full):
+        order[p * n:(p + 1) * n] = rng.permutation(n)
     if rest:
-        parts.append(rng.permutation(n)[:rest])
-    order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        order[full * n:] = rng.permutation(n)[:rest]
     return order, full + (1 if rest else 0)
 
 
@@ -278,57 +353,64 @@ def prepare_sft(cfg, tokenizer=None, log=print, overwrite: bool = False) -> dict
     if tmp.exists():
         shutil.rmtree(tmp)
     (tmp / "spool").mkdir(parents=True)
+    # settings read once: an OmegaConf attribute read per conversation costs more than its tokenization
+    seed, max_length, dedup = int(sd.seed), int(sd.max_length), bool(sd.dedup)
+    valid_fraction, max_valid = float(sd.valid_fraction), int(sd.max_valid)
+    memo = getattr(tok, "_memo", None)
+    memo_cap = memo.max_chunks if memo is not None else None
     try:
+        if memo is not None:
+            memo.max_chunks = min(memo_cap, MEMO_CHUNKS)
         decon = build_decontaminator(sd)
-        seen: set[bytes] = set()
+        seen = KeySet(DEDUP_BUFFER)
         spools: dict[str, _Spool] = {}
         sources: dict[str, dict] = {}
         valid_spools: dict[str, _Spool] = {}
         for name, src in sd.sources.items():
-            stats = {"kind": src.kind, "role": src.role, "read": 0, "dropped": dict.fromkeys(DROP_REASONS, 0),
+            role = str(src.role)
+            stats = {"kind": src.kind, "role": role, "read": 0, "dropped": dict.fromkeys(DROP_REASONS, 0),
                      "validation": 0, "path": source_path(sd, name)}
+            dropped = stats["dropped"]
             spool = spools[name] = _Spool(tmp / "spool" / f"{len(spools):04d}.jsonl")
             vspool = valid_spools[name] = _Spool(tmp / "spool" / f"valid-{len(valid_spools):04d}.jsonl")
             batch: list[Conversation] = []
 
-            def flush(batch=batch, name=name, src=src, stats=stats, spool=spool, vspool=vspool):
+            def flush(batch=batch, name=name, role=role, stats=stats, spool=spool, vspool=vspool):
                 encoded = encode_conversations([c.messages for c in batch], tok)
                 for conv, (ids, mask) in zip(batch, encoded):
-                    if len(ids) > sd.max_length:
+                    if len(ids) > max_length:
                         stats["dropped"]["too_long"] += 1
                         continue
-                    line = _record(conv, name, src.role)
-                    held = _unit(sd.seed, "valid", name, conv.id) < sd.valid_fraction and len(vspool) < sd.max_valid
+                    line = _record(conv, name, role)
+                    held = _unit(seed, "valid", name, conv.id) < valid_fraction and len(vspool) < max_valid
                     if held:
-                        vspool.add(line, len(ids), int(sum(mask)))
+                        vspool.add(line, len(ids), sum(mask))
                         stats["validation"] += 1
                     else:
-                        spool.add(line, len(ids), int(sum(mask)))
+                        spool.add(line, len(ids), sum(mask))
                 batch.clear()
 
             for conv in iter_conversations(src, stats["path"], f"sft_data.sources.{name}"):
                 stats["read"] += 1
-                if sd.dedup:
-                    digest = conversation_digest(conv.messages)
-                    if digest in seen:
-                        stats["dropped"]["duplicate"] += 1
-                        continue
-                    seen.add(digest)
+                if dedup and not seen.add(conversation_key(conv.messages)):
+                    dropped["duplicate"] += 1
+                    continue
                 if decon is not None and decon.is_contaminated(conversation_text(conv.messages)):
-                    stats["dropped"]["contaminated"] += 1
+                    dropped["contaminated"] += 1
                     continue
                 batch.append(conv)
                 if len(batch) >= BATCH:
                     flush()
             if batch:
                 flush()
-            spool.fh.close()
-            vspool.fh.close()
+            spool.close()
+            vspool.close()
             stats["available"] = len(spool)
             sources[name] = stats
             log(f"  {name}: read {stats['read']:,}, kept {len(spool):,} (+{stats['validation']:,} validation), "
                 f"dropped {stats['dropped']}")
-        seen.clear()
+        dedup_keys, dedup_bytes = len(seen), seen.nbytes()
+        del seen
 
         names = list(sd.sources)
         orders = {}
@@ -345,10 +427,8 @@ def prepare_sft(cfg, tokenizer=None, log=print, overwrite: bool = False) -> dict
         roles: dict[str, dict] = {}
         for name in names:
             order, spool, st = orders[name], spools[name], sources[name]
-            tokens = np.frombuffer(spool.tokens, np.uint32).astype(np.int64) if len(spool) else np.zeros(0, np.int64)
-            loss = np.frombuffer(spool.loss, np.uint32).astype(np.int64) if len(spool) else np.zeros(0, np.int64)
-            st.update({"target": targets[name], "samples": int(len(order)), "tokens": int(tokens[order].sum()),
-                       "loss_tokens": int(loss[order].sum())})
+            st.update({"target": targets[name], "samples": int(len(order)),
+                       "tokens": _chosen_sum(spool.tokens, order), "loss_tokens": _chosen_sum(spool.loss, order)})
             r = roles.setdefault(st["role"], {"samples": 0, "tokens": 0, "loss_tokens": 0})
             for k in ("samples", "tokens", "loss_tokens"):
                 r[k] += st[k]
@@ -372,28 +452,54 @@ def prepare_sft(cfg, tokenizer=None, log=print, overwrite: bool = False) -> dict
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if memo is not None:
+            memo.max_chunks = memo_cap
+    log(f"  memory records: dedup {dedup_keys:,} keys in {dedup_bytes / 2**20:.1f} MiB (8 bytes each); "
+        f"{RECORD_BYTES} bytes per kept and {ORDER_BYTES} per chosen conversation; tokenizer memo capped at "
+        f"{MEMO_CHUNKS:,} entries")
     log(f"prepared SFT data: {manifest['samples']:,} training + {manifest['validation_samples']:,} validation "
         f"conversations, {manifest['tokens']:,} tokens ({manifest['loss_tokens']:,} loss) in {manifest['seconds']} s "
         f"-> {out}")
     return manifest
 
 
-def _interleave(path: Path, spools: list[_Spool], orders: list[np.ndarray]) -> None:
+def _chosen_sum(values: array, order: np.ndarray, chunk: int = CHUNK) -> int:
+    """sum(values[order]) without an 8-byte temporary per chosen conversation."""
+    v = np.frombuffer(values, np.uint32) if len(values) else np.zeros(0, np.uint32)
+    return int(sum(int(v[order[a:a + chunk]].sum(dtype=np.int64)) for a in range(0, len(order), chunk)))
+
+
+def _interleave(path: Path, spools: list[_Spool], orders: list[np.ndarray], chunk: int = CHUNK) -> None:
     """Writes the spools' lines at `orders` (spool indices), the sources interleaved by chairman_order
-    on their counts (every prefix holds each source's share within one conversation)."""
+    on their counts (every prefix holds each source's share within one conversation).
+
+    The interleaving is two numpy arrays (6 bytes per line); lines are looked up `chunk` at a time and
+    read with one pread each (no Python object per line beyond the chunk)."""
     from hebatron_nemo.curriculum.apportion import chairman_order
 
     ids, cursor = chairman_order(np.array([len(o) for o in orders], np.int64))
-    files = [open(sp.path, "rb") for sp in spools]
+    bounds = [sp.bounds() for sp in spools]
+    fds = []
     try:
+        for sp in spools:
+            fds.append(os.open(sp.path, os.O_RDONLY))
         with open(path, "wb") as f:
-            for s, c in zip(ids.tolist(), cursor.tolist()):
-                fh = files[s]
-                fh.seek(spools[s].offsets[int(orders[s][c])])
-                f.write(fh.readline())
+            for a in range(0, len(ids), chunk):
+                src, cur = ids[a:a + chunk], cursor[a:a + chunk]
+                start = np.empty(len(src), np.int64)
+                size = np.empty(len(src), np.int64)
+                for s in np.unique(src).tolist():
+                    at = src == s
+                    row = orders[s][cur[at]].astype(np.int64)
+                    start[at] = bounds[s][row]
+                    size[at] = bounds[s][row + 1] - start[at]
+                pread, write = os.pread, f.write
+                for s, n, at in zip(src.tolist(), size.tolist(), start.tolist()):
+                    write(pread(fds[s], n, at))
     finally:
-        for fh in files:
-            fh.close()
+        for fd in fds:
+            os.close(fd)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
