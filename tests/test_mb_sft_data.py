@@ -145,3 +145,17 @@ def test_sft_steps_follow_from_the_data_not_a_fixed_number(tmp_path):
     line = sft_steps_line(cfg, manifest)
     rows = -(-manifest["tokens"] // cfg.megatron_bridge.sft_seq_length)
     assert f"at least {-(-rows // cfg.sft.global_batch):,} steps" in line
+
+
+def test_prepared_data_without_validation_rows_is_refused_before_mb_indexes_it(prepared, tmp_path):
+    """valid_fraction=0 leaves validation.jsonl empty: MB's index build would fail with an unrelated
+    TypeError, so the data entry refuses it by name before any folder is made."""
+    tmp, cfg, _ = prepared
+    novalid = make_cfg(tmp, Path(cfg.tokenizer.path), tmp_path / "prepared-novalid")
+    novalid.sft.run_dir = str(tmp_path / "run" / "sft")
+    novalid.sft_data.valid_fraction = 0.0
+    prepare_sft(novalid, log=lambda *a: None)
+    assert (tmp_path / "prepared-novalid" / VALID_FILE).stat().st_size == 0
+    with pytest.raises(ConfigError, match=r"no validation conversations .*sft_data.valid_fraction"):
+        link_prepared_sft(novalid, log=lambda *a: None)
+    assert not (tmp_path / "run").exists()

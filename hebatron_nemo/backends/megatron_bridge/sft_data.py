@@ -70,6 +70,13 @@ def link_prepared_sft(cfg, log=print) -> tuple[Path, dict]:
     if manifest.get("tokenizer", {}).get("tokenizer_json_sha256") != _tokenizer_sha(cfg):
         raise ConfigError(f"prepared SFT dataset {folder} was tokenized with another tokenizer than "
                           f"{cfg.tokenizer.path}. Fix: rerun recipes/prepare_sft.py with this run's tokenizer")
+    if not manifest.get("validation_samples"):
+        # MB 0.6.0 builds a memmap index of validation.jsonl; on an empty file its worker's ValueError
+        # is swallowed by `safe_map` and surfaces as `TypeError: ... 'int' and 'NoneType'` in
+        # build_index_files, far from the cause.
+        raise ConfigError(f"prepared SFT dataset {folder} has no validation conversations "
+                          f"({VALID_FILE} is empty), which Megatron-Bridge's SFT dataset cannot index. Fix: raise "
+                          f"sft_data.valid_fraction (now {cfg.sft_data.valid_fraction}) and rerun recipes/prepare_sft.py")
     root = dataset_root(cfg, manifest["fingerprint"])
     root.mkdir(parents=True, exist_ok=True)
     for name in LINKED:
