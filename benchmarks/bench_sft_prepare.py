@@ -18,7 +18,7 @@ the fixed per-conversation records: ~16 bytes of spool offsets and token counts,
    prepared `training.jsonl` of the same size, also as a fresh process;
 4. prints a table and writes JSON (`--out`, default benchmarks/results/bench_sft_prepare.json).
 
-    python benchmarks/bench_sft_prepare.py --sizes 5000,10000,20000 \\
+    PYTHONPATH=.:tests python benchmarks/bench_sft_prepare.py --sizes 5000,10000,20000 \\
         --mb-dir $(scripts/env.sh mb) --compat-dir $(scripts/env.sh compat)
 
 Timings are whole processes on whatever else the machine runs (start-up included: the one-size-1000
@@ -39,8 +39,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 SEQ = 2048
 
@@ -86,7 +84,6 @@ def make_tokenizer(out: Path) -> Path:
 
 OURS = r"""
 import json, sys, time
-sys.path.insert(0, {repo!r})
 from omegaconf import OmegaConf
 from hebatron_nemo.config import RunConfig
 from hebatron_nemo.sft.prepare import prepare_sft
@@ -105,7 +102,6 @@ print(json.dumps({{"seconds": time.time() - t, "samples": m["samples"], "tokens"
 MB = r"""
 import importlib.util, json, os, sys, time
 os.environ["HEBATRON_MB_TIER_CHILD"] = "1"
-sys.path.insert(0, {repo!r})
 spec = importlib.util.spec_from_file_location("mb_tier_stub", {stub!r})
 spec.loader.exec_module(importlib.util.module_from_spec(spec))  # the MB tier's transformer_engine stub
 from megatron.bridge.data.builders import ChatSFTPreprocessingConfig, GPTSFTDatasetConfig
@@ -127,6 +123,7 @@ def run_child(code: str, env: dict) -> dict:
     """Runs `code` in a fresh interpreter; its own wall/CPU time and peak RSS (os.wait4's rusage)."""
     with tempfile.TemporaryFile() as err:
         t = time.time()
+        env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(REPO)) if p)}
         p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err, env=env)
         stdout = p.stdout.read().decode()
         _, status, usage = os.wait4(p.pid, 0)
