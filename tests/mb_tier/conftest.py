@@ -12,7 +12,6 @@ import importlib.machinery
 import os
 import sys
 import types
-from pathlib import Path
 
 TE_STUB_VERSION = "2.14.0"  # what megatron-core's version gates read; the NeMo 26.04+ containers ship >= this
 
