@@ -5,7 +5,7 @@ one module of the library, and the others import it."""
 from __future__ import annotations
 
 import ast
-import subprocess
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -13,10 +13,12 @@ SKIP_DIRS = {"work", ".git", "venv", ".venv", "node_modules", "__pycache__"}
 
 
 def _python_files() -> list[Path]:
-    """The repository's own .py files: tracked or new (not ignored), outside work/ and virtual envs."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout.split()
-    return [REPO / f for f in out if not SKIP_DIRS & set(Path(f).parts) and (REPO / f).is_file()]
+    """The repository's own .py files: everything under the root but work/, caches and virtual envs."""
+    out = []
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not (Path(root) / d / "pyvenv.cfg").exists()]
+        out += [Path(root) / f for f in files if f.endswith(".py")]
+    return out
 
 
 def test_no_module_edits_sys_path():
