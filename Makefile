@@ -6,6 +6,9 @@ COMPAT = $(shell scripts/env.sh compat)
 MB = $(shell scripts/env.sh mb)
 PY = $(VENV)/bin/python
 export HEBATRON_WORK ?= $(CURDIR)/work
+# This checkout first on the import path: the environments are shared by every checkout (keyed by lock
+# hash), so the editable install below points at whichever checkout ran `make env` last
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
@@ -21,6 +24,7 @@ help:  ## list the targets
 env:  ## build (once) the CPU environment, the compatibility layer and the Megatron-Bridge test tier, outside the clone
 	@echo "cpu env:      $(VENV)"; echo "compat layer: $(COMPAT)"; echo "MB tier:      $(MB)"
 	@test -n "$(MB)" && test -f "$(MB)/.complete" || { echo "error: the Megatron-Bridge test tier did not install (scripts/env.sh mb)"; exit 1; }
+	@scripts/install_editable.sh "$(PY)" "$(CURDIR)"
 
 demo: env  ## the whole method on a tiny Nemotron-H (CPU): corpora, prepare, plan, base, CPT, SFT, export, evaluate, report
 	HEBATRON_COMPAT_DIR=$(COMPAT) $(PY) recipes/pipeline.py experiment=tiny_cpu $(ARGS)

@@ -2,9 +2,9 @@
 
 Run by a developer on an otherwise quiet machine, not CI (other load makes the figure meaningless):
 
-    python benchmarks/bench_contention.py                         # ~2-4 min on 2 cores
-    python benchmarks/bench_contention.py --wait-policy active    # OpenMP's spinning wait, for comparison
-    python benchmarks/bench_contention.py --quick                 # a smoke run (a few steps): checks it works
+    PYTHONPATH=.:tests python benchmarks/bench_contention.py                         # ~2-4 min on 2 cores
+    PYTHONPATH=.:tests python benchmarks/bench_contention.py --wait-policy active    # OpenMP's spinning wait, for comparison
+    PYTHONPATH=.:tests python benchmarks/bench_contention.py --quick                 # a smoke run (a few steps): checks it works
 
 What it measures: the local backend's cost of sharing a machine. Each run is `recipes/cpt.py` in its
 own process and run folder, on a synthetic prepared corpus and the micro Nemotron-H

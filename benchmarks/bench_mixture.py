@@ -2,13 +2,13 @@
 
 Run by a developer, not CI:
 
-    python benchmarks/bench_mixture.py --sizes 1e6,1e7,1e8 --out benchmarks/results/bench_mixture.json
+    PYTHONPATH=.:tests python benchmarks/bench_mixture.py --sizes 1e6,1e7,1e8 --out benchmarks/results/bench_mixture.json
 
 For each total sample count N, one segment of global batch 1024 with 256 anchor slots per batch (25%):
 20 curriculum sources in 3 phases (different random weights per phase, a few sources absent in each)
 and an anchor of 2 sources. Measured in the same run, each build in a fresh subprocess:
 
-- ours: `SegmentIndex(plan, 0)` (the C kernels are compiled and loaded before timing);
+- ours: `SegmentIndex(plan, 0)` (the chairman C kernel is compiled and loaded before timing);
 - megatron-core: `helpers_cpp.build_blending_indices` for a static blend of the same N over the
   22 sources, with the overall shares of our plan as weights (the reference).
 
@@ -18,8 +18,7 @@ peak too), bytes per sample of the arrays kept, lookups/s per item (--items rand
 and batched (--batch random indices; median of --lookup-repeats passes). What each lookup returns:
 
 - per item, ours: `locate(g)` -> a tuple of Python ints/bool (stream id, cursor in the stream, is_anchor,
-  phase), checked against the segment's bounds (IndexError outside). The compiled function from
-  _locate_ext.c where it builds (recorded as `per_item_impl`), else the Python closure.
+  phase), checked against the segment's bounds (IndexError outside).
   megatron-core: `int(dataset_index[i]), int(dataset_sample_index[i])` -> a tuple of two Python ints
   (dataset id, sample in that dataset); no bounds check beyond numpy's.
 - batched, ours: `locate_batch(g)` -> four arrays (stream id int16, cursor uint32, is_anchor bool, phase
@@ -49,8 +48,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 GLOBAL_BATCH = 1024
 ANCHOR_PER_BATCH = 256
@@ -204,13 +201,12 @@ def worker(args) -> dict:
     _prefault(args.prefault_bytes_per_sample * n)
 
     if args.worker == "ours":
-        from hebatron_nemo.curriculum.apportion import _load, _load_locator, chairman_order
+        from hebatron_nemo.curriculum.apportion import _load, chairman_order
         from hebatron_nemo.curriculum.mixture import SegmentIndex
 
         if not _load():
             raise SystemExit("the chairman C kernel did not compile/load: the benchmark would time the Python fallback")
         chairman_order(np.array([3, 2, 1]))  # warm: kernel loaded, ctypes paths exercised
-        _load_locator()  # the per-item extension loaded too (once per process), outside the timed builds
         plan = spec["plan"]
         idx, res = _measure_build(lambda: SegmentIndex(plan, 0), args.repeats, args.clock)
         kept = {k: v.nbytes for k, v in vars(idx).items() if isinstance(v, np.ndarray)}
@@ -218,7 +214,6 @@ def worker(args) -> dict:
         res["kept_bytes"] = sum(kept.values())
 
         locate = idx.locate
-        res["per_item_impl"] = "compiled" if type(locate).__name__ == "builtin_function_or_method" else "python"
 
         def per_item():
             for g in items:
@@ -376,13 +371,10 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args)))
         return 0
 
-    from hebatron_nemo.curriculum.apportion import _load, _load_locator
+    from hebatron_nemo.curriculum.apportion import _load
 
-    if not _load():  # compile the C kernels once, outside every timed build
+    if not _load():  # compile the chairman kernel once, outside every timed build
         print("warning: no C compiler, ours runs the pure-Python chairman", file=sys.stderr)
-    if _load_locator() is None:
-        print("warning: the per-item locate extension did not build (Python headers?): ours runs the Python "
-              "closure", file=sys.stderr)
 
     import tempfile
 

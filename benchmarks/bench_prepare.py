@@ -41,8 +41,8 @@ tokenizer folder, `tokenizer(text).input_ids` per document; it writes `P_text_do
 
 Usage:
 
-    python benchmarks/bench_prepare.py --megatron-lm /tmp/Megatron-LM
-    python benchmarks/bench_prepare.py --megatron-lm /tmp/Megatron-LM --record
+    PYTHONPATH=.:tests python benchmarks/bench_prepare.py --megatron-lm /tmp/Megatron-LM
+    PYTHONPATH=.:tests python benchmarks/bench_prepare.py --megatron-lm /tmp/Megatron-LM --record
 
 Timings are of whole processes (start-up included) on whatever else the machine is doing: the CPU
 seconds (user + system of the process and its children) are the steadier number on a shared machine.
@@ -71,13 +71,14 @@ TEKKEN = "tekken_240718.json"
 
 
 def _imports_for_tests() -> None:
-    for p in (str(REPO), str(TESTS)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+    """The test fixtures (tests/corpus.py) and hebatron_nemo: run with PYTHONPATH=.:tests."""
+    for p in (REPO, TESTS):
+        if str(p) not in sys.path and not any(Path(q).resolve() == p for q in sys.path if q):
+            raise SystemExit(f"{p} is not on the import path: run as PYTHONPATH=.:tests python benchmarks/bench_prepare.py")
 
 
 def sha256(path: Path) -> str:
-    from hebatron_nemo.data.indexed import sha256_file
+    from hebatron_nemo.utils.hashing import sha256_file
 
     return sha256_file(path)
 
@@ -202,7 +203,7 @@ def _run_ours_child(args) -> None:
 def count_tokens(prefix: Path) -> tuple[int, int]:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from hebatron_nemo.data.indexed import quiet_megatron
+    from hebatron_nemo.utils.logs import quiet_megatron
 
     quiet_megatron()
     ds = IndexedDataset(str(prefix))

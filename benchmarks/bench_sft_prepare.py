@@ -38,6 +38,8 @@ include its JSONL index build and its packing. MB 0.6.0 cannot index an empty JS
 `TypeError: unsupported operand type(s) for +: 'int' and 'NoneType'` (an empty validation.jsonl at 1k
 rows with valid_fraction 0.001). So the bench holds out 1% for validation and refuses to start MB on an
 empty file.
+
+    PYTHONPATH=. python benchmarks/bench_sft_prepare.py --mb-dir $(scripts/env.sh mb) --compat-dir $(scripts/env.sh compat)
 """
 
 from __future__ import annotations
@@ -55,8 +57,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 SEQ = 2048
 
@@ -101,7 +101,6 @@ def make_tokenizer(out: Path) -> Path:
 
 OURS = r"""
 import json, sys, time
-sys.path.insert(0, {repo!r})
 from omegaconf import OmegaConf
 from hebatron_nemo.config import RunConfig
 from hebatron_nemo.sft import prepare
@@ -127,7 +126,6 @@ print(json.dumps({{"seconds": seconds, "samples": m["samples"], "validation_samp
 MB = r"""
 import importlib.util, json, os, sys, time
 os.environ["HEBATRON_MB_TIER_CHILD"] = "1"
-sys.path.insert(0, {repo!r})
 spec = importlib.util.spec_from_file_location("mb_tier_stub", {stub!r})
 spec.loader.exec_module(importlib.util.module_from_spec(spec))  # the MB tier's transformer_engine stub
 from megatron.bridge.data.builders import ChatSFTPreprocessingConfig, GPTSFTDatasetConfig
@@ -149,6 +147,7 @@ def run_child(code: str, env: dict) -> dict:
     """Runs `code` in a fresh interpreter; its own wall/CPU time and peak RSS (os.wait4's rusage)."""
     with tempfile.TemporaryFile() as err:
         t = time.time()
+        env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(REPO)) if p)}
         p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err, env=env)
         stdout = p.stdout.read().decode()
         _, status, usage = os.wait4(p.pid, 0)

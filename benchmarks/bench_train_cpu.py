@@ -2,10 +2,10 @@
 
 Run by a developer, not CI (~20-30 min on 2 busy cores with the defaults below):
 
-    python benchmarks/bench_train_cpu.py \
+    PYTHONPATH=.:tests python benchmarks/bench_train_cpu.py \
         --variants 5.12.1,5.24.0,fast,5.24.0+malloc,fast+malloc --rounds 3 --steps 8 \
         --out benchmarks/results/bench_train_cpu.json
-    python benchmarks/bench_train_cpu.py --report benchmarks/results/bench_train_cpu.json  # table again
+    PYTHONPATH=.:tests python benchmarks/bench_train_cpu.py --report benchmarks/results/bench_train_cpu.json  # table again
 
 Tokens/s of one training step (forward + fp32 cross entropy + backward + AdamW step; fp32,
 `use_cache=False`, torch threads = --threads) of `conf/model/<--model>.yaml`, for the same initial
@@ -52,8 +52,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 VARIANTS = ("5.12.1", "5.24.0", "fast")
 # "+malloc" after a variant: the same, with glibc malloc told to keep freed memory (no mmap for big
@@ -400,8 +398,8 @@ class Worker:
         for k in MALLOC_ENV:
             env.pop(k, None)
         base, _, extra = variant.partition("+")
-        if base == "5.12.1":
-            env["PYTHONPATH"] = str(compat)
+        # the checkout on the path (the worker imports hebatron_nemo), behind the compat layer for 5.12.1
+        env["PYTHONPATH"] = os.pathsep.join([str(compat), str(REPO)] if base == "5.12.1" else [str(REPO)])
         if extra == "malloc":
             env.update(MALLOC_ENV)
         env["OMP_NUM_THREADS"] = str(args.threads)

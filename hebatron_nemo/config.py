@@ -628,6 +628,61 @@ class LaunchConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
+DEFAULT_TOLERANCE = 1e-5  # the export's parity check: max |logit difference| (fp32) accepted
+
+
+@dataclass
+class ExportConfig(RunConfig):
+    """`recipes/export.py`: a run's CPT or SFT model as a release-format HF folder, parity-checked.
+    The run's schema (so experiment files compose unchanged) plus the export's own fields."""
+
+    source: str = "sft"  # sft: <run_dir>/sft/model | cpt: <run_dir>/model
+    source_dir: Optional[str] = None  # any other model folder (overrides `source`)
+    out_dir: str = MISSING  # the export folder (replaced atomically)
+    tokenizer_dir: Optional[str] = None  # default: the model folder's tokenizer files
+    chat_template: Optional[str] = None  # a .jinja file; default: hebatron_nemo.sft.template.CHAT_TEMPLATE when the model folder has a template
+    generation: Dict[str, Any] = field(default_factory=dict)  # generation_config.json entries to set
+    dtype: Optional[str] = None  # float32 | bfloat16 | float16; default: the model's
+    max_shard_bytes: int = 5_000_000_000  # weight files larger than this are split (with an index)
+    compat_dir: Optional[str] = None  # transformers compat layer to verify under too (the container's 5.12.1)
+    tolerance: float = DEFAULT_TOLERANCE  # max |logit difference| (fp32) the parity check accepts
+
+
+@dataclass
+class PrepareStageOptions:
+    """The prepare stage's own options (`recipes/prepare_data.py` has the same keys at top level)."""
+
+    sources: List[str] = field(default_factory=list)  # restrict to these sources (default: all)
+    workers: int = 1  # tokenizer threads
+    batch_docs: int = 512
+    overwrite: bool = False  # redo sources whose manifest already matches the inputs
+
+
+@dataclass
+class PipelineOptions:
+    """Which stages run. A stage whose completion marker matches its inputs' fingerprint is skipped."""
+
+    only: List[str] = field(default_factory=list)  # run just these stages (their upstream must be done)
+    skip: List[str] = field(default_factory=list)  # never run these (downstream stages then need their markers)
+    force: List[str] = field(default_factory=list)  # rerun these even when their marker matches ("all": every stage)
+    dry_run: bool = False  # print the stage table (run / skip, and why) and stop; with a cluster: the jobs, and chain.json
+    use_apt: bool = True  # corpora stage: modern Hebrew from Debian's l10n packages when apt-get works
+    prepare: PrepareStageOptions = field(default_factory=PrepareStageOptions)
+    # On a cluster (`cluster=<profile>`): the graph as dependent Slurm jobs (hebatron_nemo/launch/chain.py)
+    prepare_shards: int = 1  # prepare as a Slurm job array of this many shards (shard=i/N) plus a merge job
+    shard: Optional[str] = None  # set by the chain on the array's tasks: "i/N", this task's shard only (no marker)
+    merge_only: bool = False  # set by the chain on the merge job: merge the N shards, then write the marker
+    stage_overrides: Dict[str, List[str]] = field(default_factory=dict)  # stage -> Hydra overrides of its job (its own preset, its own experiment)
+
+
+@dataclass
+class PipelineConfig(ExportConfig):
+    """`recipes/pipeline.py`: corpora -> prepare -> plan -> base -> CPT -> SFT -> export -> evaluate -> report."""
+
+    pipeline: PipelineOptions = field(default_factory=PipelineOptions)
+    cluster: Optional[ClusterConfig] = None  # `cluster=<profile>` (conf/cluster/): render the graph as Slurm jobs
+
+
 def register_configs() -> None:
     """Register the schemas so `conf/` YAML files are validated against them at compose time."""
     from hydra.core.config_store import ConfigStore
@@ -636,6 +691,8 @@ def register_configs() -> None:
     cs.store(name="prepare_schema", node=PrepareConfig)
     cs.store(name="install_demo_schema", node=InstallDemoConfig)
     cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="pipeline_schema", node=PipelineConfig)
     cs.store(name="prepare_sft_schema", node=PrepareSFTConfig)
     cs.store(group="sft_data", name="sft_data_schema", node=SFTDataConfig)
     cs.store(group="curriculum", name="curriculum_schema", node=CurriculumConfig)

@@ -7,11 +7,6 @@ parity gate CPT's first segment requires (NeMo container, one GPU for `parity`).
 """
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main(argv=None) -> None:
     from hebatron_nemo.cli import clean_errors

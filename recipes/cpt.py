@@ -1,13 +1,10 @@
 """Continued pretraining: python recipes/cpt.py experiment=tiny_cpu [overrides]."""
 
 import sys
-from pathlib import Path
 
 import hydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hebatron_nemo.backends.local.threads import wait_passively  # noqa: E402
+from hebatron_nemo.backends.local.threads import wait_passively
 
 wait_passively()  # before torch loads: OpenMP threads then sleep, not spin, while they wait
 

@@ -9,14 +9,9 @@ sha256s of its manifest (recipes/export.py writes it; the series is exported und
 <run_dir>/eval/models/). Anything else stops with one line naming the folder and the problem.
 """
 
-import sys
-from pathlib import Path
-
 import hydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hebatron_nemo.backends.local.threads import wait_passively  # noqa: E402
+from hebatron_nemo.backends.local.threads import wait_passively
 
 wait_passively()  # before torch loads: OpenMP threads then sleep, not spin, while they wait
 

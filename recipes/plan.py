@@ -1,13 +1,8 @@
 """The CPT data plan, before training: python recipes/plan.py experiment=tiny_cpu [overrides]."""
 
-import sys
-from pathlib import Path
-
 import hydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hebatron_nemo.config import register_configs  # noqa: E402
+from hebatron_nemo.config import register_configs
 
 register_configs()
 

@@ -7,14 +7,9 @@
     python recipes/prepare_data.py data=mine shard=0/8 merge_only=true
 """
 
-import sys
-from pathlib import Path
-
 import hydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hebatron_nemo.config import register_configs  # noqa: E402
+from hebatron_nemo.config import register_configs
 
 register_configs()
 

@@ -1,13 +1,8 @@
 """SFT data preparation: python recipes/prepare_sft.py sft_data=<registry> [dry_run=true] [overrides]."""
 
-import sys
-from pathlib import Path
-
 import hydra
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hebatron_nemo.config import register_configs  # noqa: E402
+from hebatron_nemo.config import register_configs
 
 register_configs()
 

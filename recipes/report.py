@@ -5,11 +5,6 @@
 """
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main() -> None:
     from hebatron_nemo.eval.report import sweep_summary, write_report

@@ -20,6 +20,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 # installed; it must never be collected into this one.
 collect_ignore = [] if os.environ.get("HEBATRON_MB_TIER_CHILD") else ["mb_tier"]
 
+# child processes (`python recipes/<stage>.py`, `python -c ...`) import hebatron_nemo and the test
+# helpers from this checkout, whichever checkout the shared environment's editable install points at
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_REPO, os.path.join(_REPO, "tests")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                              if p and p not in (_REPO, os.path.join(_REPO, "tests"))])
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -92,7 +92,8 @@ def synthetic_prepared(out_dir: Path, docs_per_source: dict[str, int], seed: int
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hebatron_nemo.data.indexed import AtomicIndexedWriter, write_json_atomic
+    from hebatron_nemo.data.indexed import AtomicIndexedWriter
+    from hebatron_nemo.utils.io import write_json_atomic
 
     rng = np.random.default_rng(seed)
     for name, n in docs_per_source.items():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hebatron_nemo.data.demo_corpora import install_demo_corpora
+from hebatron_nemo.demo.corpora import install_demo_corpora
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_without_apt_the_demo_says_what_it_substituted(tmp_path):
 
 
 def test_segmented_verses_become_written_hebrew():
-    from hebatron_nemo.data.demo_corpora import unsegment_verse
+    from hebatron_nemo.demo.corpora import unsegment_verse
 
     seg = "וְ/יָוָ֣ן וּ/מֶ֖שֶׁךְ ׃ ס בְּנֵ֣י - נֹ֔חַ ׆ וַ/יֵּ֖שֶׁב ׃ פ"
     assert unsegment_verse(seg) == "וְיָוָ֣ן וּמֶ֖שֶׁךְ ׃ בְּנֵ֣י־נֹ֔חַ וַיֵּ֖שֶׁב ׃"
@@ -75,8 +75,8 @@ def _build_deb(tmp: Path, package: str, version: str, strings: list[str]) -> Pat
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian)")
 def test_debian_packages_are_pinned_by_version_and_sha256(tmp_path, monkeypatch):
-    from hebatron_nemo.data import demo_corpora as dc
-    from hebatron_nemo.data.indexed import sha256_file
+    from hebatron_nemo.demo import corpora as dc
+    from hebatron_nemo.utils.hashing import sha256_file
     from hebatron_nemo.errors import DataError
 
     archive, bindir = tmp_path / "archive", tmp_path / "bin"

@@ -16,7 +16,7 @@ from corpus import ENGLISH, HEBREW, write_jsonl
 
 from hebatron_nemo.errors import ConfigError, DataError
 from hebatron_nemo.eval import scorers
-from hebatron_nemo.eval.demo_tasks import DEMO_TASKS, write_demo_tasks
+from hebatron_nemo.demo.tasks import DEMO_TASKS, write_demo_tasks
 from hebatron_nemo.eval.tasks import (
     PAPER_AVERAGES,
     available_tasks,

@@ -20,7 +20,6 @@ from safetensors.torch import load_file, save_file
 
 from corpus import ENGLISH, HEBREW
 
-from hebatron_nemo.backends.local import cpt as local_cpt
 from hebatron_nemo.backends.local.cpt import export_model
 from hebatron_nemo.backends.local.sft import _add_chat_template
 from hebatron_nemo.data.tokenizer import LocalTokenizer, train_byte_level_bpe
@@ -141,10 +140,6 @@ def test_export_is_in_the_release_layout(exported, trained):
     assert manifest["weights"]["model.safetensors"]["sha256"] == hf._sha256(exported / "model.safetensors")
     assert manifest["chat_template"] == "hebatron_nemo.sft.template.CHAT_TEMPLATE"
     assert not list(exported.parent.glob(".release.tmp-*"))  # the temp folder was renamed
-
-
-def test_training_state_name_matches_the_local_backend():
-    assert hf.TRAINING_STATE == local_cpt.TRAINING_STATE
 
 
 # ------------------------------------------------------------------------------------------ parity
@@ -536,7 +531,6 @@ def test_recipe_exports_the_runs_sft_model(trained, tmp_path, monkeypatch):
 
     _, model, src = trained
     register_configs()
-    hf.register_export_config()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="export", overrides=["experiment=tiny_cpu", f"paths.work={tmp_path}"])
         cpt_cfg = compose(config_name="cpt", overrides=["experiment=tiny_cpu", f"paths.work={tmp_path}"])

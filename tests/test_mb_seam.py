@@ -261,11 +261,9 @@ def test_pipeline_refuses_the_cluster_backend(cluster, tmp_path):
     from hydra import compose, initialize_config_dir
 
     from hebatron_nemo.config import register_configs
-    from hebatron_nemo.export.hf import register_export_config
-    from hebatron_nemo.pipeline.config import register_pipeline_config
     from hebatron_nemo.pipeline.stages import run_pipeline
 
-    register_configs(), register_export_config(), register_pipeline_config()
+    register_configs()
     _, data, _ = cluster
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="pipeline", overrides=["experiment=hebatron_cpt_8k_h100x64",

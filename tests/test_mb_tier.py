@@ -46,7 +46,7 @@ def test_mb_tier_pins_the_container_version():
 @pytest.mark.slow  # a second process that imports Megatron-Bridge (~30 s on 2 cores)
 def test_mb_tier():
     mb, compat = _tier_dirs()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([mb, compat, str(REPO)]), "HEBATRON_MB_TIER_CHILD": "1",
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([mb, compat, str(REPO), str(REPO / "tests")]), "HEBATRON_MB_TIER_CHILD": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--disable-warnings", "--tb=short", "tests/mb_tier"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)

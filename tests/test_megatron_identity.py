@@ -80,7 +80,7 @@ def identity_config(tmp: Path, tokenizer_dir: Path, source_path: str = "sample.j
 
 
 def sha256(path: Path) -> str:
-    from hebatron_nemo.data.indexed import sha256_file
+    from hebatron_nemo.utils.hashing import sha256_file
 
     return sha256_file(path)
 

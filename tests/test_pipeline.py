@@ -24,12 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _cfg(tmp_path, *overrides):
     from hebatron_nemo.config import register_configs
-    from hebatron_nemo.export.hf import register_export_config
-    from hebatron_nemo.pipeline.config import register_pipeline_config
 
     register_configs()
-    register_export_config()
-    register_pipeline_config()
     os.environ["HEBATRON_WORK"] = str(tmp_path)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("pipeline", overrides=["experiment=tiny_cpu", *overrides])

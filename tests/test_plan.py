@@ -247,3 +247,28 @@ def test_refused_resume_leaves_plan_json_alone(data, tmp_path):
     assert path.read_bytes() == written
     accepted = cpt._plan_and_caches(cfg_for(future, allow_future_changes=True), log=_quiet)
     assert json.loads(path.read_text())["fingerprint"] == accepted["fingerprint"] != plan["fingerprint"]
+
+
+def test_local_backend_writes_plan_json_through_the_plan_stages_writer(data, tmp_path, monkeypatch):
+    """One writer of plan.json: the local CPT's plan is schema-checked before it is written and plotted
+    next to it, exactly as `recipes/plan.py` does; an invalid plan never reaches the run folder."""
+    from corpus import train_config
+
+    from hebatron_nemo.backends.local import cpt
+
+    cfg = train_config(data, SOURCES, PHASES, SEGS, ANCHOR)
+    cfg.run_dir, cfg.cache_dir = str(tmp_path / "run"), str(tmp_path / "cache")
+    plan = cpt._plan_and_caches(cfg, log=_quiet)
+    assert load_plan(tmp_path / "run" / "plan.json")["fingerprint"] == plan["fingerprint"]
+    assert (tmp_path / "run" / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def broken_plan(*a, **k):
+        p = build_plan(*a, **k)
+        del p["segments"]
+        return p
+
+    monkeypatch.setattr(cpt, "build_plan", broken_plan)
+    cfg.run_dir = str(tmp_path / "run2")
+    with pytest.raises(HebatronError, match="plan.json does not match its schema"):
+        cpt._plan_and_caches(cfg, log=_quiet)
+    assert not (tmp_path / "run2" / "plan.json").exists()

@@ -15,7 +15,7 @@ import pytest
 
 from corpus import ENGLISH, HEBREW, make_docs, prepare_config, source, write_jsonl
 
-from hebatron_nemo.data.indexed import files_sha256
+from hebatron_nemo.utils.hashing import files_sha256
 from hebatron_nemo.data.prepare import SPLITS, prepare
 from hebatron_nemo.data.tokenizer import LocalTokenizer
 from hebatron_nemo.errors import ConfigError
@@ -255,7 +255,6 @@ def test_unknown_source_and_missing_path_fail_before_work(corpus):
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    sys.path.insert(0, {tests!r})
     from corpus import prepare_config, source
     from hebatron_nemo.data import prepare as P
     from hebatron_nemo.data.tokenizer import LocalTokenizer
@@ -278,8 +277,9 @@ def test_killed_run_leaves_no_complete_looking_output(corpus, die_at):
     """SIGKILL in the middle of tokenizing (3) or of the last batch before the merge (8): no `.bin/.idx`
     pair and no manifest under a final name; a rerun completes."""
     tmp, sources = corpus
-    script = KILL_SCRIPT.format(tests=str(REPO / "tests"), tmp=str(tmp), die_at=die_at)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    script = KILL_SCRIPT.format(tmp=str(tmp), die_at=die_at)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, env=env)
     assert proc.returncode == -9, proc.stderr[-2000:]
     out = tmp / "out" / "he_news"
     finals = [p for p in out.rglob("*") if p.suffix in (".bin", ".idx") and ".tmp-" not in p.name]

@@ -15,9 +15,9 @@ from corpus import ENGLISH, HEBREW, make_docs, write_jsonl
 from hebatron_nemo.data.readers import Document
 from hebatron_nemo.data.tokenizer import LocalTokenizer, train_byte_level_bpe
 from hebatron_nemo.errors import DataError
-from hebatron_nemo.demo.sft import clean_verse
-from hebatron_nemo.sft.data import (IGNORE_INDEX, SFTExample, anchor_conversations, bucket_indices, collate,
-                                    length_bucketed_batches, read_pairs, split_sentences, tokenize_conversations)
+from hebatron_nemo.demo.sft import anchor_conversations, clean_verse, read_pairs, split_sentences
+from hebatron_nemo.sft.data import (IGNORE_INDEX, SFTExample, bucket_indices, collate, length_bucketed_batches,
+                                    tokenize_conversations)
 from hebatron_nemo.sft.sources import pair_conversations
 from hebatron_nemo.sft.template import (CHAT_TEMPLATE, ConversationTooLong, render, tokenize_conversation)
 
@@ -175,6 +175,8 @@ def test_read_pairs_and_clean_hebrew(tmp_path):
                                                                for i, r in enumerate(rows[:5])]
     assert read_pairs(f, clean_hebrew=True)[-1].he == "ויהיו בני נח היצאים מן התבה"
     assert clean_verse("אמרי - נא אחת/י ס ו/ישב") == "אמרי נא אחתי וישב"
+    # one cleaner for pointed and unpointed verses: a morpheme boundary after a vowel point is joined too
+    assert clean_verse("חָ֥ם וָ/יָֽפֶת ׃ ס") == "חָ֥ם וָיָֽפֶת ׃"
 
 
 @pytest.mark.parametrize("bad, line, field", [

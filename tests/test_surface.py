@@ -35,12 +35,10 @@ def _keys(cls, prefix="") -> list[str]:
 
 
 def surface() -> dict:
-    from hebatron_nemo.export.hf import ExportConfig
-    from hebatron_nemo.pipeline.config import PipelineConfig
 
     recipes = {"prepare_data": C.PrepareConfig, "plan": C.RunConfig, "cpt": C.RunConfig, "sft": C.RunConfig,
-               "install_demo_corpora": C.InstallDemoConfig, "evaluate": C.RunConfig, "export": ExportConfig,
-               "pipeline": PipelineConfig, "launch": C.LaunchConfig}
+               "install_demo_corpora": C.InstallDemoConfig, "evaluate": C.RunConfig, "export": C.ExportConfig,
+               "pipeline": C.PipelineConfig, "launch": C.LaunchConfig}
     groups = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in sorted((REPO / "conf").iterdir()) if g.is_dir()}
     return {"recipes": {name: _keys(cls) for name, cls in recipes.items()}, "config_groups": groups}
 

@@ -1,4 +1,4 @@
-"""hebatron_nemo.eval.throughput: the analytic decode estimator's formulas equal hand-computed values for
+"""benchmarks/decode_throughput.py: the analytic decode estimator's formulas equal hand-computed values for
 the full Nano config and the real modules' parameter counts, its cache formulas equal the bytes of
 transformers' real cache objects (micro Nemotron-H; tiny Gemma-3 with a sliding window), and its estimates
 move the right way with context and batch."""
@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hebatron_nemo.eval.throughput import (
+from benchmarks.decode_throughput import (
     GEMMA3_27B_FULL,
     GEMMA3_27B_SLIDING,
     H100_SXM,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hebatron_nemo.curriculum.schemas import validate
-from hebatron_nemo.data.indexed import read_json, write_json_atomic
+from hebatron_nemo.utils.io import read_json, write_json_atomic
 from hebatron_nemo.errors import ConfigError
 
 LEDGER_SCHEMA_VERSION = 1

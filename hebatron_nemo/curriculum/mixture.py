@@ -18,23 +18,21 @@ c // samples_per_epoch, a megatron-core `GPTDataset` over the stream's documents
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from hebatron_nemo.curriculum.apportion import _load, _load_locator, chairman_order
+from hebatron_nemo.curriculum.apportion import chairman_order
 from hebatron_nemo.curriculum.plan import SourceData, _seed, docs_hash, stream_documents
-from hebatron_nemo.data.indexed import sha256_file
+from hebatron_nemo.utils.hashing import sha256_file
 from hebatron_nemo.data.registry import plan_data_path
 from hebatron_nemo.data.tokenizer import MegatronTokenizerView
 from hebatron_nemo.errors import ConfigError
 
 
-# One curriculum sample: local stream id and cursor, packed (6 bytes, no padding; _chairman.c and
-# _locate_ext.c read it as int16 at byte 0 and uint32 at byte 2, native byte order).
+# One curriculum sample: local stream id and cursor, packed (6 bytes, no padding; _chairman.c writes
+# the int16 at byte 0 and the uint32 at byte 2, native byte order).
 CUR_RECORD = np.dtype([("src", np.int16), ("cursor", np.uint32)], align=False)
 assert CUR_RECORD.itemsize == 6
 
@@ -143,7 +141,10 @@ class SegmentIndex:
     that straddle one, where separate arrays would read two), and
     small tables: `slot` (one entry per position of a global batch), `batch_phase` (one per batch),
     `anc_sid`/`anc_step`/`anc_base` (one per anchor-period slot: anchor slot j reads r = j mod period,
-    cursor = (j div period) * step + base) and `anc_packed`, the same three in one int64 for the C kernel."""
+    cursor = (j div period) * step + base).
+
+    Two lookups: `locate_batch` (numpy, a whole global batch at once) and `locate` (one index); at the
+    cluster's batch both cost far below 1% of a training step (docs/curriculum.md, "Lookup cost")."""
 
     def __init__(self, plan: dict, segment: int):
         seg = plan["segments"][segment]
@@ -188,15 +189,6 @@ class SegmentIndex:
             self.anc_base = c.astype(np.int32)
         else:
             self.anc_sid = self.anc_step = self.anc_base = np.zeros(1, np.int32)  # never read: no anchor slot
-        # the three anchor tables packed into one for the batched C kernel (see _chairman.c; period < 2^24)
-        self.anc_packed = None
-        if self.period < 2**24:
-            packed = self.anc_packed = self.anc_sid.astype(np.int64)  # in place from here: no temporaries
-            packed *= 1 << 24  # (multiply/add, not shift/or: the same bits, and no extra numpy loops paged in)
-            packed += self.anc_step
-            packed *= 1 << 24
-            packed += self.anc_base
-        self._fast()
 
     @property
     def cur_src(self) -> np.ndarray:
@@ -208,113 +200,49 @@ class SegmentIndex:
         """Cursor in its stream of each curriculum ordinal: a strided view of `cur`."""
         return self.cur["cursor"]
 
-    def _fast(self) -> None:
-        """Binds the per-item `locate`: the compiled one (_locate_ext.c) where it builds, else the Python
-        closure of `_python_locate`. An instance attribute, so it shadows the method below, which documents it."""
-        make = _load_locator() if len(self.phase_ids) else None
-        if make is not None:
-            self.locate = make(self.segment, self.start, self.end, self.global_batch, self.anchor_per_batch,
-                               self.curriculum_per_batch, max(int(self.period), 1), self.slot, self.batch_phase,
-                               self.anc_sid, self.anc_step, self.anc_base, self.stream_ids, self.cur)
-        else:
-            self.locate = self._python_locate()
-
-    def _python_locate(self):
-        """The per-item `locate` as a closure over Python lists and memoryviews (no attribute lookups, no
-        numpy scalars)."""
-        start, end, gb, apb, cpb, period = (self.start, self.end, self.global_batch, self.anchor_per_batch,
-                                            self.curriculum_per_batch, max(int(self.period), 1))
-        slot, sids = self.slot.tolist(), self.stream_ids.tolist()
-        asid, astep, abase = self.anc_sid.tolist(), self.anc_step.tolist(), self.anc_base.tolist()
-        # the records as 16-bit words: 3 per sample (memoryview cannot index a strided record field)
-        words, batch_phase = memoryview(self.cur.view(np.uint16)), memoryview(self.batch_phase)
-        lo, hi = (1, 2) if sys.byteorder == "little" else (2, 1)  # the uint32 cursor's halves
-        check = self._check
-
-        def locate(g: int) -> tuple[int, int, bool, int]:
-            if type(g) is not int:
-                g = int(g)
-            if not start <= g < end:
-                check(g)
-            batch, pos = divmod(g - start, gb)
-            s = slot[pos]
-            if s >= 0:
-                q, r = divmod(batch * apb + s, period)
-                return asid[r], q * astep[r] + abase[r], True, batch_phase[batch]
-            w = 3 * (batch * cpb - s - 1)
-            return sids[words[w]], words[w + lo] | words[w + hi] << 16, False, batch_phase[batch]
-
-        return locate
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "locate"}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._fast()
-
     def _check(self, g: int) -> None:
         if not self.start <= g < self.end:
             raise IndexError(f"sample index {g} is outside segment {self.segment} [{self.start}, {self.end})")
 
     def locate(self, g: int) -> tuple[int, int, bool, int]:
-        """(stream id, cursor in that stream, is_anchor, phase order index) of global sample g.
-
-        Instances bind an equivalent faster function in `_fast` (this is its reference)."""
+        """(stream id, cursor in that stream, is_anchor, phase order index) of global sample g, as Python
+        ints and a bool (`CurriculumDataset.__getitem__` reads one sample at a time)."""
         g = int(g)
         self._check(g)
         batch, pos = divmod(g - self.start, self.global_batch)
-        phase = int(self.phase_ids[int(np.searchsorted(self.phase_end_batch, batch, side="right"))])
+        phase = int(self.batch_phase[batch])
         s = int(self.slot[pos])
         if s >= 0:
             q, r = divmod(batch * self.anchor_per_batch + s, self.period)
             return int(self.anc_sid[r]), q * int(self.anc_step[r]) + int(self.anc_base[r]), True, phase
         c = batch * self.curriculum_per_batch - s - 1
-        return int(self.stream_ids[self.cur_src[c]]), int(self.cur_cursor[c]), False, phase
+        rec = self.cur[c]
+        return int(self.stream_ids[rec["src"]]), int(rec["cursor"]), False, phase
 
-    def locate_batch(self, g: np.ndarray, force_numpy: bool = False):
-        """Vectorized `locate` over an array of global indices: (stream ids int16, cursors uint32, is_anchor
-        bool, phase order indices int16), each of g's shape. The four arrays are views of one buffer (one
-        allocation: half the page faults of four)."""
+    def locate_batch(self, g: np.ndarray):
+        """`locate` over an array of global indices: (stream ids int16, cursors uint32, is_anchor bool, phase
+        order indices int16), each of g's shape; an index outside the segment is an IndexError."""
         g = np.ascontiguousarray(g, dtype=np.int64)
-        m = g.size
-        buf = np.empty(9 * m, dtype=np.uint8)
-        cursor, sid = buf[:4 * m].view(np.uint32), buf[4 * m:6 * m].view(np.int16)
-        phase, is_anchor = buf[6 * m:8 * m].view(np.int16), buf[8 * m:].view(np.bool_)
-        lib = None if force_numpy else _load()
-        if lib and len(self.phase_ids) and self.num_samples < 2**31 and self.anc_packed is not None:
-            vp = ctypes.c_void_p
-            bad = lib.locate(vp(g.ctypes.data), m, self.start, self.num_samples, self.global_batch,
-                             self.anchor_per_batch, self.curriculum_per_batch, vp(self.slot.ctypes.data),
-                             vp(self.batch_phase.ctypes.data), max(int(self.period), 1),
-                             vp(self.anc_packed.ctypes.data), vp(self.stream_ids.ctypes.data),
-                             vp(self.cur.ctypes.data), vp(sid.ctypes.data), vp(cursor.ctypes.data),
-                             vp(is_anchor.ctypes.data), vp(phase.ctypes.data))
-            if bad >= 0:
-                raise IndexError(f"sample index {int(g.flat[bad])} is outside segment {self.segment} "
-                                 f"[{self.start}, {self.end})")
-        else:
-            self._locate_batch_numpy(g.reshape(-1), sid, cursor, is_anchor, phase)
-        return tuple(x.reshape(g.shape) for x in (sid, cursor, is_anchor, phase))
-
-    def _locate_batch_numpy(self, g, sid, cursor, is_anchor, phase) -> None:
-        if g.size and (g.min() < self.start or g.max() >= self.end):
-            bad = g[(g < self.start) | (g >= self.end)][0]
+        flat = g.reshape(-1)
+        if flat.size and (flat.min() < self.start or flat.max() >= self.end):
+            bad = flat[(flat < self.start) | (flat >= self.end)][0]
             raise IndexError(f"sample index {bad} is outside segment {self.segment} [{self.start}, {self.end})")
-        batch, pos = np.divmod(g - self.start, self.global_batch)
-        phase[:] = self.batch_phase[batch]
+        batch, pos = np.divmod(flat - self.start, self.global_batch)
+        phase = self.batch_phase[batch].astype(np.int16)
         s = self.slot[pos]
-        np.greater_equal(s, 0, out=is_anchor)
+        is_anchor = s >= 0
+        sid = np.empty(flat.size, dtype=np.int16)
+        cursor = np.empty(flat.size, dtype=np.uint32)
         if is_anchor.any():
-            j = batch[is_anchor] * self.anchor_per_batch + s[is_anchor]
-            q, r = np.divmod(j, self.period)
+            q, r = np.divmod(batch[is_anchor] * self.anchor_per_batch + s[is_anchor], self.period)
             sid[is_anchor] = self.anc_sid[r]
             cursor[is_anchor] = q * self.anc_step[r] + self.anc_base[r]
         cm = ~is_anchor
         if cm.any():
-            c = batch[cm] * self.curriculum_per_batch - s[cm] - 1
-            sid[cm] = self.stream_ids[self.cur_src[c]]
-            cursor[cm] = self.cur_cursor[c]
+            rec = self.cur[batch[cm] * self.curriculum_per_batch - s[cm] - 1]
+            sid[cm] = self.stream_ids[rec["src"]]
+            cursor[cm] = rec["cursor"]
+        return tuple(x.reshape(g.shape) for x in (sid, cursor, is_anchor, phase))
 
 
 def stream_cache_dir(cache_dir: str, stream: dict, seq_length: int) -> str:

@@ -32,7 +32,8 @@ from omegaconf import OmegaConf
 from hebatron_nemo import __version__
 from hebatron_nemo.config import ORDERS
 from hebatron_nemo.curriculum.apportion import chairman_order, largest_remainder
-from hebatron_nemo.data.indexed import read_json, stable_hash
+from hebatron_nemo.utils.hashing import stable_hash
+from hebatron_nemo.utils.io import read_json
 from hebatron_nemo.errors import ConfigError
 
 PLAN_SCHEMA_VERSION = 1
@@ -548,7 +549,7 @@ def _tokenizer_info(data_cfg, names: list[str], tokenizer_dir: str | None = None
     the one the manifests recorded at prepare time (which may be another machine's mount)."""
     from tokenizers import Tokenizer
 
-    from hebatron_nemo.data.indexed import sha256_file
+    from hebatron_nemo.utils.hashing import sha256_file
 
     idents = {}
     for n in names:

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 HIST_MAX_LOG2 = 24  # the document-length histogram has power-of-two bins up to 16M tokens
-
-
-def quiet_megatron() -> None:
-    """megatron-core logs every index it opens at INFO and warns that TE/apex are absent (expected on
-    a CPU machine); keep our progress output readable."""
-    import logging
-    import warnings
-
-    logging.getLogger("megatron.core").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-    warnings.filterwarnings("ignore", message=".*Megatron-FSDP.*")
 
 
 def optimal_dtype(vocab_size: int):
@@ -84,42 +71,3 @@ def length_histogram(lengths: np.ndarray) -> dict:
         np.add.at(toks, k, lengths)
     return {"bin_lower_edges": [2**k for k in range(HIST_MAX_LOG2 + 1)], "docs": bins.tolist(),
             "tokens": toks.tolist()}
-
-
-def _update(h, path) -> None:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-
-
-def sha256_file(path) -> str:
-    """The sha256 of a file, read in 4 MiB blocks (checkpoints, exports and caches record these)."""
-    h = hashlib.sha256()
-    _update(h, path)
-    return h.hexdigest()
-
-
-def files_sha256(prefix: str) -> str:
-    """One hash of a `.bin/.idx` pair, recorded in manifests and used by cache fingerprints."""
-    h = hashlib.sha256()
-    for ext in (".bin", ".idx"):
-        _update(h, prefix + ext)
-    return h.hexdigest()
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: str | Path):
-    path = Path(path)
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def stable_hash(obj) -> str:
-    """A short, order-independent hash of a JSON-able object (sorted keys)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]

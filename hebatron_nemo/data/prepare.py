@@ -31,8 +31,10 @@ from hebatron_nemo import __version__
 from hebatron_nemo.data import registry
 from hebatron_nemo.data.filters import (REASONS, Decontaminator, DocumentFilter, FilterReport, MinHasher,
                                         load_eval_texts, load_remove_ids, near_duplicates, text_hash)
-from hebatron_nemo.data.indexed import (AtomicIndexedWriter, length_histogram, optimal_dtype, quiet_megatron, read_json,
-                                        stable_hash, write_json_atomic)
+from hebatron_nemo.data.indexed import AtomicIndexedWriter, length_histogram, optimal_dtype
+from hebatron_nemo.utils.hashing import stable_hash
+from hebatron_nemo.utils.io import read_json, write_json_atomic
+from hebatron_nemo.utils.logs import quiet_megatron
 from hebatron_nemo.data.normalize import HebrewNormalizer, NormalizeConfig, count_words
 from hebatron_nemo.data.readers import count_documents, iter_documents, resolve_files
 from hebatron_nemo.data.signals import ReferencePerplexity, compression_ratio

@@ -40,7 +40,7 @@ def split_prefix(source_dir: str | Path, prefix: str | None) -> str | None:
 def prepared_split(data_cfg, name: str, split: str) -> str | None:
     """The `.bin/.idx` prefix of a prepared source's split under `data.output_dir` (None when the
     split is empty or the source is not prepared)."""
-    from hebatron_nemo.data.indexed import read_json
+    from hebatron_nemo.utils.io import read_json
 
     source_dir = Path(str(data_cfg.output_dir)) / name
     manifest = read_json(source_dir / "manifest.json")

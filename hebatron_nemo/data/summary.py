@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hebatron_nemo.data.filters import REASONS
-from hebatron_nemo.data.indexed import write_json_atomic
+from hebatron_nemo.utils.io import write_json_atomic
 
 
 def print_prepare_summary(cfg, manifests: dict) -> None:

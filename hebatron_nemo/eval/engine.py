@@ -39,6 +39,7 @@ from pathlib import Path
 
 from hebatron_nemo.errors import ConfigError, DataError
 from hebatron_nemo.eval import scorers
+from hebatron_nemo.sft.template import IM_END
 from hebatron_nemo.eval.tasks import (
     AVERAGES,
     PAPER_AVERAGES,
@@ -53,7 +54,6 @@ from hebatron_nemo.eval.tasks import (
 
 __all__ = ["CausalLM", "PreparedTask", "build_context", "evaluate_model", "prepare_task", "summarize"]
 
-IM_END = "<|im_end|>"
 FEWSHOT_SPLITS = ("dev", "train")
 
 

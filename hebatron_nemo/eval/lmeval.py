@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from hebatron_nemo.errors import ConfigError
+from hebatron_nemo.sft.template import IM_END
 from hebatron_nemo.eval.tasks import (
     TaskSchema,
     available_tasks,
@@ -49,7 +50,6 @@ __all__ = ["UTILS_MODULE", "make_process_results", "task_config", "write_lmeval_
 
 UTILS_MODULE = "hebatron_lmeval_utils"
 _HEADER = "# written by hebatron_nemo.eval.lmeval"
-IM_END = "<|im_end|>"
 # names Jinja would read as syntax rather than a column
 _JINJA_RESERVED = frozenset({"and", "or", "not", "in", "is", "if", "else", "elif", "for", "true", "false", "none",
                              "True", "False", "None", "loop"})
@@ -253,14 +253,7 @@ def make_process_results(schema_dict: dict):
 
 
 _UTILS_HEAD = '''"""Written by hebatron_nemo.eval.lmeval.write_lmeval_tasks: lm-eval process_results functions that
-score with hebatron_nemo's scorers. Regenerate rather than edit."""
-
-import sys
-
-try:
-    import hebatron_nemo  # noqa: F401
-except ImportError:  # lm_eval run from outside the checkout that wrote these files
-    sys.path.insert(0, {repo!r})
+score with hebatron_nemo's scorers (installed, or the checkout on PYTHONPATH). Regenerate rather than edit."""
 
 from hebatron_nemo.eval.lmeval import make_process_results
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hebatron_nemo.data.indexed import read_json
+from hebatron_nemo.utils.io import read_json
 
 
 def _records(run_dir: Path) -> list[dict]:

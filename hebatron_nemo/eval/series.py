@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hebatron_nemo.data.indexed import read_json, write_json_atomic
+from hebatron_nemo.utils.io import read_json, write_json_atomic
 
 
 def _release_copy(source, target: Path, note: dict, tokenizer_dir=None, log=print) -> Path:
@@ -34,8 +34,8 @@ def checkpoint_models(cfg, run_dir: Path, log=print) -> list[dict]:
     from safetensors.torch import load_file
 
     from hebatron_nemo.backends.local import checkpoint
-    from hebatron_nemo.backends.local.cpt import TRAINING_STATE
-    from hebatron_nemo.data.indexed import sha256_file
+    from hebatron_nemo.export.hf import TRAINING_STATE
+    from hebatron_nemo.utils.hashing import sha256_file
     from hebatron_nemo.errors import DataError
     from hebatron_nemo.models.nemotron_h import build_model
 
@@ -149,7 +149,7 @@ def run_evaluate(cfg, log=print) -> dict:
     demo task files first when `task_root` has none; prints one line per model."""
     root = Path(str(cfg.evaluate.task_root))
     if cfg.evaluate.write_demo_tasks and not any(root.glob("*/test.jsonl")):
-        from hebatron_nemo.eval.demo_tasks import write_demo_tasks
+        from hebatron_nemo.demo.tasks import write_demo_tasks
 
         write_demo_tasks(root, corpus_dir=cfg.data.raw_dir)
     run_dir = Path(str(cfg.run_dir))

@@ -2,7 +2,6 @@
 verified by logit parity under every transformers version that will read it (see `hf.py`)."""
 
 from hebatron_nemo.export.hf import (
-    ExportConfig,
     ExportError,
     ExportKeyError,
     NotReleaseFormatError,
@@ -17,7 +16,6 @@ from hebatron_nemo.export.hf import (
 )
 
 __all__ = [
-    "ExportConfig",
     "ExportError",
     "ExportKeyError",
     "NotReleaseFormatError",

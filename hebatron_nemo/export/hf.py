@@ -98,23 +98,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
-from omegaconf import MISSING
-
-from hebatron_nemo.config import RunConfig
+from hebatron_nemo.config import DEFAULT_TOLERANCE
 from hebatron_nemo.errors import ConfigError, HebatronError
+from hebatron_nemo.utils.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = "hebatron_export.json"
 FORMAT = "nemotron-h-release/v1"
-TRAINING_STATE = "training_state.safetensors"  # = hebatron_nemo.backends.local.cpt.TRAINING_STATE
+#: the local backend's own state_dict in a model folder (its module names under the running transformers)
+TRAINING_STATE = "training_state.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "special_tokens_map.json")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-DEFAULT_TOLERANCE = 1e-5
 #: upstream faults the parity check names instead of failing on (see the module docstring)
 KNOWN_DEVIATIONS = {
     "transformers#47246": {
@@ -296,7 +293,7 @@ def release_config(config, dtype, token_ids: Optional[dict] = None) -> dict:
 
 
 def _sha256(path: Path) -> str:
-    from hebatron_nemo.data.indexed import sha256_file
+    from hebatron_nemo.utils.hashing import sha256_file
 
     return sha256_file(path)
 
@@ -809,29 +806,6 @@ def export_hf(model_dir_or_model, out_dir, tokenizer_dir=None, chat_template=Non
 
 
 # ------------------------------------------------------------------------------------------- recipe
-
-
-@dataclass
-class ExportConfig(RunConfig):
-    """`recipes/export.py`: a run's CPT or SFT model as a release-format HF folder, parity-checked.
-    The run's schema (so experiment files compose unchanged) plus the export's own fields."""
-
-    source: str = "sft"  # sft: <run_dir>/sft/model | cpt: <run_dir>/model
-    source_dir: Optional[str] = None  # any other model folder (overrides `source`)
-    out_dir: str = MISSING  # the export folder (replaced atomically)
-    tokenizer_dir: Optional[str] = None  # default: the model folder's tokenizer files
-    chat_template: Optional[str] = None  # a .jinja file; default: CHAT_TEMPLATE when the model folder has a template
-    generation: Dict[str, Any] = field(default_factory=dict)  # generation_config.json entries to set
-    dtype: Optional[str] = None  # float32 | bfloat16 | float16; default: the model's
-    max_shard_bytes: int = 5_000_000_000  # weight files larger than this are split (with an index)
-    compat_dir: Optional[str] = None  # transformers compat layer to verify under too (the container's 5.12.1)
-    tolerance: float = DEFAULT_TOLERANCE  # max |logit difference| (fp32) the parity check accepts
-
-
-def register_export_config() -> None:
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="export_schema", node=ExportConfig)
 
 
 def source_dir_of(cfg) -> Path:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from hebatron_nemo.data.indexed import write_json_atomic
+from hebatron_nemo.utils.io import write_json_atomic
 from hebatron_nemo.errors import ConfigError
 from hebatron_nemo.launch.slurm import ARRAY_TASK, StageJob, Submission, submit, time_seconds
 

@@ -20,10 +20,8 @@ def _compose(config_name: str, overrides: list[str]):
     from omegaconf.errors import OmegaConfBaseException
 
     from hebatron_nemo.config import register_configs
-    from hebatron_nemo.export.hf import register_export_config
 
     register_configs()
-    register_export_config()
     try:
         with initialize_config_dir(str(CONF), version_base="1.3"):
             return compose(config_name, overrides=list(overrides))

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hebatron_nemo.errors import ConfigError, HebatronError
+from hebatron_nemo.utils.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
 #: signals torch.distributed.run forwards to its workers (its default set plus the warning signal)
 _TORCHRUN_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
 
@@ -157,7 +157,8 @@ def render_sbatch(cluster, job: StageJob) -> str:
         sb.append("--no-requeue")
     sb += list(cluster.sbatch_flags)
 
-    repo_dir = cluster.repo_dir or str(REPO)
+    repo_dir = cluster.repo_dir or str(REPO_ROOT)
+    step_repo = cluster.container.workdir if cluster.container.image and cluster.container.workdir else repo_dir
     recipe = f"recipes/{job.recipe}.py"
     q = shlex.quote
     srun = ["srun", "--kill-on-bad-exit=1", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1"]
@@ -183,6 +184,9 @@ def render_sbatch(cluster, job: StageJob) -> str:
              # with a container the step starts in container.workdir; the batch shell stays on the host
              f"cd {q(repo_dir)}" if not cluster.container.image else f"# the step runs in {cluster.container.workdir or '(the image default)'} inside the container",
              f"export HEBATRON_STOP_SIGNAL=SIG{cluster.signal}  # the training stages stop cleanly on it",
+             # the checkout as the step sees it, so `python recipes/<stage>.py` imports hebatron_nemo from it
+             # whether or not the package is installed in the image or venv
+             f'export PYTHONPATH={q(step_repo)}"${{PYTHONPATH:+:$PYTHONPATH}}"',
              *[f"export {k}={q(str(v))}" for k, v in cluster.env.items()],
              *list(cluster.setup),
              'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',

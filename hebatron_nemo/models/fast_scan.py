@@ -1,5 +1,9 @@
 """A faster pure-PyTorch Mamba-2 (SSD) chunked scan for transformers' `NemotronHMamba2Mixer` on CPU.
 
+Used by the export's parity check (`export/hf.py`): under transformers 5.12.1 (whose scan sums over the
+wrong axis beyond one chunk, see below) it computes the same weights' correct logits, which tells an
+upstream scan fault from an export fault; `benchmarks/bench_train_cpu.py` times it against the stock scan.
+
 Without `mamba_ssm`, transformers runs the mixer's PyTorch fallback (`mamba2_chunk_scan` in 5.24,
 `torch_forward` in 5.12.1). This module computes the same chunked SSD (same chunk size, same four
 steps: diagonal blocks, chunk states, inter-chunk recurrence, state -> output) with fewer and cheaper

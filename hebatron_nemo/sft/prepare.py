@@ -45,7 +45,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from hebatron_nemo.config import SFT_FORMATS, SFT_KINDS, SFT_ROLES
-from hebatron_nemo.data.indexed import read_json, stable_hash, write_json_atomic
+from hebatron_nemo.utils.hashing import stable_hash
+from hebatron_nemo.utils.io import read_json, write_json_atomic
 from hebatron_nemo.errors import ConfigError, DataError
 from hebatron_nemo.sft.sources import Conversation, iter_conversations, load_callable, source_path
 

@@ -19,7 +19,6 @@ non-string text, a missing column. Nothing here holds more than one row (plus on
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import json
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from hebatron_nemo.errors import ConfigError, DataError
 from hebatron_nemo.sft.template import ROLES, validate_messages
+from hebatron_nemo.utils.hashing import hash64, unit_hash
 
 _BATCH_ROWS = 1024
 
@@ -198,11 +198,6 @@ PAIR_SYSTEM = {
 SALT = "hebatron-sft-v2"
 
 
-def _hash(*parts: object) -> int:
-    key = "\x1f".join(map(str, parts)).encode("utf-8")
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-
-
 def pair_conversations(pid: str, he: str, en: str, directions, system_fraction: float) -> list[tuple[str, list[dict]]]:
     """(id, messages) of the translation chats of one aligned pair, one per direction.
 
@@ -213,11 +208,11 @@ def pair_conversations(pid: str, he: str, en: str, directions, system_fraction: 
     for d in directions:
         cid = f"{pid}|{d}"
         src, tgt = (he, en) if d == "he-en" else (en, he)
-        lang, template = PAIR_INSTRUCTIONS[d][_hash(SALT, "instruction", cid) % len(PAIR_INSTRUCTIONS[d])]
+        lang, template = PAIR_INSTRUCTIONS[d][hash64(SALT, "instruction", cid) % len(PAIR_INSTRUCTIONS[d])]
         messages = []
-        if (_hash(SALT, "system", cid) / 2.0**64) < system_fraction:
+        if unit_hash(SALT, "system", cid) < system_fraction:
             options = PAIR_SYSTEM[lang]
-            messages.append({"role": "system", "content": options[_hash(SALT, "system-text", cid) % len(options)]})
+            messages.append({"role": "system", "content": options[hash64(SALT, "system-text", cid) % len(options)]})
         messages += [{"role": "user", "content": template.format(src=src)}, {"role": "assistant", "content": tgt}]
         out.append((cid, messages))
     return out
@@ -292,7 +287,7 @@ def iter_conversations(src, path: str, key: str) -> Iterator[Conversation]:
     keep = float(src.keep_fraction)
     for file, line, obj in iter_rows(path, src.format):
         rid = _row_id(obj, src.id_field, file, line)
-        if keep < 1.0 and _hash(SALT, "keep", rid) / 2.0**64 >= keep:
+        if keep < 1.0 and unit_hash(SALT, "keep", rid) >= keep:
             continue  # not sampled: skipped before any other work
         if src.kind == "messages":
             if src.messages_field not in obj:

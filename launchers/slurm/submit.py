@@ -12,10 +12,6 @@ submission prints the job id and the log paths. Preemption, requeue and the prof
 """
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 DISTRIBUTED = ("cpt", "sft")
 

@@ -12,7 +12,6 @@ import importlib.machinery
 import os
 import sys
 import types
-from pathlib import Path
 
 TE_STUB_VERSION = "2.14.0"  # what megatron-core's version gates read; the NeMo 26.04+ containers ship >= this
 
@@ -53,6 +52,5 @@ class _StubFinder(importlib.abc.MetaPathFinder):
 if not os.environ.get("HEBATRON_MB_TIER_CHILD"):
     raise RuntimeError("tests/mb_tier runs in its own process: run tests/test_mb_tier.py (make test)")
 sys.meta_path.insert(0, _StubFinder())
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (corpus.py, mb_fixtures.py)
 
 import megatron.bridge  # noqa: E402,F401  - fails the tier (not skips) when MB is not installed

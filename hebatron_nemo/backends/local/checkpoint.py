@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from hebatron_nemo.data.indexed import sha256_file
+from hebatron_nemo.utils.hashing import sha256_file
 
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer.json", "ledger.json")
 

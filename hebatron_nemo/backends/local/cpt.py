@@ -13,27 +13,22 @@ from safetensors.torch import load_file, save_file
 from hebatron_nemo.backends.local import distributed
 from hebatron_nemo.backends.local.trainer import train
 from hebatron_nemo.curriculum.plan import build_plan
-from hebatron_nemo.data.indexed import quiet_megatron, read_json, stable_hash, write_json_atomic
+from hebatron_nemo.export.hf import TRAINING_STATE
+from hebatron_nemo.utils.hashing import stable_hash
+from hebatron_nemo.utils.io import read_json
+from hebatron_nemo.utils.logs import quiet_megatron
 from hebatron_nemo.models.nemotron_h import build_model, count_parameters
-
-TRAINING_STATE = "training_state.safetensors"  # the model's own state_dict (module names of this transformers)
 
 
 def _plan_and_caches(cfg, log) -> dict:
-    """Rank 0 builds the plan and its index caches and writes plan.json; the others read it."""
-    from hebatron_nemo.curriculum.mixture import build_caches
+    """Rank 0 builds the plan and its index caches and writes plan.json (validated, plotted: the
+    plan stage's writer); the others read it."""
+    from hebatron_nemo.curriculum.runplan import write_plan
 
     rank = distributed.init()[0]
     run_dir = Path(str(cfg.run_dir))
     if rank == 0:
-        plan = build_plan(cfg, log=log)
-        if cfg.checkpoint.resume:  # a refused resume must not overwrite the plan its checkpoints trained
-            from hebatron_nemo.curriculum.ledger import check_saved_run
-
-            check_saved_run(run_dir, plan, bool(cfg.checkpoint.allow_future_changes), log=lambda *a: None)
-        plan["caches"] = build_caches(plan, str(cfg.cache_dir))
-        plan["cache_dir"] = str(cfg.cache_dir)
-        write_json_atomic(run_dir / "plan.json", plan)
+        write_plan(cfg, build_plan(cfg, log=log), build_caches=True, log=lambda *a, **k: None)
     distributed.barrier()
     return read_json(run_dir / "plan.json")
 

@@ -21,7 +21,8 @@ from hebatron_nemo.backends.local.router import RouterBalancer
 from hebatron_nemo.backends.local.schedule import WSDSchedule
 from hebatron_nemo.backends.local.preemption import StopOnSignal
 from hebatron_nemo.backends.local.trainer import RunLogger, make_optimizer
-from hebatron_nemo.data.indexed import quiet_megatron, read_json
+from hebatron_nemo.utils.io import read_json
+from hebatron_nemo.utils.logs import quiet_megatron
 from hebatron_nemo.data.tokenizer import LocalTokenizer
 from hebatron_nemo.errors import ConfigError
 from hebatron_nemo.models.nemotron_h import build_model

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hebatron_nemo.curriculum.ledger import Ledger, check_resume
-from hebatron_nemo.data.indexed import read_json, write_json_atomic
+from hebatron_nemo.utils.io import read_json, write_json_atomic
 from hebatron_nemo.errors import ConfigError
 
 SIDECAR = "hebatron_plan.json"

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hebatron_nemo.data.indexed import read_json, sha256_file, write_json_atomic
+from hebatron_nemo.utils.hashing import sha256_file
+from hebatron_nemo.utils.io import read_json, write_json_atomic
 from hebatron_nemo.errors import ConfigError
 
 PARITY_RECORD = "parity.json"

@@ -46,7 +46,7 @@ def validation_sets(plan: dict, segment: int) -> list[dict]:
 
 
 def _valid_prefix(plan: dict, source: str) -> str:
-    from hebatron_nemo.data.indexed import read_json
+    from hebatron_nemo.utils.io import read_json
 
     from hebatron_nemo.data.registry import plan_data_path, split_prefix
 

@@ -46,7 +46,7 @@ def pack_tokenizer_name(cfg) -> str:
 
 
 def _tokenizer_sha(cfg) -> str:
-    from hebatron_nemo.data.indexed import sha256_file
+    from hebatron_nemo.utils.hashing import sha256_file
 
     path = Path(str(cfg.tokenizer.path)) / "tokenizer.json"
     if not path.is_file():

@@ -8,11 +8,11 @@ not how good a model is. ``ted_heb`` is built from the held-out aligned verses o
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from hebatron_nemo.errors import DataError
+from hebatron_nemo.utils.io import write_jsonl_atomic
 
 __all__ = ["DEMO_TASKS", "write_demo_tasks"]
 
@@ -115,12 +115,7 @@ _DAYS_HE = ["ראשון", "שני", "שלישי", "רביעי", "חמישי"]
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_jsonl_atomic(path, rows)
     return path
 
 
@@ -148,91 +143,73 @@ def _arc_rows(items, rng: random.Random, prefix: str) -> list[dict]:
     return rows
 
 
-def _gsm_he(rng: random.Random) -> tuple[str, str]:
+def _draw_gsm(rng: random.Random) -> tuple[int, dict]:
+    """A problem type and its numbers (the language only picks the wording, never the numbers)."""
     t = rng.randrange(6)
     if t == 0:
         a, b = rng.randint(5, 30), rng.randint(2, 20)
         c = rng.randint(1, a + b - 1)
-        ans = a + b - c
-        q = (f"לדנה היו {a} תפוחים. היא קנתה עוד {b} תפוחים ונתנה {c} תפוחים לחברה שלה. "
-             "כמה תפוחים נשארו לדנה?")
-        s = f"לדנה היו {a} + {b} = {a + b} תפוחים. אחרי שנתנה {c} נשארו לה {a + b} - {c} = {ans} תפוחים."
-    elif t == 1:
-        a, b = rng.randint(3, 9), rng.randint(3, 9)
-        ans = a * b
-        q = f"בכיתה יש {a} שורות של שולחנות, ובכל שורה יש {b} שולחנות. כמה שולחנות יש בכיתה?"
-        s = f"בכיתה יש {a} * {b} = {ans} שולחנות."
-    elif t == 2:
-        a, b = rng.randint(5, 40), rng.randint(2, 14)
-        ans = a * b
-        q = f"יוסי קורא {a} עמודים בכל יום. כמה עמודים יקרא יוסי ב-{b} ימים?"
-        s = f"ב-{b} ימים יוסי יקרא {a} * {b} = {ans} עמודים."
-    elif t == 3:
+        return t, {"a": a, "b": b, "c": c, "ab": a + b, "ans": a + b - c}
+    if t in (1, 2):
+        a, b = (rng.randint(3, 9), rng.randint(3, 9)) if t == 1 else (rng.randint(5, 40), rng.randint(2, 14))
+        return t, {"a": a, "b": b, "ans": a * b}
+    if t == 3:
         a, b = rng.randint(3, 12), rng.randint(2, 8)
         c = next(x for x in (50, 100, 200) if x >= a * b)
-        ans = c - a * b
-        q = (f"מחברת עולה {a} שקלים. נועה קנתה {b} מחברות ושילמה בשטר של {c} שקלים. "
-             "כמה שקלים קיבלה נועה בעודף?")
-        s = f"המחברות עלו {a} * {b} = {a * b} שקלים. העודף הוא {c} - {a * b} = {ans} שקלים."
-    elif t == 4:
+        return t, {"a": a, "b": b, "c": c, "ab": a * b, "ans": c - a * b}
+    if t == 4:
         a = rng.randint(20, 60)
         b, c = rng.randint(1, a - 1), rng.randint(1, 25)
-        ans = a - b + c
-        q = (f"באוטובוס נסעו {a} נוסעים. בתחנה ירדו {b} נוסעים ועלו {c} נוסעים. "
-             "כמה נוסעים יש עכשיו באוטובוס?")
-        s = f"אחרי התחנה יש באוטובוס {a} - {b} + {c} = {ans} נוסעים."
-    else:
-        b, k = rng.randint(2, 9), rng.randint(2, 12)
-        a, ans = b * k, k
-        q = f"אופה הכין {a} עוגיות וחילק אותן שווה בשווה ל-{b} קופסאות. כמה עוגיות יש בכל קופסה?"
-        s = f"בכל קופסה יש {a} / {b} = {ans} עוגיות."
-    return q, f"{s}\n#### {ans}"
+        return t, {"a": a, "b": b, "c": c, "ans": a - b + c}
+    b, k = rng.randint(2, 9), rng.randint(2, 12)
+    return t, {"a": b * k, "b": b, "ans": k}
 
 
-def _gsm_en(rng: random.Random) -> tuple[str, str]:
-    t = rng.randrange(6)
-    if t == 0:
-        a, b = rng.randint(5, 30), rng.randint(2, 20)
-        c = rng.randint(1, a + b - 1)
-        ans = a + b - c
-        q = f"Dana had {a} apples. She bought {b} more and gave {c} to a friend. How many apples does Dana have left?"
-        s = f"Dana had {a} + {b} = {a + b} apples. After giving away {c} she has {a + b} - {c} = {ans} apples."
-    elif t == 1:
-        a, b = rng.randint(3, 9), rng.randint(3, 9)
-        ans = a * b
-        q = f"A classroom has {a} rows of desks with {b} desks in each row. How many desks are there?"
-        s = f"There are {a} * {b} = {ans} desks."
-    elif t == 2:
-        a, b = rng.randint(5, 40), rng.randint(2, 14)
-        ans = a * b
-        q = f"Sam reads {a} pages every day. How many pages will Sam read in {b} days?"
-        s = f"In {b} days Sam reads {a} * {b} = {ans} pages."
-    elif t == 3:
-        a, b = rng.randint(3, 12), rng.randint(2, 8)
-        c = next(x for x in (50, 100, 200) if x >= a * b)
-        ans = c - a * b
-        q = (f"A notebook costs {a} dollars. Noa buys {b} notebooks and pays with a {c} dollar bill. "
-             "How much change does she get?")
-        s = f"The notebooks cost {a} * {b} = {a * b} dollars. The change is {c} - {a * b} = {ans} dollars."
-    elif t == 4:
-        a = rng.randint(20, 60)
-        b, c = rng.randint(1, a - 1), rng.randint(1, 25)
-        ans = a - b + c
-        q = (f"A bus carries {a} passengers. At a stop {b} get off and {c} get on. "
-             "How many passengers are on the bus now?")
-        s = f"Now there are {a} - {b} + {c} = {ans} passengers."
-    else:
-        b, k = rng.randint(2, 9), rng.randint(2, 12)
-        a, ans = b * k, k
-        q = f"A baker made {a} cookies and shared them equally among {b} boxes. How many cookies are in each box?"
-        s = f"Each box has {a} / {b} = {ans} cookies."
-    return q, f"{s}\n#### {ans}"
+# (question, worked solution) of each problem type, per language
+_GSM_TEXT = {
+    "he": [
+        ("לדנה היו {a} תפוחים. היא קנתה עוד {b} תפוחים ונתנה {c} תפוחים לחברה שלה. כמה תפוחים נשארו לדנה?",
+         "לדנה היו {a} + {b} = {ab} תפוחים. אחרי שנתנה {c} נשארו לה {ab} - {c} = {ans} תפוחים."),
+        ("בכיתה יש {a} שורות של שולחנות, ובכל שורה יש {b} שולחנות. כמה שולחנות יש בכיתה?",
+         "בכיתה יש {a} * {b} = {ans} שולחנות."),
+        ("יוסי קורא {a} עמודים בכל יום. כמה עמודים יקרא יוסי ב-{b} ימים?",
+         "ב-{b} ימים יוסי יקרא {a} * {b} = {ans} עמודים."),
+        ("מחברת עולה {a} שקלים. נועה קנתה {b} מחברות ושילמה בשטר של {c} שקלים. כמה שקלים קיבלה נועה בעודף?",
+         "המחברות עלו {a} * {b} = {ab} שקלים. העודף הוא {c} - {ab} = {ans} שקלים."),
+        ("באוטובוס נסעו {a} נוסעים. בתחנה ירדו {b} נוסעים ועלו {c} נוסעים. כמה נוסעים יש עכשיו באוטובוס?",
+         "אחרי התחנה יש באוטובוס {a} - {b} + {c} = {ans} נוסעים."),
+        ("אופה הכין {a} עוגיות וחילק אותן שווה בשווה ל-{b} קופסאות. כמה עוגיות יש בכל קופסה?",
+         "בכל קופסה יש {a} / {b} = {ans} עוגיות."),
+    ],
+    "en": [
+        ("Dana had {a} apples. She bought {b} more and gave {c} to a friend. How many apples does Dana have left?",
+         "Dana had {a} + {b} = {ab} apples. After giving away {c} she has {ab} - {c} = {ans} apples."),
+        ("A classroom has {a} rows of desks with {b} desks in each row. How many desks are there?",
+         "There are {a} * {b} = {ans} desks."),
+        ("Sam reads {a} pages every day. How many pages will Sam read in {b} days?",
+         "In {b} days Sam reads {a} * {b} = {ans} pages."),
+        ("A notebook costs {a} dollars. Noa buys {b} notebooks and pays with a {c} dollar bill. "
+         "How much change does she get?",
+         "The notebooks cost {a} * {b} = {ab} dollars. The change is {c} - {ab} = {ans} dollars."),
+        ("A bus carries {a} passengers. At a stop {b} get off and {c} get on. How many passengers are on the bus now?",
+         "Now there are {a} - {b} + {c} = {ans} passengers."),
+        ("A baker made {a} cookies and shared them equally among {b} boxes. How many cookies are in each box?",
+         "Each box has {a} / {b} = {ans} cookies."),
+    ],
+}
 
 
-def _gsm_rows(make, rng: random.Random, n: int) -> list[dict]:
+def _gsm(rng: random.Random, lang: str) -> tuple[str, str]:
+    """One grade-school word problem in `lang` (he | en): (question, solution ending in ``#### <answer>``)."""
+    t, v = _draw_gsm(rng)
+    question, solution = _GSM_TEXT[lang][t]
+    return question.format(**v), f"{solution.format(**v)}\n#### {v['ans']}"
+
+
+def _gsm_rows(lang: str, rng: random.Random, n: int) -> list[dict]:
     rows, seen = [], set()
     while len(rows) < n:
-        q, a = make(rng)
+        q, a = _gsm(rng, lang)
         if q not in seen:  # identical random draws would make duplicate rows
             seen.add(q)
             rows.append({"question": q, "answer": a})
@@ -273,7 +250,7 @@ def _sentiment_rows(rng: random.Random, per_label: int) -> list[dict]:
 
 
 def _ted_rows(pairs: Path, rng: random.Random, n: int) -> list[dict]:
-    from hebatron_nemo.sft.data import read_pairs  # the one validating reader of the pairs files
+    from hebatron_nemo.demo.sft import read_pairs  # the one validating reader of the pairs files
 
     rows = [{"id": p.id, "he": p.he, "en": p.en} for p in read_pairs(pairs, clean_hebrew=False)]
     if not rows:
@@ -292,9 +269,9 @@ def write_demo_tasks(out_root: str | Path, corpus_dir: str | Path | None = None,
     written["copa_heb"] = _write(out / "copa_heb" / "test.jsonl", _copa_rows(random.Random(rng.random())))
     for name, items, prefix in (("arc_heb", _ARC_HE, "arc-he"), ("arc_en", _ARC_EN, "arc-en")):
         written[name] = _write(out / name / "test.jsonl", _arc_rows(items, random.Random(rng.random()), prefix))
-    for name, make in (("gsm8k_heb", _gsm_he), ("gsm8k_en", _gsm_en)):
+    for name, lang in (("gsm8k_heb", "he"), ("gsm8k_en", "en")):
         task_rng = random.Random(rng.random())
-        rows = _gsm_rows(make, task_rng, 35)
+        rows = _gsm_rows(lang, task_rng, 35)
         written[name] = _write(out / name / "test.jsonl", rows[:30])
         _write(out / name / "dev.jsonl", rows[30:])
     written["hebrew_qa"] = _write(out / "hebrew_qa" / "test.jsonl", _qa_rows(random.Random(rng.random()), 30))

