@@ -32,7 +32,7 @@ test: env  ## the whole CPU test suite (slow end-to-end tests included; GPU test
 	HEBATRON_COMPAT_DIR=$(COMPAT) HEBATRON_MB_DIR=$(MB) $(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 test-fast: env  ## the fast tier: no model training, no training subprocesses (under 3 minutes on 2 cores; PYTEST_ARGS="--cpu-durations=20" lists the costliest)
-	HEBATRON_COMPAT_DIR=$(COMPAT) HEBATRON_MB_DIR=$(MB) $(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} HEBATRON_COMPAT_DIR=$(COMPAT) HEBATRON_MB_DIR=$(MB) $(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
 lock:  ## regenerate requirements/cpu.lock from requirements/cpu.in in a scratch environment
 	scripts/lock.sh

@@ -1,7 +1,7 @@
 """Shared fixtures and test tiers.
 
 Hypothesis profiles: `dev` (default) and `ci` (bounded examples so CI's time stays predictable);
-`.ci/run` sets HYPOTHESIS_PROFILE=ci.
+`.ci/run` and `make test-fast` set HYPOTHESIS_PROFILE=ci.
 """
 
 from __future__ import annotations

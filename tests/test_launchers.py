@@ -256,10 +256,11 @@ def test_sft_job_composes_the_sft_experiment(cluster_chain, tmp_path):
     assert export_chat.megatron_bridge.save_dir == sft.megatron_bridge.save_dir  # reads what SFT writes
 
 
-@pytest.mark.parametrize("sets, message", [
+@pytest.mark.parametrize("sets, message", [  # a pipeline subprocess each: one in the fast tier
     (["cluster.max_restarts=20"], "exceeds cluster.time=04:00:00 x (cluster.max_restarts=20 + 1) = 84 h"),
-    (["compute.tokens_per_second_per_gpu=2000"], "compute.tokens_per_second_per_gpu=2000"),
-    (["cluster.gpus_per_node=4"], "cluster.gpus_per_node=4"),
+    pytest.param(["compute.tokens_per_second_per_gpu=2000"], "compute.tokens_per_second_per_gpu=2000",
+                 marks=pytest.mark.slow),
+    pytest.param(["cluster.gpus_per_node=4"], "cluster.gpus_per_node=4", marks=pytest.mark.slow),
 ])
 def test_a_chain_that_cannot_finish_is_refused_before_submission(tmp_path, sets, message):
     proc = _pipeline(tmp_path, *CLUSTER_RUN, "pipeline.dry_run=true", *sets)

@@ -67,6 +67,7 @@ def test_running_environment_matches_the_lock():
     assert transformers.__version__ == env["transformers"]
 
 
+@pytest.mark.slow  # a subprocess importing transformers 5.12.1 (test_export's probe also loads it, in the fast tier)
 def test_compat_layer_gives_the_container_transformers():
     compat = os.environ.get("HEBATRON_COMPAT_DIR")
     if not compat:
