@@ -268,6 +268,7 @@ def test_a_chain_that_cannot_finish_is_refused_before_submission(tmp_path, sets,
     assert not list(tmp_path.rglob("chain.json"))
 
 
+@pytest.mark.slow  # composes the whole cluster chain four times (~15 CPU seconds)
 def test_resubmitting_leaves_out_what_is_done(tmp_path):
     """Markers are checked when the chain is rendered: done stages are not submitted, their dependents
     no longer wait for them; a stage below one that runs again is submitted again."""
@@ -327,6 +328,7 @@ def test_array_job_renders_the_task_index_unquoted(tmp_path):
         render_sbatch(cluster, StageJob("x", "pipeline", [f"a=$(rm -rf /){ARRAY_TASK}"], array=2))
 
 
+@pytest.mark.slow  # a pipeline subprocess and the chain composed again (the fast tier keeps the cluster run's)
 def test_gpu_smoke_is_the_same_chain_on_one_node(tmp_path):
     """experiment=hebatron_gpu_smoke composes and renders on CPU: the cluster chain's stages, every job
     on one node, the long segment with CP 2, the scaled-down model in the MB overrides."""
