@@ -1,7 +1,7 @@
 """Shared fixtures and test tiers.
 
 Hypothesis profiles: `dev` (default) and `ci` (bounded examples so CI's time stays predictable);
-`.ci/run` sets HYPOTHESIS_PROFILE=ci.
+`.ci/run` and `make test-fast` set HYPOTHESIS_PROFILE=ci.
 """
 
 from __future__ import annotations
@@ -30,6 +30,44 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--cpu-durations", type=int, default=None, metavar="N",
+                     help="list the N tests that used the most CPU time (this process's and its finished "
+                          "subprocesses', setup and teardown included; 0 = all): on a shared machine wall "
+                          "times swell with the load, CPU times much less")
+
+
+_CPU_TIMES: dict[str, float] = {}
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if item.config.getoption("--cpu-durations") is None:
+        yield
+        return
+    start = _cpu_seconds()
+    yield
+    _CPU_TIMES[item.nodeid] = _cpu_seconds() - start
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    n = config.getoption("--cpu-durations")
+    if n is None or not _CPU_TIMES:
+        return
+    ranked = sorted(_CPU_TIMES.items(), key=lambda kv: -kv[1])
+    terminalreporter.write_sep("=", f"CPU seconds per test (total {sum(_CPU_TIMES.values()):.1f} s over "
+                                    f"{len(_CPU_TIMES)} tests; a module fixture counts in its first test)")
+    for nodeid, seconds in ranked[:n] if n else ranked:
+        terminalreporter.write_line(f"{seconds:8.2f}s  {nodeid}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,6 +3,7 @@ bad input into one clear error line (exit code 2) before any work."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -108,7 +109,8 @@ def test_cli_missing_field_and_malformed_json(tmp_path):
     (raw / "he.jsonl").write_text('{"text": "תקין לגמרי"}\n{"text": "חסר סוגר"\n', encoding="utf-8")
     proc = _run_prepare(tmp_path, REGISTRY.format(raw=raw, out=tmp_path / "out2"))
     assert proc.returncode == 2 and "he.jsonl:2" in proc.stderr and "JSON" in proc.stderr
-    assert not list((tmp_path / "out2").rglob("*.idx")) if (tmp_path / "out2").exists() else True
+    # every input is read before any output exists: neither run wrote anything
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
 
 
 def test_cli_empty_file_and_missing_path(tmp_path):
@@ -127,12 +129,48 @@ def test_cli_bad_override_is_a_hydra_error_naming_the_key(tmp_path):
     assert proc.returncode != 0 and "strip_nikud" in proc.stderr
 
 
+HYDRA_DEFAULT_HELP = "is powered by Hydra"  # the first line of Hydra's own help (hydra/help/default.yaml)
+
+
+def _hydra_recipes() -> dict[str, str]:
+    """{recipe file stem: its config name} for every recipe that is a Hydra app."""
+    out = {}
+    for path in sorted((REPO / "recipes").glob("*.py")):
+        m = re.search(r'@hydra\.main\(.*config_name="(\w+)"', path.read_text())
+        if m:
+            out[path.stem] = m.group(1)
+    return out
+
+
 def test_help_explains_the_recipe():
+    """`--help` prints the recipe's own text (conf/prepare.yaml's hydra.help), not Hydra's default."""
     proc = subprocess.run([sys.executable, "recipes/prepare_data.py", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 0
-    assert "data: demo" in proc.stdout or "data=demo" in proc.stdout or "data:" in proc.stdout
-    assert "shard" in proc.stdout
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    own = OmegaConf.load(REPO / "conf" / "prepare.yaml").hydra.help.template
+    intro = own.split("\n\n")[0]  # the paragraph before "Usage:", as written (no interpolation in it)
+    assert proc.stdout.startswith(intro), proc.stdout[:300]
+    assert HYDRA_DEFAULT_HELP not in proc.stdout
+    usage = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("python recipes/")]
+    assert any("shard=" in line for line in usage) and all(line.startswith("python recipes/prepare_data.py")
+                                                           for line in usage)
+    assert "data: demo" in proc.stdout  # $CONFIG: the composed config follows the text
+
+
+def test_every_hydra_recipe_has_its_own_help():
+    """The README promises `--help` on every recipe: each Hydra recipe's config sets hydra.help to a text
+    naming the recipe and showing how to call it, instead of Hydra's generic page."""
+    recipes = _hydra_recipes()
+    assert {"prepare_data", "plan", "cpt", "sft", "evaluate", "export", "pipeline"} <= set(recipes)
+    missing = []
+    for recipe, config_name in recipes.items():
+        help_ = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / f"{config_name}.yaml"),
+                                       resolve=False).get("hydra", {}).get("help", {})
+        template = help_.get("template", "")
+        if not (help_.get("app_name") == recipe and template.startswith(f"{recipe}: ")
+                and f"python recipes/{recipe}.py" in template and HYDRA_DEFAULT_HELP not in template):
+            missing.append(f"{recipe} (conf/{config_name}.yaml)")
+    assert not missing, f"recipes whose --help is Hydra's generic page: {missing}"
 
 
 def _compose_plan(overrides):

@@ -73,6 +73,7 @@ def _build_deb(tmp: Path, package: str, version: str, strings: list[str]) -> Pat
     return out
 
 
+@pytest.mark.slow  # builds .debs and installs the demo corpora twice
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian)")
 def test_debian_packages_are_pinned_by_version_and_sha256(tmp_path, monkeypatch):
     from hebatron_nemo.demo import corpora as dc

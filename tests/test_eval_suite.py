@@ -463,7 +463,7 @@ def _damaged(tiny: Path, dst: Path, how: str, keep_manifest: bool = True) -> Pat
     return dst
 
 
-@pytest.mark.parametrize("how", ["zeroed", "tensor_removed", "truncated"])
+@pytest.mark.parametrize("how", ["zeroed", *(pytest.param(h, marks=pytest.mark.slow) for h in ("tensor_removed", "truncated"))])  # an evaluate subprocess each
 def test_evaluate_refuses_a_damaged_model_in_one_line(tiny, tmp_path, how):
     """recipes/evaluate.py on a damaged export: exit 2 and one line naming the folder and the weight file
     whose sha256 differs from the manifest's, before anything is scored (no traceback, no summary)."""

@@ -256,10 +256,11 @@ def test_sft_job_composes_the_sft_experiment(cluster_chain, tmp_path):
     assert export_chat.megatron_bridge.save_dir == sft.megatron_bridge.save_dir  # reads what SFT writes
 
 
-@pytest.mark.parametrize("sets, message", [
+@pytest.mark.parametrize("sets, message", [  # a pipeline subprocess each: one in the fast tier
     (["cluster.max_restarts=20"], "exceeds cluster.time=04:00:00 x (cluster.max_restarts=20 + 1) = 84 h"),
-    (["compute.tokens_per_second_per_gpu=2000"], "compute.tokens_per_second_per_gpu=2000"),
-    (["cluster.gpus_per_node=4"], "cluster.gpus_per_node=4"),
+    pytest.param(["compute.tokens_per_second_per_gpu=2000"], "compute.tokens_per_second_per_gpu=2000",
+                 marks=pytest.mark.slow),
+    pytest.param(["cluster.gpus_per_node=4"], "cluster.gpus_per_node=4", marks=pytest.mark.slow),
 ])
 def test_a_chain_that_cannot_finish_is_refused_before_submission(tmp_path, sets, message):
     proc = _pipeline(tmp_path, *CLUSTER_RUN, "pipeline.dry_run=true", *sets)
@@ -267,6 +268,7 @@ def test_a_chain_that_cannot_finish_is_refused_before_submission(tmp_path, sets,
     assert not list(tmp_path.rglob("chain.json"))
 
 
+@pytest.mark.slow  # composes the whole cluster chain four times (~15 CPU seconds)
 def test_resubmitting_leaves_out_what_is_done(tmp_path):
     """Markers are checked when the chain is rendered: done stages are not submitted, their dependents
     no longer wait for them; a stage below one that runs again is submitted again."""
@@ -326,6 +328,7 @@ def test_array_job_renders_the_task_index_unquoted(tmp_path):
         render_sbatch(cluster, StageJob("x", "pipeline", [f"a=$(rm -rf /){ARRAY_TASK}"], array=2))
 
 
+@pytest.mark.slow  # a pipeline subprocess and the chain composed again (the fast tier keeps the cluster run's)
 def test_gpu_smoke_is_the_same_chain_on_one_node(tmp_path):
     """experiment=hebatron_gpu_smoke composes and renders on CPU: the cluster chain's stages, every job
     on one node, the long segment with CP 2, the scaled-down model in the MB overrides."""

@@ -65,9 +65,17 @@ def test_every_cluster_experiment_emits_our_fields(cluster, name):
     assert o["optimizer"]["lr"] == 2e-4 and o["optimizer"]["min_lr"] == 2e-5
     s = o["scheduler"]
     assert s["start_weight_decay"] == s["end_weight_decay"] == 0.1 and s["lr_decay_style"] == "WSD"
-    assert s["lr_decay_samples"] == pytest.approx(plan["totals"]["samples"] if k == 1 else s["lr_decay_samples"])
+    # the decay ends at the plan's last token. Inside segment k a sample count n is the token count
+    # tokens_before + (n - start_sample) x seq (a line extended past the segment's end), so the end sample is
+    # where that line reaches the plan's total; segment 0 starts at sample 0 and token 0
+    tokens_before = sum(x["tokens"] for x in plan["segments"][:k])
+    end = seg["start_sample"] + (plan["totals"]["tokens"] - tokens_before) / seq
+    assert s["lr_decay_samples"] == pytest.approx(end, rel=1e-12)
+    assert s["lr_wsd_decay_samples"] == pytest.approx(cfg.optim.decay_fraction * plan["totals"]["tokens"] / seq, rel=1e-12)
     if k == 0:
         assert s["lr_warmup_samples"] > 0 and o["checkpoint"]["pretrained_checkpoint"] == cfg.megatron_bridge.hf_model_dir
+        assert s["lr_decay_samples"] == pytest.approx(plan["totals"]["tokens"] / seq, rel=1e-12)
+        assert s["lr_decay_samples"] > seg["num_samples"]  # the decay lies beyond the 8K segment
     else:  # the 64K job continues the 8K job's checkpoint, never the HF weights
         assert s["lr_warmup_samples"] == 0 and o["checkpoint"]["pretrained_checkpoint"] is None
         assert s["lr_decay_samples"] == plan["totals"]["samples"]  # the decay ends at the plan's last sample

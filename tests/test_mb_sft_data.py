@@ -68,6 +68,7 @@ def _rank(cfg_yaml: str, barrier, out: str, rank: int) -> None:
     Path(out, f"{rank}.json").write_text(json.dumps(result))
 
 
+@pytest.mark.slow  # 16 spawned processes
 def test_every_rank_enters_the_data_entry_at_once(prepared, tmp_path):
     """8 processes x 2 rounds call the MB-side data entry simultaneously: every one gets the same
     dataset root with all rows, nothing is left half-written, and the prepared folder is not touched."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -66,6 +67,7 @@ def test_running_environment_matches_the_lock():
     assert transformers.__version__ == env["transformers"]
 
 
+@pytest.mark.slow  # a subprocess importing transformers 5.12.1 (test_export's probe also loads it, in the fast tier)
 def test_compat_layer_gives_the_container_transformers():
     compat = os.environ.get("HEBATRON_COMPAT_DIR")
     if not compat:
@@ -78,8 +80,91 @@ def test_compat_layer_gives_the_container_transformers():
     assert out.stdout.split() == [VERSIONS["compat_layer"]["transformers"], VERSIONS["compat_layer"]["tokenizers"]]
 
 
-def test_ci_calls_the_readme_test_command():
+def _readme_commands() -> dict[str, str]:
+    """{make target: README line} for the `make ...` lines of the README's "Two commands" block."""
     readme = (REPO / "README.md").read_text()
-    ci = (REPO / ".ci" / "run").read_text()
-    assert "make test" in readme and "make demo" in readme
-    assert "make test" in ci
+    block = readme.split("## Two commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return {line.split()[1]: line for line in block.splitlines() if line.startswith("make ")}
+
+
+def test_readme_commands_are_make_targets_that_do_what_it_says():
+    """`make demo` runs the tiny_cpu pipeline; `make test` runs the whole CPU suite (no marker but gpu
+    excluded), `make test-fast` the same less the slow tests (make -n: what make would run)."""
+    commands = _readme_commands()
+    assert set(commands) == {"demo", "test"}, commands
+    plans = {}
+    # as a user types them: not the variables of a make that runs this test (make test-fast does)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ARGS", "ARGS")}
+    for target in ("demo", "test", "test-fast"):
+        proc = subprocess.run(["make", "-n", "--no-print-directory", target], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        plans[target] = proc.stdout.splitlines()[-1]
+    assert "recipes/pipeline.py experiment=tiny_cpu" in plans["demo"]
+    assert plans["test"].split("-m pytest", 1)[1].split() == ["-m", '"not', 'gpu"']
+    assert plans["test-fast"].split("-m pytest", 1)[1].split() == ["-m", '"not', "gpu", "and", "not", 'slow"']
+
+
+FAKE_TOOL = """#!/usr/bin/env bash
+echo "$(basename "$0") $*" >> "$CI_LOG"
+name=$(basename "$0"); target=""
+for a in "$@"; do case $a in -*) ;; *) target=$a; break;; esac; done
+[ "$name" = make ] && [ "$target" = test-fast ] && sleep 1
+var=$(printf 'RC_%s_%s' "$name" "$target" | tr -c 'A-Za-z0-9_' '_'); exit "${!var:-0}"
+"""
+
+
+def _run_ci(tmp_path, **rcs):
+    """.ci/run in a scratch copy of the repository's layout whose tools (make, apt-get, the local Slurm
+    script, the CPU env's python) only record their arguments and exit with RC_<tool>_<first non-option
+    argument> (default 0)."""
+    root = tmp_path / "repo"
+    (root / ".ci").mkdir(parents=True)
+    shutil.copy(REPO / ".ci" / "run", root / ".ci" / "run")
+    bindir, env_dir = tmp_path / "bin", tmp_path / "env-cpu" / "bin"
+    tools = {bindir / "make": FAKE_TOOL, bindir / "apt-get": FAKE_TOOL, env_dir / "python": FAKE_TOOL,
+             root / "launchers" / "slurm" / "local_cluster.sh": FAKE_TOOL,
+             root / "scripts" / "env.sh": f"#!/usr/bin/env bash\necho {tmp_path}/env-$1\n"}
+    for path, text in tools.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.write_text("")
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "CI_LOG": str(log), "TMPDIR": str(tmp_path),
+           **{f"RC_{k}": str(v) for k, v in rcs.items()}}
+    proc = subprocess.run([str(root / ".ci" / "run")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    return proc, log.read_text().splitlines()
+
+
+def test_ci_runs_the_fast_tier_timed_then_the_readme_test_command(tmp_path):
+    proc, calls = _run_ci(tmp_path, python_pytest=5)  # the GPU tier selects nothing without CUDA: fine
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    made = [c for c in calls if c.startswith("make ")]
+    assert made == ["make env", "make test-fast PYTEST_ARGS=-q --durations=15",
+                    "make test PYTEST_ARGS=-q --durations=15"]
+    assert f"make {made[2].split()[1]}" == _readme_commands()["test"].split("#")[0].strip()  # README's command
+    assert "python -m pytest -q -m gpu" in calls and "local_cluster.sh start" in calls
+    wall = re.search(r"CI: make test-fast wall time: (\d+)s \(target: under 180s", proc.stdout)
+    assert wall and 1 <= int(wall.group(1)) < 60, proc.stdout
+    summary = proc.stdout.split("::: CI wall time per stage", 1)[1]
+    assert re.search(r"test-fast +\d+s +rc=0", summary) and "make test-fast wall time:" in summary
+
+
+@pytest.mark.parametrize("rcs, says", [
+    ({"make_test": 5}, "CI: make test collected no tests"),
+    ({"make_test_fast": 5}, "CI: make test-fast collected no tests"),
+    ({"make_test": 1}, r"tests +\d+s +rc=1"),
+    ({"make_test_fast": 1}, r"test-fast +\d+s +rc=1"),
+    ({"python_pytest": 1}, r"gpu-tier +\d+s +rc=1"),
+])
+def test_ci_fails_when_a_tier_fails_or_collects_nothing(tmp_path, rcs, says):
+    proc, calls = _run_ci(tmp_path, **{"python_pytest": 5, **rcs})
+    assert proc.returncode == 1 and re.search(says, proc.stdout), proc.stdout
+    assert "make test PYTEST_ARGS=-q --durations=15" in calls  # a failing fast tier still runs the whole suite
+
+
+def test_ci_runs_no_tests_without_environments(tmp_path):
+    proc, calls = _run_ci(tmp_path, make_env=2)
+    assert proc.returncode == 1 and [c for c in calls if c.startswith("make ")] == ["make env"]

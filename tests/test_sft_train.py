@@ -98,6 +98,7 @@ def test_demo_registry_prepares_through_the_general_path(setup, manifest):
     assert {r["role"] for r in lines if r["source"].startswith("en_")} == {"anchor"}
 
 
+@pytest.mark.slow  # trains the micro model (30 SFT steps)
 def test_sft_trains_exports_and_resumes(setup, manifest):
     tmp, cfg = setup
     state = run_sft(cfg, log=lambda *a: None)

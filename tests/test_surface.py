@@ -34,13 +34,18 @@ def _keys(cls, prefix="") -> list[str]:
     return out
 
 
-def surface() -> dict:
+def config_groups(conf: Path) -> dict[str, list[str]]:
+    """{group path: its options} for every folder under `conf` that holds options, nested groups included
+    (`hydra/launcher`: the names `hydra/launcher=...` selects)."""
+    return {d.relative_to(conf).as_posix(): sorted(p.stem for p in d.glob("*.yaml"))
+            for d in sorted(conf.rglob("*")) if d.is_dir() and any(d.glob("*.yaml"))}
 
+
+def surface(conf: Path = REPO / "conf") -> dict:
     recipes = {"prepare_data": C.PrepareConfig, "plan": C.RunConfig, "cpt": C.RunConfig, "sft": C.RunConfig,
-               "install_demo_corpora": C.InstallDemoConfig, "evaluate": C.RunConfig, "export": C.ExportConfig,
-               "pipeline": C.PipelineConfig, "launch": C.LaunchConfig}
-    groups = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in sorted((REPO / "conf").iterdir()) if g.is_dir()}
-    return {"recipes": {name: _keys(cls) for name, cls in recipes.items()}, "config_groups": groups}
+               "prepare_sft": C.PrepareSFTConfig, "install_demo_corpora": C.InstallDemoConfig,
+               "evaluate": C.RunConfig, "export": C.ExportConfig, "pipeline": C.PipelineConfig, "launch": C.LaunchConfig}
+    return {"recipes": {name: _keys(cls) for name, cls in recipes.items()}, "config_groups": config_groups(conf)}
 
 
 def test_override_surface_is_frozen():
@@ -53,3 +58,23 @@ def test_override_surface_is_frozen():
         removed = sorted(set(saved["recipes"].get(recipe, [])) - set(keys))
         assert not added and not removed, f"{recipe}: added {added}, removed {removed} (see this file's docstring)"
     assert current["config_groups"] == saved["config_groups"]
+
+
+def test_every_hydra_recipe_is_in_the_surface():
+    hydra_recipes = {p.stem for p in (REPO / "recipes").glob("*.py") if "@hydra.main(" in p.read_text()}
+    assert hydra_recipes and hydra_recipes <= set(surface()["recipes"]), hydra_recipes - set(surface()["recipes"])
+
+
+def test_launcher_and_nested_group_names_are_part_of_the_surface(tmp_path):
+    """Renaming an option of a nested group (conf/hydra/launcher/*.yaml, chosen with
+    hydra/launcher=NAME) changes the surface, so the frozen snapshot catches it."""
+    import shutil
+
+    saved = json.loads(SNAPSHOT.read_text())["config_groups"]
+    assert saved.get("hydra/launcher"), "the snapshot does not record the hydra launchers"
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    assert config_groups(conf) == config_groups(REPO / "conf")
+    first = conf / "hydra" / "launcher" / f"{saved['hydra/launcher'][0]}.yaml"
+    first.rename(first.with_name("renamed.yaml"))
+    assert config_groups(conf)["hydra/launcher"] != saved["hydra/launcher"]

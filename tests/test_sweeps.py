@@ -62,6 +62,7 @@ def test_curriculum_order_multirun_writes_the_comparison(tmp_path):
     assert "sweep summary:" in proc.stdout
 
 
+@pytest.mark.slow  # a four-arm multirun of the plan recipe in a subprocess
 def test_anchor_share_arms_have_whole_anchor_counts(tmp_path):
     """The four arms of ablation_anchor_share plan without rounding on a global batch of 20."""
     conf = write_stage_conf(tmp_path, steps_per_phase=2, global_batch=20)
@@ -95,6 +96,7 @@ def test_curriculum_order_multirun_on_slurm_through_submitit(tmp_path, slurm_clu
     assert list((sweep / ".submitit").glob("*/*_submission.sh"))  # the arms went through sbatch
 
 
+@pytest.mark.slow  # two multiruns of the pipeline recipe in subprocesses
 def test_a_cluster_ablation_arm_is_a_whole_megatron_bridge_chain(tmp_path):
     """On a cluster each arm of `recipes/pipeline.py -m ... cluster=<profile>` is its own chain: its
     training jobs span the preset's nodes under torch.distributed.run (8 processes per node), not the
