@@ -541,3 +541,91 @@ def test_lm_eval_runs_the_written_tasks_and_agrees_with_the_engine(tiny):
     task = prepare_task(schema, tiny / "tasks" / "gsm8k_heb")
     gsm = sorted(out["samples"]["gsm8k_heb"], key=lambda s: s["doc_id"])
     assert [s["arguments"][0][0] for s in gsm] == [build_context(schema, task.shots, r) for r in task.rows[:3]]
+# ---------------------------------------------------------------------------- expected numbers, from transformers alone
+
+
+def _expected_numbers(model_dir: Path, task_root: Path, task: str, n_shot: int, limit: int, cap: int) -> dict:
+    """A task's metrics computed here from the model's own log-probabilities and greedy tokens
+    (transformers only), by the documented rules: k-shot examples from dev.jsonl, else the first k test
+    rows held out; contexts ``shots + prompt`` joined by the schema's delimiters; log-likelihood of
+    ``target_delimiter + choice`` with the context's trailing whitespace moved to the continuation;
+    greedy generation of min(cap, schema) tokens cut at the stop strings; the scorers' metrics."""
+    import sacrebleu
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    schema = load_schema(task)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    rows = load_task(task_root / task, schema)
+    dev = next((task_root / task / f"{s}.jsonl" for s in ("dev", "train") if (task_root / task / f"{s}.jsonl").is_file()), None)
+    if dev is not None:
+        shots = load_task(dev, schema)[:n_shot]
+    else:
+        shots, rows = rows[:n_shot], rows[n_shot:]
+    rows = rows[:limit]
+
+    def context(row):
+        parts = [format_prompt(schema, s.fields) + schema.target_delimiter + s.target_text for s in shots]
+        return schema.fewshot_delimiter.join(parts + [format_prompt(schema, row.fields)])
+
+    def enc(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    def loglik(ctx, cont):
+        n = len(ctx) - len(ctx.rstrip())
+        if n:
+            ctx, cont = ctx[:-n], ctx[-n:] + cont
+        whole, c = enc(ctx + cont), enc(ctx)
+        x = whole[len(c):]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([whole[:-1]])).logits[0]
+        lp = logits[len(whole) - 1 - len(x):].log_softmax(-1)
+        return float(lp.gather(-1, torch.tensor(x)[:, None]).sum())
+
+    if schema.type == "multiple_choice":
+        acc, acc_norm = [], []
+        for row in rows:
+            texts = list(row.letters) if schema.score_choices == "letter" else list(row.choices)
+            ll = [loglik(context(row), schema.target_delimiter + t) for t in texts]
+            norm = [v / len(t) for v, t in zip(ll, texts)]
+            acc.append(float(ll.index(max(ll)) == row.gold))
+            acc_norm.append(float(norm.index(max(norm)) == row.gold))
+        return {"acc": sum(acc) / len(acc), "acc_norm": sum(acc_norm) / len(acc_norm)}
+
+    budget = min(cap, schema.max_new_tokens)
+    stops = (*schema.stop, "<|im_end|>")
+    preds = []
+    for row in rows:
+        ids = torch.tensor([enc(context(row))])
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget, do_sample=False,
+                                 num_beams=1, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        new = out[0, ids.shape[1]:].tolist()
+        if tok.eos_token_id in new:
+            new = new[:new.index(tok.eos_token_id)]
+        text = tok.decode(new, skip_special_tokens=True)
+        preds.append(text[:min((text.find(s) for s in stops if s in text), default=len(text))])
+    if schema.type == "translation":
+        refs = [r.gold[0] for r in rows]
+        return {"chrf": sacrebleu.corpus_chrf(preds, [refs]).score, "bleu": sacrebleu.corpus_bleu(preds, [refs]).score}
+    if schema.type == "span_f1":
+        return {"f1": sum(scorers.token_f1(p.strip(), r.gold) for p, r in zip(preds, rows)) / len(rows),
+                "exact_match": sum(scorers.exact_match(p.strip(), r.gold) for p, r in zip(preds, rows)) / len(rows)}
+    return {"exact_match": sum(scorers.exact_match(p.strip(), r.gold, schema.answer_extraction)
+                               for p, r in zip(preds, rows)) / len(rows)}
+
+
+PARITY = {"n_shot": 1, "limit": 3, "cap": 3}
+
+
+def test_engine_equals_the_numbers_computed_from_transformers(tiny):
+    from hebatron_nemo.eval.engine import evaluate_model
+
+    summary = evaluate_model(tiny / "model", list(DEMO_TASKS), tiny / "tasks", n_shot=PARITY["n_shot"],
+                             limit=PARITY["limit"], max_new_tokens=PARITY["cap"], batch_size=2, log=lambda *_: None)
+    for task in DEMO_TASKS:
+        want = _expected_numbers(tiny / "model", tiny / "tasks", task, **PARITY)
+        got = summary["tasks"][task]["metrics"]
+        print(task, got, want)
+        assert got == pytest.approx(want, abs=1e-6), task
