@@ -328,6 +328,9 @@ def tiny(tmp_path_factory):
     corpus = tmp / "corpus"
     write_jsonl(corpus / "pairs_test.jsonl", _pairs(24))
     write_demo_tasks(tmp / "tasks", corpus_dir=corpus, seed=0)
+    import shutil
+
+    shutil.copytree(tmp / "tasks" / "ted_heb", tmp / "tasks" / "ted_en_heb")  # as the evaluate stage does
     return tmp
 
 
@@ -545,7 +548,9 @@ def test_lm_eval_runs_the_written_tasks_and_agrees_with_the_engine(tiny):
 
 
 def _expected_numbers(model_dir: Path, task_root: Path, task: str, n_shot: int, limit: int, cap: int) -> dict:
-    """A task's metrics computed here from the model's own log-probabilities and greedy tokens
+    """``{"metrics", "ids", "rows"}`` of a task (``ids``: each scored row's fields and gold; ``rows``: each
+    row's choice log-likelihoods, or its
+    generation cut at the stop strings), computed here from the model's own log-probabilities and greedy tokens
     (transformers only), by the documented rules: k-shot examples from dev.jsonl, else the first k test
     rows held out; contexts ``shots + prompt`` joined by the schema's delimiters; log-likelihood of
     ``target_delimiter + choice`` with the context's trailing whitespace moved to the continuation;
@@ -583,49 +588,92 @@ def _expected_numbers(model_dir: Path, task_root: Path, task: str, n_shot: int, 
         lp = logits[len(whole) - 1 - len(x):].log_softmax(-1)
         return float(lp.gather(-1, torch.tensor(x)[:, None]).sum())
 
+    ids = [(r.fields, r.gold) for r in rows]
     if schema.type == "multiple_choice":
-        acc, acc_norm = [], []
+        acc, acc_norm, lls = [], [], []
         for row in rows:
             texts = list(row.letters) if schema.score_choices == "letter" else list(row.choices)
             ll = [loglik(context(row), schema.target_delimiter + t) for t in texts]
             norm = [v / len(t) for v, t in zip(ll, texts)]
             acc.append(float(ll.index(max(ll)) == row.gold))
             acc_norm.append(float(norm.index(max(norm)) == row.gold))
-        return {"acc": sum(acc) / len(acc), "acc_norm": sum(acc_norm) / len(acc_norm)}
+            lls.append(ll)
+        return {"metrics": {"acc": sum(acc) / len(acc), "acc_norm": sum(acc_norm) / len(acc_norm)}, "ids": ids,
+                "rows": lls}
 
     budget = min(cap, schema.max_new_tokens)
     stops = (*schema.stop, "<|im_end|>")
     preds = []
     for row in rows:
-        ids = torch.tensor([enc(context(row))])
+        x = torch.tensor([enc(context(row))])
         with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=budget, do_sample=False,
+            out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=budget, do_sample=False,
                                  num_beams=1, pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        new = out[0, ids.shape[1]:].tolist()
+        new = out[0, x.shape[1]:].tolist()
         if tok.eos_token_id in new:
             new = new[:new.index(tok.eos_token_id)]
         text = tok.decode(new, skip_special_tokens=True)
         preds.append(text[:min((text.find(s) for s in stops if s in text), default=len(text))])
     if schema.type == "translation":
         refs = [r.gold[0] for r in rows]
-        return {"chrf": sacrebleu.corpus_chrf(preds, [refs]).score, "bleu": sacrebleu.corpus_bleu(preds, [refs]).score}
-    if schema.type == "span_f1":
-        return {"f1": sum(scorers.token_f1(p.strip(), r.gold) for p, r in zip(preds, rows)) / len(rows),
-                "exact_match": sum(scorers.exact_match(p.strip(), r.gold) for p, r in zip(preds, rows)) / len(rows)}
-    return {"exact_match": sum(scorers.exact_match(p.strip(), r.gold, schema.answer_extraction)
-                               for p, r in zip(preds, rows)) / len(rows)}
+        metrics = {"chrf": sacrebleu.corpus_chrf(preds, [refs]).score, "bleu": sacrebleu.corpus_bleu(preds, [refs]).score}
+    elif schema.type == "span_f1":
+        metrics = {"f1": sum(scorers.token_f1(p.strip(), r.gold) for p, r in zip(preds, rows)) / len(rows),
+                   "exact_match": sum(scorers.exact_match(p.strip(), r.gold) for p, r in zip(preds, rows)) / len(rows)}
+    else:
+        metrics = {"exact_match": sum(scorers.exact_match(p.strip(), r.gold, schema.answer_extraction)
+                                      for p, r in zip(preds, rows)) / len(rows)}
+    return {"metrics": metrics, "ids": ids, "rows": preds}
 
 
 PARITY = {"n_shot": 1, "limit": 3, "cap": 3}
+PARITY_TASKS = [*DEMO_TASKS, "ted_en_heb"]
 
 
-def test_engine_equals_the_numbers_computed_from_transformers(tiny):
-    from hebatron_nemo.eval.engine import evaluate_model
+def test_recipe_scores_through_lm_eval_equal_the_numbers_computed_from_transformers(tiny, tmp_path):
+    """Done-when of issue 15: `recipes/evaluate.py` (lm-eval's HF backend) gives, on every demo task, the
+    numbers computed from the model's own log-probabilities and greedy tokens with transformers alone
+    (`_expected_numbers`, the rules the project's former engine applied; its numbers equalled these on
+    the same rows before it was removed): same rows, same few-shot examples, same generations."""
+    import os
+    import subprocess
+    import sys
 
-    summary = evaluate_model(tiny / "model", list(DEMO_TASKS), tiny / "tasks", n_shot=PARITY["n_shot"],
-                             limit=PARITY["limit"], max_new_tokens=PARITY["cap"], batch_size=2, log=lambda *_: None)
-    for task in DEMO_TASKS:
+    repo = Path(__file__).resolve().parents[1]
+    work = tmp_path / "work"
+    cmd = [sys.executable, str(repo / "recipes" / "evaluate.py"), "experiment=tiny_cpu", f"paths.work={work}",
+           f"evaluate.model_dir={tiny / 'model'}", f"evaluate.task_root={tiny / 'tasks'}",
+           f"evaluate.tasks=[{','.join(PARITY_TASKS)}]", f"evaluate.n_shot={PARITY['n_shot']}",
+           f"evaluate.limit={PARITY['limit']}", f"evaluate.max_new_tokens={PARITY['cap']}",
+           "evaluate.write_demo_tasks=false", "threads=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "HEBATRON_TRACEBACK": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = next(work.rglob("eval/model/summary.json")).parent
+    summary = json.loads((out / "summary.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    assert set(summary["tasks"]) == set(PARITY_TASKS) and summary["settings"]["backend"] == "hf"
+    assert summary["results_file"] == str(out / "results.json") and results["lm_eval_version"]
+    for task in PARITY_TASKS:
         want = _expected_numbers(tiny / "model", tiny / "tasks", task, **PARITY)
-        got = summary["tasks"][task]["metrics"]
-        print(task, got, want)
-        assert got == pytest.approx(want, abs=1e-6), task
+        entry = summary["tasks"][task]
+        assert entry["metrics"] == pytest.approx(want["metrics"], abs=1e-6), task
+        assert entry["n_scored"] == PARITY["limit"] and entry["n_shot"] == PARITY["n_shot"], task
+        samples = sorted((json.loads(x) for x in (out / f"{task}.samples.jsonl").read_text().splitlines()),
+                         key=lambda r: r["doc_id"])
+        schema = load_schema(task)
+        from hebatron_nemo.eval.tasks import parse_row
+
+        docs = [parse_row(schema, r["doc"], "lm-eval doc", 0) for r in samples]
+        assert [(d.fields, d.gold) for d in docs] == want["ids"], task  # the same rows
+        if schema.type == "multiple_choice":
+            got = [[float(c[0]) for c in r["filtered_resps"]] for r in samples]
+            assert [x for row in got for x in row] == pytest.approx([x for row in want["rows"] for x in row], abs=1e-4)
+        else:
+            assert [r["filtered_resps"][0] for r in samples] == want["rows"], task
+    # the few-shot rule: dev.jsonl when present, else the first test rows held out and never scored
+    assert summary["tasks"]["gsm8k_heb"]["fewshot_source"] == "dev.jsonl"
+    assert summary["tasks"]["copa_heb"]["fewshot_source"].startswith("test.jsonl (first 1 rows")
+    he = [t for t in PARITY_TASKS if load_schema(t).language == "he"]
+    avg = summary["averages"]["hebrew_average"]
+    assert avg["label"] == f"hebrew_average ({', '.join(he)})"
+    assert avg["value"] == pytest.approx(sum(summary["tasks"][t]["score"] for t in he) / len(he))
