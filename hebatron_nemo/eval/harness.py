@@ -319,6 +319,9 @@ def _run_hf(model_dir, loglik: list[str], generative: list[str], include: Path, 
     try:
         model = load_scoring_model(model_dir, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        if chat and not tokenizer.chat_template:
+            raise ConfigError(f"{model_dir}: scored as a chat model but its tokenizer has no chat template "
+                              "(an SFT export carries one)")
         max_length = int(getattr(model.config, "max_position_embeddings", None) or 4096)
         outs = []
         # one loaded model, two lm-eval wrappers: batched log-likelihoods, generation one row at a time
