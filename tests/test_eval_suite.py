@@ -700,6 +700,16 @@ def test_vllm_backend_composes_lm_eval_arguments(tmp_path, monkeypatch):
         cfg = compose("evaluate", overrides=["experiment=tiny_cpu", "evaluate.backend=vllm",
                                              "evaluate.tensor_parallel_size=2"])
     assert cfg.evaluate.backend == "vllm" and cfg.evaluate.tensor_parallel_size == 2
+    from hebatron_nemo.eval.series import check_evaluate_config
+
+    check_evaluate_config(cfg.evaluate)
+    for key, value, message in (("backend", "tgi", "evaluate.backend: 'tgi' is not one of hf, vllm"),
+                                ("tensor_parallel_size", 0, "evaluate.tensor_parallel_size: must be >= 1"),
+                                ("comet_model", str(tmp_path), "holds no checkpoints/model.ckpt")):
+        bad = cfg.evaluate.copy()
+        bad[key] = value
+        with pytest.raises(ConfigError, match=message):
+            check_evaluate_config(bad)
 
 
 def test_comet_is_skipped_with_a_message_when_unset_or_missing(tmp_path, monkeypatch):

@@ -164,6 +164,25 @@ def plot_series(run_dir: Path, series: dict) -> None:
     tmp.replace(run_dir / "eval" / "series.png")
 
 
+def check_evaluate_config(ev) -> None:
+    """The `evaluate` keys lm-eval is run with, checked before any model is exported or loaded."""
+    from hebatron_nemo.errors import ConfigError
+    from hebatron_nemo.eval.harness import BACKENDS
+
+    if ev.backend not in BACKENDS:
+        raise ConfigError(f"evaluate.backend: {ev.backend!r} is not one of {', '.join(BACKENDS)}")
+    if ev.tensor_parallel_size < 1:
+        raise ConfigError(f"evaluate.tensor_parallel_size: must be >= 1, got {ev.tensor_parallel_size}")
+    if ev.backend == "hf" and ev.tensor_parallel_size != 1:
+        raise ConfigError("evaluate.tensor_parallel_size applies to evaluate.backend=vllm; the hf backend "
+                          "scores on one device")
+    if ev.comet_model and not (Path(str(ev.comet_model)) / "checkpoints" / "model.ckpt").is_file():
+        raise ConfigError(f"evaluate.comet_model: {ev.comet_model} holds no checkpoints/model.ckpt "
+                          "(a COMET checkpoint folder)")
+    if ev.limit is not None and ev.limit < 1:
+        raise ConfigError(f"evaluate.limit: must be >= 1, got {ev.limit}")
+
+
 def write_demo_tasks_if_missing(cfg, log=print) -> None:
     """The demo's task files under `evaluate.task_root`: the demo tasks when the folder has none; the
     English -> Hebrew translation (the held-out pairs of ted_heb, other direction) and the long-context
@@ -196,6 +215,7 @@ def write_demo_tasks_if_missing(cfg, log=print) -> None:
 def run_evaluate(cfg, log=print) -> dict:
     """`recipes/evaluate.py`: one model folder (`evaluate.model_dir`), or the run's series; writes the
     demo task files first (`write_demo_tasks_if_missing`); prints one line per model."""
+    check_evaluate_config(cfg.evaluate)
     if cfg.evaluate.write_demo_tasks:
         write_demo_tasks_if_missing(cfg, log=log)
     run_dir = Path(str(cfg.run_dir))
