@@ -804,3 +804,26 @@ def test_report_shows_the_long_context_row(tmp_path):
     report = write_report(run).read_text(encoding="utf-8")
     assert "### Long-context retrieval (hebrew_needle)" in report
     assert "| model | 512 tokens |" in report and "| step-40 | 50.0 |" in report
+
+
+def test_series_rescores_a_model_when_the_evaluate_settings_change(tiny, tmp_path):
+    """A rerun of the evaluate stage after `evaluate.limit` (or the tasks) changed scores again rather than
+    reusing the summary written with the old settings."""
+    from hydra import compose, initialize_config_dir
+
+    from hebatron_nemo.config import register_configs
+    from hebatron_nemo.eval.series import evaluate_series
+
+    register_configs()
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    models = [{"name": "model", "tokens": 0, "dir": str(tiny / "model")}]
+    seen = []
+    for limit, tasks in ((2, "[copa_heb]"), (3, "[copa_heb]"), (3, "[copa_heb,arc_en]")):
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose("evaluate", overrides=["experiment=tiny_cpu", f"paths.work={tmp_path}", "threads=1",
+                                                 f"evaluate.task_root={tiny / 'tasks'}", f"evaluate.limit={limit}",
+                                                 f"evaluate.tasks={tasks}", "evaluate.max_new_tokens=2"])
+        series = evaluate_series(cfg, tmp_path / "run", models, log=lambda *_: None)
+        summary = json.loads((tmp_path / "run" / "eval" / "model" / "summary.json").read_text())
+        seen.append((summary["tasks"]["copa_heb"]["n_scored"], sorted(series["models"][0]["scores"])))
+    assert seen == [(2, ["copa_heb"]), (3, ["copa_heb"]), (3, ["arc_en", "copa_heb"])]

@@ -278,7 +278,8 @@ def evaluate_model(model_dir: str | Path, tasks: list[str], task_root: str | Pat
     seconds = round(time.perf_counter() - t0, 3)
 
     settings = {"n_shot": n_shot, "limit": limit, "batch_size": batch_size, "chat": chat, "backend": backend,
-                "max_new_tokens": max_new_tokens, "schema_dir": str(schema_dir) if schema_dir else None}
+                "max_new_tokens": max_new_tokens, "schema_dir": str(schema_dir) if schema_dir else None,
+                "tasks": list(tasks)}
     per_task = {n: {"fewshot_source": fewshot_source(task_root / n, int(raw["n-shot"].get(n, 0))),
                     "test_file": str(present[n])} for n in written}
     extra = _extra_metrics(raw, schemas, comet_model, log)

@@ -94,9 +94,11 @@ def evaluate_series(cfg, run_dir: Path, models: list[dict], log=print) -> dict:
         out_dir = run_dir / "eval" / m["name"]
         summary = read_json(out_dir / SUMMARY)
         ident = model_identity(m["dir"])
-        if summary is not None and (summary.get("settings", {}).get("backend") != ev.backend
+        wanted = {"n_shot": ev.n_shot, "limit": ev.limit, "max_new_tokens": ev.max_new_tokens,
+                  "chat": bool(m.get("chat")), "backend": ev.backend, "tasks": list(ev.tasks)}
+        if summary is not None and (any(summary.get("settings", {}).get(k, "?") != v for k, v in wanted.items())
                                     or "results_file" not in summary):
-            summary = None  # written by another backend, or by the engine before lm-eval
+            summary = None  # scored with other settings or tasks (a changed evaluate.* reruns the stage)
         if summary is not None and ident["weights_sha256"] and summary.get("weights_sha256") != ident["weights_sha256"]:
             summary = None  # scored on other weights (the model was re-exported since)
         if summary is None:
