@@ -827,3 +827,28 @@ def test_series_rescores_a_model_when_the_evaluate_settings_change(tiny, tmp_pat
         summary = json.loads((tmp_path / "run" / "eval" / "model" / "summary.json").read_text())
         seen.append((summary["tasks"]["copa_heb"]["n_scored"], sorted(series["models"][0]["scores"])))
     assert seen == [(2, ["copa_heb"]), (3, ["copa_heb"]), (3, ["arc_en", "copa_heb"])]
+
+
+def test_the_evaluate_stage_writes_the_reverse_translation_and_the_long_context_task_at_the_demo_length(tiny, tmp_path):
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    from hebatron_nemo.config import register_configs
+    from hebatron_nemo.eval.long_context import load_generator_config
+    from hebatron_nemo.eval.series import write_demo_tasks_if_missing
+
+    register_configs()
+    tasks = tmp_path / "tasks"
+    shutil.copytree(tiny / "tasks" / "ted_heb", tasks / "ted_heb")
+    prepared = _prepared_hebrew(tmp_path, tiny / "tok")
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["experiment=tiny_cpu", f"paths.work={tmp_path}", f"evaluate.task_root={tasks}",
+                                             f"data.output_dir={prepared}", f"tokenizer.path={tiny / 'tok'}"])
+    write_demo_tasks_if_missing(cfg, log=lambda *_: None)
+    assert (tasks / "ted_en_heb" / "test.jsonl").read_bytes() == (tasks / "ted_heb" / "test.jsonl").read_bytes()
+    rows = [json.loads(x) for x in (tasks / "hebrew_needle" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    demo_length = max(int(s.seq_length) for s in cfg.curriculum.segments)
+    assert demo_length == 512 and {r["needle_length"] for r in rows} == {demo_length}
+    assert sorted(r["needle_depth"] for r in rows) == sorted(float(d) for d in load_generator_config()["depths"])

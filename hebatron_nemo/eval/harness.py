@@ -379,8 +379,10 @@ def comet_score(rows: list[dict], schema: TaskSchema, comet_model: str | None, l
 
     data = [{"src": str(_lookup(r["doc"], schema.source_field)), "mt": r["filtered_resps"][0].strip(),
              "ref": str(_lookup(r["doc"], schema.target_field))} for r in rows]
+    import torch
+
     model = load_from_checkpoint(str(ckpt))
-    out = model.predict(data, batch_size=8, gpus=0, progress_bar=False)
+    out = model.predict(data, batch_size=8, gpus=1 if torch.cuda.is_available() else 0, progress_bar=False)
     return 100.0 * float(out.system_score)
 
 

@@ -207,9 +207,11 @@ def write_demo_tasks_if_missing(cfg, log=print) -> None:
         shutil.copytree(ted, tmp)
         tmp.replace(en_he)
     prepared = Path(str(cfg.data.output_dir))
-    if not (root / TASK / "test.jsonl").is_file() and (prepared / "he_long" / "valid.idx").is_file():
+    config = load_generator_config()
+    sources = [s for s in config["sources"] if (prepared / s / f"{config['split']}.idx").is_file()]
+    if not (root / TASK / "test.jsonl").is_file() and sources:
         length = max(int(seg.seq_length) for seg in cfg.curriculum.segments)
-        config = load_generator_config(lengths=[length]) | {"rows_per_cell": 1}
+        config |= {"lengths": [length], "rows_per_cell": 1, "sources": sources}
         write_needle_task(root, prepared, cfg.tokenizer.path, config)
         log(f"wrote the long-context task at {length} tokens -> {root / TASK}")
 

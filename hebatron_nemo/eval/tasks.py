@@ -12,7 +12,8 @@ column names maps by editing YAML, not code. Keys:
     * ``multiple_choice``  pick the choice with the highest log-likelihood after the prompt;
     * ``generative_exact`` greedy generation, exact match after answer extraction;
     * ``span_f1``          greedy generation, SQuAD-style token F1 against the answer span(s);
-    * ``translation``      greedy generation, corpus BLEU and chrF against the reference.
+    * ``translation``      greedy generation, corpus BLEU and chrF against the reference (and COMET
+                           when ``evaluate.comet_model`` names a COMET checkpoint folder).
 ``id_field``
     column with a stable row id (optional; default ``"<file name>:<line>"``). Duplicates are errors.
 ``question_field``, ``context_field``
