@@ -544,6 +544,9 @@ class EvaluateConfig:
     max_new_tokens: Optional[int] = None  # caps every generative task's generation (CPU demo); None = schema's
     model_dir: Optional[str] = None  # one HF folder; default: the run's series (base, phase ends, final, SFT)
     write_demo_tasks: bool = True  # write the demo task files when task_root has none
+    backend: str = "hf"  # lm-eval's model: hf (CPU, transformers) | vllm (GPU nodes; vLLM installed there)
+    tensor_parallel_size: int = 1  # vllm: GPUs one model is split over
+    comet_model: Optional[str] = None  # a COMET checkpoint folder: translation tasks add COMET (else chrF/BLEU only)
 
 
 @dataclass

@@ -1,7 +1,15 @@
-"""Evaluate one model, or a run's checkpoint series, on the Hebrew suite and the English pack.
+"""Evaluate one model, or a run's checkpoint series, on the Hebrew suite and the English pack, through
+lm-evaluation-harness (`lm_eval.simple_evaluate`) on the task YAMLs written from `conf/eval_tasks`.
 
     python recipes/evaluate.py experiment=tiny_cpu                       # base, phase ends, final, SFT
     python recipes/evaluate.py experiment=tiny_cpu evaluate.model_dir=work/runs/x/hf/sft
+    python recipes/evaluate.py ... evaluate.backend=vllm evaluate.tensor_parallel_size=8   # a GPU node
+
+`evaluate.backend=hf` (default, CPU): lm-eval's HF model around the loaded export; log-likelihoods in
+batches (right padding is harmless), generation with batch size 1 (lm-eval left-pads generation
+batches, and left padding would flow through the Mamba layers' state). `vllm`: lm-eval's vLLM model
+(installed on GPU nodes only). Per model: `<run_dir>/eval/<model>/results.json` (lm-eval's results),
+`<task>.samples.jsonl` and `summary.json`; the series in `<run_dir>/eval/series.json`/`.png`.
 
 Every model is loaded with the export's strict loader (hebatron_nemo.export.hf.load_exported): a
 release-format folder whose weight keys are exactly the model's and whose weight files match the

@@ -39,7 +39,6 @@ def data(tmp_path_factory):
 
 DRIVER = textwrap.dedent("""
     import os, signal, sys
-    sys.path[:0] = [{tests!r}, {repo!r}]
     from pathlib import Path
     from corpus import train_config
     from hebatron_nemo.backends.local import cpt, router
@@ -61,7 +60,7 @@ DRIVER = textwrap.dedent("""
 
 def _drive(data, run_dir, kill_at=0, nproc=1, overrides=None, phases=PHASES):
     overrides = {"checkpoint.every_steps": 3, "eval.every_steps": 4, **(overrides or {})}
-    script = DRIVER.format(tests=str(REPO / "tests"), repo=str(REPO), data=str(data), sources=SOURCES, phases=phases, segs=SEGS,
+    script = DRIVER.format(data=str(data), sources=SOURCES, phases=phases, segs=SEGS,
                            anchor=ANCHOR, overrides=overrides, run_dir=str(run_dir), kill_at=kill_at)
     path = Path(run_dir).parent / f"driver-{Path(run_dir).name}.py"
     path.parent.mkdir(parents=True, exist_ok=True)

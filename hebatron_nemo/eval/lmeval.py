@@ -1,26 +1,29 @@
-"""The task schemas as lm-evaluation-harness task YAMLs, for ``lm_eval --include_path <out_dir>``.
+"""The task schemas as lm-evaluation-harness task YAMLs, for ``lm_eval --include_path <out_dir>``
+(``recipes/evaluate.py`` scores through exactly these files).
 
 Each task folder with a ``test.jsonl`` becomes ``<out_dir>/<task>.yaml``:
 
-* ``dataset_path: json`` with ``data_files`` pointing at the absolute task files (``test``, and
-  ``dev``/``train`` when present as the few-shot split, first-n sampler);
+* ``dataset_path: json`` with ``data_files`` pointing at the absolute task files;
+* **few-shot examples** are the first ``k`` rows of ``dev.jsonl``, else of ``train.jsonl`` (``first_n``
+  sampler). A task with neither holds its first ``k`` test rows out: they are written to
+  ``<out_dir>/data/<task>/fewshot.jsonl`` and the remaining rows to ``.../test.jsonl``, so those ``k``
+  rows are shown to every scored row and never scored themselves (no row is its own example). ``k``
+  is ``n_shot`` when given, else the schema's ``num_fewshot``;
 * ``doc_to_text`` is the schema's ``str.format`` prompt rewritten as Jinja over the raw columns
   (dotted paths become subscripts, value maps become dict lookups), ``doc_to_choice`` and
-  ``doc_to_target`` are Jinja too, and the delimiters are the schema's;
-* ``multiple_choice`` tasks report lm-eval's ``acc`` and ``acc_norm`` (the same definitions as
-  ``scorers``); translation reports lm-eval's corpus ``bleu`` and ``chrf`` (sacrebleu, the same
-  defaults); ``generative_exact`` and ``span_f1`` score through ``process_results`` functions that call
-  this package's scorers (lm-eval has no GSM8K extraction plus Hebrew normalization of its own), in
-  ``<out_dir>/hebatron_lmeval_utils.py``, which needs ``hebatron_nemo`` importable (it falls back to
-  this checkout's path).
+  ``doc_to_target`` are Jinja too, and the delimiters are the schema's (a few-shot example is
+  ``prompt + target_delimiter + answer``, joined by ``fewshot_delimiter``);
+* ``multiple_choice`` tasks report lm-eval's ``acc`` and ``acc_norm`` (``acc_norm`` divides each
+  choice's log-likelihood by its length in characters); translation reports lm-eval's corpus ``bleu``
+  and ``chrf`` (sacrebleu's defaults); ``generative_exact`` and ``span_f1`` score through
+  ``process_results`` functions that call this package's scorers (lm-eval has no GSM8K extraction
+  plus Hebrew normalization of its own), in ``<out_dir>/hebatron_lmeval_utils.py``, which needs
+  ``hebatron_nemo`` importable (it falls back to this checkout's path);
+* generation is greedy, ``max_gen_toks`` the schema's ``max_new_tokens`` (capped by
+  ``max_new_tokens`` when given), and stops at the schema's ``stop`` strings and ``<|im_end|>``.
 
 Every task is also tagged ``hebatron`` and ``hebatron_<language>``, so ``--tasks hebatron_he`` runs
-the Hebrew ones.
-
-Differences from ``engine`` worth knowing: with no dev/train file, lm-eval draws the few-shot
-examples from the other test rows (first n, the scored row excluded) and scores every test row,
-while ``engine`` holds the first n rows out; lm-eval prepends no chat template unless asked
-(``--apply_chat_template``).
+the Hebrew ones. lm-eval prepends no chat template unless asked (``apply_chat_template``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from hebatron_nemo.errors import ConfigError
+from hebatron_nemo.errors import ConfigError, DataError
 from hebatron_nemo.sft.template import IM_END
 from hebatron_nemo.eval.tasks import (
     TaskSchema,
@@ -46,7 +49,7 @@ from hebatron_nemo.eval.tasks import (
     schema_from_dict,
 )
 
-__all__ = ["UTILS_MODULE", "make_process_results", "task_config", "write_lmeval_tasks"]
+__all__ = ["UTILS_MODULE", "fewshot_source", "make_process_results", "task_config", "write_lmeval_tasks"]
 
 UTILS_MODULE = "hebatron_lmeval_utils"
 _HEADER = "# written by hebatron_nemo.eval.lmeval"
@@ -172,12 +175,48 @@ def schema_to_dict(schema: TaskSchema) -> dict:
     return out
 
 
-def task_config(schema: TaskSchema, task_dir: str | Path, tag: str = "hebatron") -> dict:
-    """One lm-eval task config (the YAML's content) for a task folder holding ``test.jsonl``."""
+def _held_out_files(test: Path, k: int, data_dir: Path) -> tuple[Path, Path]:
+    """The first ``k`` non-blank lines of ``test`` as ``fewshot.jsonl``, the rest as ``test.jsonl``,
+    under ``data_dir`` (written to temporary names, then renamed)."""
+    lines = [x for x in test.read_text(encoding="utf-8").lstrip("\ufeff").splitlines() if x.strip()]
+    if len(lines) <= k:
+        raise DataError(f"{k} few-shot examples come from the test rows (no dev/train file) and leave none of "
+                        f"its {len(lines)} rows to score", path=str(test))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, part in (("fewshot.jsonl", lines[:k]), ("test.jsonl", lines[k:])):
+        target = data_dir / name
+        tmp = target.with_name(name + ".tmp")
+        tmp.write_text("\n".join(part) + "\n", encoding="utf-8")
+        tmp.replace(target)
+        out.append(target.resolve())
+    return out[0], out[1]
+
+
+def fewshot_source(task_dir: str | Path, k: int) -> str:
+    """Where a task's ``k`` few-shot examples come from (the rule in the module docstring)."""
+    if not k:
+        return "none"
+    for split in ("dev", "train"):
+        if find_split(task_dir, split) is not None:
+            return f"{split}.jsonl"
+    return f"test.jsonl (first {k} rows, held out from scoring)"
+
+
+def task_config(schema: TaskSchema, task_dir: str | Path, tag: str = "hebatron", *, n_shot: int | None = None,
+                max_new_tokens: int | None = None, data_dir: str | Path | None = None) -> dict:
+    """One lm-eval task config (the YAML's content) for a task folder holding ``test.jsonl``.
+
+    ``n_shot`` overrides the schema's ``num_fewshot``; ``max_new_tokens`` caps its generation length;
+    ``data_dir`` is where held-out few-shot rows are written when the task has no dev/train file
+    (required then)."""
     task_dir = Path(task_dir).resolve()
     test = find_split(task_dir, "test")
     if test is None:
         raise ConfigError(f"{task_dir}: no test.jsonl")
+    k = schema.num_fewshot if n_shot is None else n_shot
+    if k < 0:
+        raise ConfigError(f"n_shot must be >= 0, got {k}")
     data_files = {"test": str(test)}
     fewshot_split = "test"
     for split in ("dev", "train"):
@@ -186,6 +225,14 @@ def task_config(schema: TaskSchema, task_dir: str | Path, tag: str = "hebatron")
             data_files[split] = str(p)
             fewshot_split = split
             break
+    else:
+        if k:
+            if data_dir is None:
+                raise ConfigError(f"{task_dir}: {k}-shot without a dev/train file needs a data_dir for the "
+                                  "held-out rows")
+            shots, rest = _held_out_files(test, k, Path(data_dir))
+            data_files = {"test": str(rest), "fewshot": str(shots)}
+            fewshot_split = "fewshot"
     cfg: dict = {
         "task": schema.name,
         "tag": [tag, f"{tag}_{schema.language}"],
@@ -194,7 +241,7 @@ def task_config(schema: TaskSchema, task_dir: str | Path, tag: str = "hebatron")
         "test_split": "test",
         "fewshot_split": fewshot_split,
         "fewshot_config": {"sampler": "first_n"},
-        "num_fewshot": schema.num_fewshot,
+        "num_fewshot": k,
         "doc_to_text": prompt_to_jinja(schema),
         "target_delimiter": schema.target_delimiter,
         "fewshot_delimiter": schema.fewshot_delimiter,
@@ -223,7 +270,8 @@ def task_config(schema: TaskSchema, task_dir: str | Path, tag: str = "hebatron")
             "output_type": "generate_until",
             "doc_to_target": target,
             "generation_kwargs": {"until": list(dict.fromkeys([*schema.stop, IM_END])), "do_sample": False,
-                                  "max_gen_toks": schema.max_new_tokens},
+                                  "max_gen_toks": schema.max_new_tokens if max_new_tokens is None
+                                  else min(max_new_tokens, schema.max_new_tokens)},
         })
         if schema.type == "translation":
             cfg["metric_list"] = [{"metric": m, "aggregation": m, "higher_is_better": True} for m in ("bleu", "chrf")]
@@ -261,10 +309,12 @@ from hebatron_nemo.eval.lmeval import make_process_results
 
 
 def write_lmeval_tasks(task_root: str | Path, out_dir: str | Path, tasks: list[str] | None = None, *,
-                       schema_dir: str | Path | None = None, tag: str = "hebatron") -> list[str]:
+                       schema_dir: str | Path | None = None, tag: str = "hebatron", n_shot: int | None = None,
+                       max_new_tokens: int | None = None) -> list[str]:
     """Writes ``<out_dir>/<task>.yaml`` for each task (default: every schema) whose
-    ``<task_root>/<task>/test.jsonl`` exists, plus the ``process_results`` module; returns the task
-    names written. Use with ``lm_eval --include_path <out_dir> --tasks <names>`` or
+    ``<task_root>/<task>/test.jsonl`` exists, plus the ``process_results`` module (and held-out few-shot
+    rows under ``<out_dir>/data/``); returns the task names written. ``n_shot`` and ``max_new_tokens``
+    as in ``task_config``. Use with ``lm_eval --include_path <out_dir> --tasks <names>`` or
     ``TaskManager(include_path=<out_dir>)``."""
     names = resolve_task_names(tasks or available_tasks(schema_dir), schema_dir)
     out = Path(out_dir)
@@ -280,7 +330,8 @@ def write_lmeval_tasks(task_root: str | Path, out_dir: str | Path, tasks: list[s
         task_dir = Path(task_root) / name
         if find_split(task_dir, "test") is None:
             continue
-        cfg = task_config(schema, task_dir, tag=tag)
+        cfg = task_config(schema, task_dir, tag=tag, n_shot=n_shot, max_new_tokens=max_new_tokens,
+                          data_dir=out / "data" / name)
         text = yaml.dump(cfg, Dumper=_Dumper, allow_unicode=True, sort_keys=False, width=1 << 30)
         (out / f"{name}.yaml").write_text(f"{_HEADER} from {schema.path}; regenerate, do not edit\n" + text,
                                           encoding="utf-8")

@@ -203,6 +203,18 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"| {m['name']} | {m['tokens']:,} | " + " | ".join(
                 f"{m['scores'][t]:.1f}" if t in m["scores"] else "-" for t in tasks) + " |")
         lines.append("")
+        lengths = sorted({int(n) for m in series["models"] for n in m.get("long_context", {})})
+        if lengths:
+            lines += ["### Long-context retrieval (hebrew_needle)", "",
+                      "A fact planted at several depths in Hebrew documents of each length (tokens); "
+                      "exact match on it, 0-100.", "",
+                      "| model | " + " | ".join(f"{n:,} tokens" for n in lengths) + " |",
+                      "|---" * (len(lengths) + 1) + "|"]
+            for m in series["models"]:
+                lc = m.get("long_context", {})
+                lines.append(f"| {m['name']} | " + " | ".join(
+                    f"{lc[str(n)]:.1f}" if str(n) in lc else "-" for n in lengths) + " |")
+            lines.append("")
     out = run_dir / "report.md"
     tmp = out.with_suffix(".tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")

@@ -1,17 +1,11 @@
-"""Scoring rules, as pure functions of predictions and golds (no model in sight).
-
-Multiple choice (log-likelihood), for row i with choices c_i0..c_ik, gold g_i and
-``ll_ij = sum_t log p(token_t | prompt, earlier tokens of the continuation j)``:
-
-* ``acc      = mean_i [argmax_j ll_ij == g_i]``
-* ``acc_norm = mean_i [argmax_j ll_ij / len(c_ij) == g_i]``, ``len`` counting the choice's characters
-  (without the delimiter before it), as lm-evaluation-harness does.
-
-``argmax`` breaks ties towards the lower index (numpy's rule), so a model that assigns every choice
-the same score always answers the first one.
+"""The scoring rules lm-evaluation-harness has no equivalent of, as pure functions of predictions and
+golds (no model in sight). The task YAMLs (``lmeval``) call them through ``process_results``; lm-eval
+itself scores multiple choice (``acc``, ``acc_norm`` per character) and translation (corpus BLEU and
+chrF, sacrebleu's defaults).
 
 Generative exact match: ``exact_match = mean_i max_{a in golds_i} [norm(pred_i) == norm(a)]`` where
-``norm`` is ``normalize_answer``, or, for GSM8K-style tasks, ``extract_gsm8k`` (a prediction without a
+``norm`` is ``normalize_answer`` (SQuAD's normalization made to work for Hebrew: lm-eval's removes
+neither niqqud nor maqaf), or, for GSM8K-style tasks, ``extract_gsm8k`` (a prediction without a
 number scores 0).
 
 Span F1 (SQuAD): over the tokens of ``normalize_answer``, with ``common`` the multiset intersection,
@@ -19,16 +13,7 @@ Span F1 (SQuAD): over the tokens of ``normalize_answer``, with ``common`` the mu
 shared; 1 when both are empty, 0 when only one is); a row scores the max over its golds; the task
 reports the mean over rows.
 
-Translation, corpus-level, sacrebleu's defaults, 0-100:
-
-* BLEU: ``100 * BP * exp(mean_{n=1..4} log p_n)``, ``p_n`` the clipped n-gram precision pooled over
-  all sentences (13a tokenization, exponential smoothing of zero counts), ``BP = min(1, exp(1 - r/c))``
-  with ``r``, ``c`` the total reference and hypothesis lengths.
-* chrF: whitespace removed, character n-grams for n = 1..6; ``P`` and ``R`` are the mean over the
-  orders that both sides have of the pooled n-gram precision and recall;
-  ``chrF = 100 * (1 + b^2) * P * R / (b^2 * P + R)`` with ``b = 2`` (recall weighs more).
-
-Accuracy, exact match and F1 are fractions in [0, 1]; BLEU and chrF are on sacrebleu's 0-100.
+Exact match and F1 are fractions in [0, 1].
 """
 
 from __future__ import annotations
@@ -40,16 +25,11 @@ from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
 __all__ = [
-    "choose",
-    "corpus_bleu",
-    "corpus_chrf",
     "exact_match",
     "extract_gsm8k",
-    "mc_accuracy",
     "mean",
     "normalize_answer",
     "normalize_number",
-    "sentence_chrf",
     "token_f1",
 ]
 
@@ -62,32 +42,6 @@ def mean(xs: Sequence[float]) -> float:
     if not xs:
         raise ValueError("mean of no values")
     return float(sum(xs)) / len(xs)
-
-
-# --------------------------------------------------------------------------- multiple choice
-
-
-def choose(logprobs: Sequence[float], lengths: Sequence[int] | None = None) -> int:
-    """The chosen choice: argmax of the log-likelihoods (divided by ``lengths`` when given), the
-    lowest index on ties."""
-    if not logprobs:
-        raise ValueError("no choices")
-    scores = list(logprobs) if lengths is None else [ll / max(1, n) for ll, n in zip(logprobs, lengths, strict=True)]
-    best = 0
-    for j, s in enumerate(scores):
-        if s > scores[best]:
-            best = j
-    return best
-
-
-def mc_accuracy(logprobs: Sequence[Sequence[float]], golds: Sequence[int],
-                choices: Sequence[Sequence[str]]) -> dict[str, float]:
-    """``acc`` and ``acc_norm`` (see the module docstring) over rows of per-choice log-likelihoods."""
-    if not (len(logprobs) == len(golds) == len(choices)):
-        raise ValueError("logprobs, golds and choices must have one entry per row")
-    acc = [float(choose(ll) == g) for ll, g in zip(logprobs, golds)]
-    acc_norm = [float(choose(ll, [len(c) for c in cs]) == g) for ll, g, cs in zip(logprobs, golds, choices)]
-    return {"acc": mean(acc), "acc_norm": mean(acc_norm)}
 
 
 # --------------------------------------------------------------------------- answer extraction
@@ -184,37 +138,3 @@ def token_f1(prediction: str, golds: Sequence[str]) -> float:
                 f1 = 2 * p * r / (p + r)
         best = max(best, f1)
     return best
-
-
-# --------------------------------------------------------------------------- translation
-
-
-def _check_pairs(hypotheses: Sequence[str], references: Sequence[str]) -> None:
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
-    if not hypotheses:
-        raise ValueError("no sentences")
-
-
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU (sacrebleu defaults, 0-100), one reference per hypothesis."""
-    import sacrebleu
-
-    _check_pairs(hypotheses, references)
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
-
-
-def corpus_chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus chrF (sacrebleu defaults: char 6-grams, beta 2; 0-100), one reference per hypothesis."""
-    import sacrebleu
-
-    _check_pairs(hypotheses, references)
-    return float(sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score)
-
-
-def sentence_chrf(hypothesis: str, reference: str) -> float:
-    """chrF of one sentence (sacrebleu defaults, 0-100): for reading rows, not for the task score
-    (corpus chrF pools statistics over sentences, it is not the mean of these)."""
-    import sacrebleu
-
-    return float(sacrebleu.sentence_chrf(hypothesis, [reference]).score)

@@ -83,28 +83,50 @@ def _base_dir(cfg, plan) -> Path | None:
 
 
 def evaluate_series(cfg, run_dir: Path, models: list[dict], log=print) -> dict:
-    """Scores every model on the configured tasks; writes <run_dir>/eval/series.json and series.png."""
-    from hebatron_nemo.eval.engine import evaluate_model, model_identity
+    """Scores every model on the configured tasks through lm-evaluation-harness (`harness.evaluate_model`,
+    one model loaded at a time); writes <run_dir>/eval/<model>/results.json (lm-eval's) and summary.json,
+    then <run_dir>/eval/series.json and series.png, read from those result files."""
+    from hebatron_nemo.eval.harness import SUMMARY, evaluate_model, model_identity
 
+    ev = cfg.evaluate
     results = []
     for m in models:
         out_dir = run_dir / "eval" / m["name"]
-        summary = read_json(out_dir / "summary.json")
+        summary = read_json(out_dir / SUMMARY)
         ident = model_identity(m["dir"])
+        wanted = {"n_shot": ev.n_shot, "limit": ev.limit, "max_new_tokens": ev.max_new_tokens,
+                  "chat": bool(m.get("chat")), "backend": ev.backend, "tasks": list(ev.tasks)}
+        if summary is not None and (any(summary.get("settings", {}).get(k, "?") != v for k, v in wanted.items())
+                                    or "results_file" not in summary):
+            summary = None  # scored with other settings or tasks (a changed evaluate.* reruns the stage)
         if summary is not None and ident["weights_sha256"] and summary.get("weights_sha256") != ident["weights_sha256"]:
             summary = None  # scored on other weights (the model was re-exported since)
         if summary is None:
             log(f"evaluating {m['name']} ({m['tokens']:,} tokens)")
-            summary = evaluate_model(m["dir"], list(cfg.evaluate.tasks), cfg.evaluate.task_root, cfg.evaluate.n_shot,
-                                     cfg.evaluate.limit, out_dir, chat=bool(m.get("chat")), threads=cfg.threads,
-                                     max_new_tokens=cfg.evaluate.max_new_tokens, log=lambda *a: None)
+            summary = evaluate_model(m["dir"], list(ev.tasks), ev.task_root, ev.n_shot, ev.limit, out_dir,
+                                     chat=bool(m.get("chat")), threads=cfg.threads, max_new_tokens=ev.max_new_tokens,
+                                     backend=ev.backend, tensor_parallel_size=ev.tensor_parallel_size,
+                                     comet_model=ev.comet_model, log=lambda *a: None)
         results.append({**m, "summary": summary})
     series = {"models": [{k: v for k, v in r.items() if k != "summary"} |
                          {"scores": {t: s["score"] for t, s in r["summary"]["tasks"].items()},
-                          "averages": r["summary"].get("averages", {})} for r in results]}
+                          "averages": r["summary"].get("averages", {}),
+                          "results_file": r["summary"].get("results_file"),
+                          **({"long_context": lc} if (lc := _long_context(r["summary"])) else {})}
+                         for r in results]}
     write_json_atomic(run_dir / "eval" / "series.json", series)
     plot_series(run_dir, series)
     return series
+
+
+def _long_context(summary: dict) -> dict | None:
+    """The long-context task's accuracy per length (0-100), if it was scored."""
+    from hebatron_nemo.eval.long_context import TASK
+
+    entry = summary["tasks"].get(TASK)
+    if not entry or not entry.get("by_length"):
+        return None
+    return {length: 100.0 * acc for length, acc in entry["by_length"].items()}
 
 
 def plot_series(run_dir: Path, series: dict) -> None:
@@ -144,14 +166,62 @@ def plot_series(run_dir: Path, series: dict) -> None:
     tmp.replace(run_dir / "eval" / "series.png")
 
 
-def run_evaluate(cfg, log=print) -> dict:
-    """`recipes/evaluate.py`: one model folder (`evaluate.model_dir`), or the run's series; writes the
-    demo task files first when `task_root` has none; prints one line per model."""
+def check_evaluate_config(ev) -> None:
+    """The `evaluate` keys lm-eval is run with, checked before any model is exported or loaded."""
+    from hebatron_nemo.errors import ConfigError
+    from hebatron_nemo.eval.harness import BACKENDS
+
+    if ev.backend not in BACKENDS:
+        raise ConfigError(f"evaluate.backend: {ev.backend!r} is not one of {', '.join(BACKENDS)}")
+    if ev.tensor_parallel_size < 1:
+        raise ConfigError(f"evaluate.tensor_parallel_size: must be >= 1, got {ev.tensor_parallel_size}")
+    if ev.backend == "hf" and ev.tensor_parallel_size != 1:
+        raise ConfigError("evaluate.tensor_parallel_size applies to evaluate.backend=vllm; the hf backend "
+                          "scores on one device")
+    if ev.comet_model and not (Path(str(ev.comet_model)) / "checkpoints" / "model.ckpt").is_file():
+        raise ConfigError(f"evaluate.comet_model: {ev.comet_model} holds no checkpoints/model.ckpt "
+                          "(a COMET checkpoint folder)")
+    if ev.limit is not None and ev.limit < 1:
+        raise ConfigError(f"evaluate.limit: must be >= 1, got {ev.limit}")
+
+
+def write_demo_tasks_if_missing(cfg, log=print) -> None:
+    """The demo's task files under `evaluate.task_root`: the demo tasks when the folder has none; the
+    English -> Hebrew translation (the held-out pairs of ted_heb, other direction) and the long-context
+    task at the demo model's own sequence length (the curriculum's longest segment), from the prepared
+    validation documents, when those exist and the folders do not."""
+    import shutil
+
+    from hebatron_nemo.eval.long_context import TASK, load_generator_config, write_needle_task
+
     root = Path(str(cfg.evaluate.task_root))
-    if cfg.evaluate.write_demo_tasks and not any(root.glob("*/test.jsonl")):
+    if not any(root.glob("*/test.jsonl")):
         from hebatron_nemo.demo.tasks import write_demo_tasks
 
         write_demo_tasks(root, corpus_dir=cfg.data.raw_dir)
+    ted, en_he = root / "ted_heb", root / "ted_en_heb"
+    if (ted / "test.jsonl").is_file() and not (en_he / "test.jsonl").is_file():
+        # the rows hold both sides ({"id", "he", "en"}); the schema picks the direction
+        tmp = root / "ted_en_heb.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(ted, tmp)
+        tmp.replace(en_he)
+    prepared = Path(str(cfg.data.output_dir))
+    config = load_generator_config()
+    sources = [s for s in config["sources"] if (prepared / s / f"{config['split']}.idx").is_file()]
+    if not (root / TASK / "test.jsonl").is_file() and sources:
+        length = max(int(seg.seq_length) for seg in cfg.curriculum.segments)
+        config |= {"lengths": [length], "rows_per_cell": 1, "sources": sources}
+        write_needle_task(root, prepared, cfg.tokenizer.path, config)
+        log(f"wrote the long-context task at {length} tokens -> {root / TASK}")
+
+
+def run_evaluate(cfg, log=print) -> dict:
+    """`recipes/evaluate.py`: one model folder (`evaluate.model_dir`), or the run's series; writes the
+    demo task files first (`write_demo_tasks_if_missing`); prints one line per model."""
+    check_evaluate_config(cfg.evaluate)
+    if cfg.evaluate.write_demo_tasks:
+        write_demo_tasks_if_missing(cfg, log=log)
     run_dir = Path(str(cfg.run_dir))
     if cfg.evaluate.model_dir:
         models = [{"name": Path(str(cfg.evaluate.model_dir)).name, "tokens": 0, "dir": str(cfg.evaluate.model_dir)}]

@@ -12,7 +12,8 @@ column names maps by editing YAML, not code. Keys:
     * ``multiple_choice``  pick the choice with the highest log-likelihood after the prompt;
     * ``generative_exact`` greedy generation, exact match after answer extraction;
     * ``span_f1``          greedy generation, SQuAD-style token F1 against the answer span(s);
-    * ``translation``      greedy generation, corpus BLEU and chrF against the reference.
+    * ``translation``      greedy generation, corpus BLEU and chrF against the reference (and COMET
+                           when ``evaluate.comet_model`` names a COMET checkpoint folder).
 ``id_field``
     column with a stable row id (optional; default ``"<file name>:<line>"``). Duplicates are errors.
 ``question_field``, ``context_field``
@@ -100,10 +101,10 @@ METRICS = {
 }
 DEFAULT_PRIMARY = {"multiple_choice": "acc", "generative_exact": "exact_match", "span_f1": "f1",
                    "translation": "chrf"}
-# What each average means; the engine labels every average with the tasks it actually averaged.
+# What each average means; harness.summarize labels every average with the tasks it actually averaged.
 AVERAGES = {
     "hebrew_average": "every Hebrew task evaluated, each on its primary metric (0-100)",
-    "english_average": "the English forgetting pack (ARC, HellaSwag, MMLU, GSM8K in English)",
+    "english_average": "the English forgetting pack (ARC, HellaSwag, MMLU, GSM8K, Psychometric in English)",
     "hebrew_reasoning_paper": "the Hebatron paper's Hebrew reasoning average: COPA, ARC, HellaSwag, "
                               "MMLU, GSM8K, Psychometric",
 }
@@ -151,7 +152,7 @@ class TaskSchema:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        """The metrics the engine reports for this task."""
+        """The metrics lm-eval reports for this task (the task YAML's metric list)."""
         return METRICS[self.type]
 
     @property

@@ -196,7 +196,7 @@ def make_health_callback(plan: dict, segment: int, run_dir: str | Path, router_c
             # MB: `exit_interval and step % exit_interval == 0` after this event -> save, then exit
             context.state.cfg.train.exit_interval = step
             if self._writer():
-                from hebatron_nemo.data.indexed import write_json_atomic
+                from hebatron_nemo.utils.io import write_json_atomic
 
                 write_json_atomic(run_dir / STOP_FILE, {"segment": segment, "step": step, "consumed_samples": consumed,
                                                          "tokens": tokens_after(plan, segment, consumed), "reason": reason})
