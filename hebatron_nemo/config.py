@@ -220,7 +220,9 @@ class SegmentConfig:
     seq_length: int = MISSING  # tokens per sample
     global_batch_size: int = MISSING  # samples per optimizer step (curriculum + anchor)
     micro_batch_size: int = 1  # samples per forward pass on one data-parallel rank
-    data_parallel_size: int = 1  # the global batch must divide by data_parallel_size x micro_batch_size
+    # the global batch must divide by data_parallel_size x micro_batch_size. None: the DP of the parallelism
+    # preset that trains the segment (megatron_bridge.segment_parallelism: world / (TP x PP x CP)), else 1
+    data_parallel_size: Optional[int] = None
 
 
 @dataclass

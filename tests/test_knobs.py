@@ -161,3 +161,15 @@ def test_the_sft_seam_builds_its_fields_from_the_table(composed, tmp_path):
                                   "sft_data": {"max_length": 2048}})
     f = flat(sft_overrides(moved, tmp_path))
     assert (f["validation.eval_interval"], f["checkpoint.save_interval"], f["model.seq_length"]) == (7, 9, 2048)
+
+
+def test_a_cluster_segments_data_parallel_size_comes_from_its_preset(composed):
+    """conf/curriculum/hebatron.yaml writes no DP: each segment's is its preset's world / (TP x PP x CP)."""
+    from hebatron_nemo.pipeline.stages import schedule_outline
+
+    cfg = composed["hebatron_cpt_8k_h100x64"]
+    assert [s.data_parallel_size for s in cfg.curriculum.segments] == [None, None]
+    assert [s["data_parallel_size"] for s in schedule_outline(cfg)] == [64, 8]
+    other = OmegaConf.merge(cfg, {"megatron_bridge": {"segment_parallelism": ["h100_16gpu", "h100_64gpu_64k_cp8"]}})
+    assert [s["data_parallel_size"] for s in schedule_outline(other)] == [16, 8]
+    assert [s["data_parallel_size"] for s in schedule_outline(composed["tiny_cpu"])] == [2, 2]  # written: local

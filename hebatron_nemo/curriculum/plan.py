@@ -282,6 +282,40 @@ ORDER_READINGS = {
 }
 
 
+def with_data_parallel(cfg):
+    """`cfg` with every curriculum segment's `data_parallel_size` set: its own value, else the DP its
+    parallelism preset gives (`megatron_bridge.segment_parallelism`, one preset per segment in training
+    order), else 1. One place for a cluster segment's DP: the preset that runs it."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    cur = cfg.curriculum
+    if all(s.data_parallel_size is not None for s in cur.segments):
+        return cfg
+    names = list(OmegaConf.select(cfg, "megatron_bridge.segment_parallelism", default=None) or [])
+    order = segment_order(cur)
+    if names and len(names) != len(order):
+        raise ConfigError(f"megatron_bridge.segment_parallelism={names} names {len(names)} presets, the curriculum "
+                          f"has {len(order)} segments. Fix: one conf/parallelism preset name per segment, in order")
+    out = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(out, False)
+    for t, k in enumerate(order):
+        seg = out.curriculum.segments[k]
+        if seg.data_parallel_size is None:
+            dp = 1
+            if names:
+                from hebatron_nemo.backends.megatron_bridge.checks import layout
+                from hebatron_nemo.backends.megatron_bridge.seam import load_preset
+
+                dp = layout(load_preset(names[t]))["dp"]
+                if dp is None:
+                    raise ConfigError(f"parallelism preset {names[t]!r} (segment {seg.name!r}): its GPUs do not "
+                                      "divide by TP x PP x CP. Fix: the preset's sizes")
+            seg.data_parallel_size = int(dp)
+    return out
+
+
 def segment_order(cur) -> list[int]:
     """The declared segment indices in the order they train: reversed under `reversed_full` only."""
     idx = list(range(len(cur.segments)))
@@ -336,6 +370,7 @@ def _realize_transitions(segments: list[dict], phases: list[dict], tb: int) -> N
 
 def build_plan(cfg, log=print) -> dict[str, Any]:
     """Validates the config and computes the whole plan (no training, no cache building)."""
+    cfg = with_data_parallel(cfg)
     _validate(cfg)
     cur, anchor, data = cfg.curriculum, cfg.anchor, cfg.data
     seg_names = [s.name for s in cur.segments]

@@ -419,8 +419,9 @@ def schedule_outline(cfg) -> list[dict]:
     from the run's start across segments (each `segment=<name>` job continues the count), so a
     phase-end checkpoint is `<megatron_bridge.save_dir>/iter_<end_step>`. Same formulas as
     `curriculum.plan.build_plan` (which checks them against the data)."""
-    from hebatron_nemo.curriculum.plan import _anchor_per_batch, realized_order
+    from hebatron_nemo.curriculum.plan import _anchor_per_batch, realized_order, with_data_parallel
 
+    cfg = with_data_parallel(cfg)
     cur = cfg.curriculum
     names = [seg.name for seg in cur.segments]
     batches = []
