@@ -85,8 +85,8 @@ def plan_config(root: Path, batches: int):
     return OmegaConf.merge(OmegaConf.structured(PlanConfig), {
         "paths": {"work": str(root)},
         "data": {"name": "bench", "raw_dir": str(root / "raw"), "output_dir": str(root / "data"), "sources": reg},
-        "curriculum": {"name": "bench", "segments": [{"name": "seq8k", "seq_length": SEQ, "global_batch": GLOBAL_BATCH,
-                                                      "micro_batch": 1, "data_parallel_size": 64}],
+        "curriculum": {"name": "bench", "segments": [{"name": "seq8k", "seq_length": SEQ, "global_batch_size": GLOBAL_BATCH,
+                                                      "micro_batch_size": 1, "data_parallel_size": 64}],
                        "phases": [{"name": "p1", "segment": "seq8k", "tokens": half, "sources": {"he_a": 0.7, "he_b": 0.3}},
                                   {"name": "p2", "segment": "seq8k", "tokens": half, "sources": {"he_a": 0.3, "he_b": 0.7}}]},
         "anchor": {"share": 0.25, "sources": {"en_x": 1.0}},

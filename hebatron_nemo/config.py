@@ -218,9 +218,11 @@ class SegmentConfig:
 
     name: str = MISSING
     seq_length: int = MISSING  # tokens per sample
-    global_batch: int = MISSING  # samples per optimizer step (curriculum + anchor)
-    micro_batch: int = 1  # samples per forward pass on one data-parallel rank
-    data_parallel_size: int = 1  # the global batch must divide by data_parallel_size x micro_batch
+    global_batch_size: int = MISSING  # samples per optimizer step (curriculum + anchor)
+    micro_batch_size: int = 1  # samples per forward pass on one data-parallel rank
+    # the global batch must divide by data_parallel_size x micro_batch_size. None: the DP of the parallelism
+    # preset that trains the segment (megatron_bridge.segment_parallelism: world / (TP x PP x CP)), else 1
+    data_parallel_size: Optional[int] = None
 
 
 @dataclass
@@ -256,7 +258,7 @@ class CurriculumConfig:
 class AnchorConfig:
     """The anti-forgetting anchor: replay of English data in every global batch, outside the curriculum."""
 
-    share: float = 0.0  # fraction of every global batch; round(share x global_batch) samples exactly
+    share: float = 0.0  # fraction of every global batch; round(share x global_batch_size) samples exactly
     sources: Dict[str, float] = field(default_factory=dict)  # anchor source -> weight
     allow_rounding: bool = False  # accept |effective - share| above `tolerance`
     tolerance: float = 0.005
@@ -297,9 +299,9 @@ class OptimConfig:
     decay_fraction: float = 0.2  # the last part of the tokens decays linearly from lr to min_lr
     rewarm_each_segment: bool = False
     weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
     clip_grad: float = 1.0  # max global gradient norm (0 = off)
 
 
@@ -340,7 +342,7 @@ class EvalConfig:
     """The cheap in-loop eval: English anchor and per-phase Hebrew validation loss, and a small
     multiple-choice log-likelihood pack per language built from held-out documents."""
 
-    every_steps: int = 50
+    eval_interval: int = 50  # CPT steps between evaluations (phase ends always evaluate); 0: phase ends only
     seq_length: int = 128  # one length for every eval, so the numbers compare across segments
     samples_per_set: int = 16
     mc_questions: int = 24  # per language
@@ -354,7 +356,7 @@ class EvalConfig:
 class CheckpointConfig:
     """Atomic checkpoints (temp folder, then rename); forced at every phase and segment end."""
 
-    every_steps: int = 100
+    save_interval: int = 100  # steps between periodic checkpoints, CPT and SFT (phase/segment ends are forced); 0: none
     keep_last: int = 2  # periodic checkpoints kept; phase/segment-end ones are always kept
     resume: bool = True  # continue from the latest complete checkpoint of run_dir
     allow_future_changes: bool = False  # accept a changed plan for phases that have not started
@@ -363,10 +365,10 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     tensorboard: bool = True
-    wandb: bool = True  # WANDB_MODE=offline unless set otherwise
+    wandb: bool = True  # W&B on (both backends); locally WANDB_MODE=offline unless set otherwise
     wandb_project: str = "hebatron"
     progress: bool = True
-    log_every: int = 1
+    log_interval: int = 1  # steps between training-metric lines
 
 
 @dataclass
@@ -376,8 +378,8 @@ class BaseModelConfig:
     sources: Dict[str, float] = field(default_factory=dict)
     tokens: float = 400_000
     seq_length: int = 128
-    global_batch: int = 16
-    micro_batch: int = 8
+    global_batch_size: int = 16
+    micro_batch_size: int = 8
     lr: float = 3e-3
     min_lr: float = 3e-4
     dir: str = MISSING  # cached at <dir>/<config hash>
@@ -397,11 +399,11 @@ class ParallelismConfig:
     name: str = "none"
     nodes: int = 1
     gpus_per_node: int = 8
-    tensor: int = 1  # TP; Nano regressed with TP > 1 in NeMo 26.06, so presets keep 1
-    pipeline: int = 1  # PP
-    context: int = 1  # CP; the 64K segment uses 4-8 (p2p: 2 KV heads cap all-to-all CP)
-    expert: int = 1  # EP
-    expert_tensor: int = 1  # ETP
+    tensor_model_parallel_size: int = 1  # TP; Nano regressed with TP > 1 in NeMo 26.06, so presets keep 1
+    pipeline_model_parallel_size: int = 1  # PP
+    context_parallel_size: int = 1  # CP; the 64K segment uses 4-8 (p2p: 2 KV heads cap all-to-all CP)
+    expert_model_parallel_size: int = 1  # EP
+    expert_tensor_parallel_size: int = 1  # ETP
     sequence_parallel: bool = False  # needs TP > 1
     cp_comm_type: str = "p2p"
     moe_dispatcher: str = "hybridep"  # hybridep (the recipe's) | deepep (opt-in; times out across nodes) | alltoall
@@ -418,23 +420,17 @@ class MegatronBridgeConfig:
     One job trains one plan segment (one sequence length); the next segment's job loads this one's
     checkpoint, so consumed samples, the LR schedule and the data stream continue."""
 
-    segment: int = 0  # the plan segment this job trains
     hf_model_dir: Optional[str] = None  # local HF folder of the base model (never a hub id): segment 0's weights
     save_dir: str = MISSING  # Megatron checkpoints of this run (all segments)
     load_dir: Optional[str] = None  # the checkpoint to continue from; default: save_dir for segment > 0
     precision: str = "bf16"  # bf16 | fp8 (fp8 keeps bf16 in the first/last layers, as the recipe does)
-    save_interval: int = 200  # steps between periodic checkpoints (phase ends are forced)
-    eval_interval: int = 200
     eval_iters: int = 1  # global batches per evaluation (per-phase Hebrew sets + the English anchor set)
-    log_interval: int = 1
     tensorboard_dir: Optional[str] = None  # default <save_dir>/../tensorboard
-    wandb_project: Optional[str] = None  # None: no W&B
     wandb_exp_name: Optional[str] = None
     num_workers: int = 2  # dataloader workers per rank
     dry_run: bool = False  # print the resolved ConfigContainer (YAML) and the world-size arithmetic, run nothing
     require_parity: bool = True  # segment 0 refuses to start without a passing HF->Megatron logit parity record (recipes/convert.py parity)
     overrides: List[str] = field(default_factory=list)  # Hydra-syntax ConfigContainer overrides applied last
-    sft_seq_length: int = 4096  # packed sequence length for SFT (padded to 2 x CP)
     sft_train_iters: Optional[int] = None  # fixes the SFT optimizer steps; None (default): sft.epochs over the packed data
     sft_data_dir: Optional[str] = None  # the run's SFT data folder (links to the prepared data, MB's index and packs); default <sft.run_dir>/mb_data
     # the parallelism preset of each plan segment's job, in order (decides the optimizer-state format:
@@ -458,7 +454,10 @@ class TrainConfig(PlanConfig):
     seed: int = 1234
     threads: int = 2  # torch CPU threads per process
     max_steps: Optional[int] = None  # stop after this many steps (testing); the plan is unchanged
-    stop_after_segment: Optional[str] = None  # stop at this segment's end and export <run_dir>/segments/<name>/model (one Slurm job per segment)
+    # a plan segment's name: the job trains up to that segment's end (local: from the latest checkpoint, then
+    # exports <run_dir>/segments/<name>/model; Megatron-Bridge: that segment only, continuing the previous
+    # one's checkpoint). None: every segment (local); the first segment (Megatron-Bridge: one job, one segment)
+    segment: Optional[str] = None
     backend: str = "local"  # local (CPU, PyTorch) | megatron_bridge (cluster, NeMo container)
     parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
     megatron_bridge: MegatronBridgeConfig = field(default_factory=MegatronBridgeConfig)
@@ -469,14 +468,14 @@ class SFTConfig:
     """Supervised fine-tuning on the prepared SFT dataset of `sft_data` (assistant-only loss)."""
 
     init_from: str = MISSING  # an HF model folder written by CPT (<run_dir>/model)
-    epochs: int = 1  # passes over the prepared training conversations: steps = epochs x samples / global_batch
-    global_batch: int = 16  # conversations per optimizer step
-    micro_batch: int = 8
+    epochs: int = 1  # passes over the prepared training conversations: steps = epochs x samples / global_batch_size
+    global_batch_size: int = 16  # conversations per optimizer step
+    micro_batch_size: int = 8
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_fraction: float = 0.05
     decay_fraction: float = 0.3
-    eval_every_steps: int = 25
+    eval_interval: int = 25  # SFT steps between evaluations (the last step always evaluates); 0: last step only
     eval_conversations: int = 48  # validation conversations scored at each eval (the prepared validation.jsonl's first)
     run_dir: str = MISSING
 
@@ -523,7 +522,9 @@ class SFTDataConfig:
     output_dir: str = MISSING  # the prepared dataset: training.jsonl, validation.jsonl, manifest.json
     total: Optional[int] = None  # conversations in the training mixture; null: the sum of `samples` (no weights then)
     seed: int = 1234  # the mixture's choice and order
-    max_length: int = 4096  # tokens of a rendered conversation (the chat template, the run's tokenizer); longer ones are dropped
+    # tokens of a rendered conversation (the chat template, the run's tokenizer); longer ones are dropped. The one
+    # SFT length: Megatron-Bridge packs to it (dataset.seq_length = packed_sequence_size = model.seq_length)
+    max_length: int = 4096
     valid_fraction: float = 0.01  # conversations held out for validation (by a hash of their id), per source
     max_valid: int = 2000  # at most this many validation conversations per source
     dedup: bool = True  # exact dedup on the normalized conversation, across all sources
@@ -686,9 +687,67 @@ class PipelineConfig(ExportConfig):
     cluster: Optional[ClusterConfig] = None  # `cluster=<profile>` (conf/cluster/): render the graph as Slurm jobs
 
 
+# Keys renamed to one name per knob (Megatron-Bridge's where the knob exists there): old -> new.
+# docs/config_migration.md is the table for people; this one turns an old key into an error naming the new.
+RENAMED_KEYS = {
+    "checkpoint.every_steps": "checkpoint.save_interval",
+    "megatron_bridge.save_interval": "checkpoint.save_interval",
+    "eval.every_steps": "eval.eval_interval",
+    "megatron_bridge.eval_interval": "eval.eval_interval (CPT) and sft.eval_interval (SFT)",
+    "sft.eval_every_steps": "sft.eval_interval",
+    "logging.log_every": "logging.log_interval",
+    "megatron_bridge.log_interval": "logging.log_interval",
+    "megatron_bridge.wandb_project": "logging.wandb_project (with logging.wandb=true)",
+    "megatron_bridge.sft_seq_length": "sft_data.max_length",
+    "stop_after_segment": "segment",
+    "megatron_bridge.segment": "segment (the segment's name, e.g. segment=seq64k)",
+    "parallelism.tensor": "parallelism.tensor_model_parallel_size",
+    "parallelism.pipeline": "parallelism.pipeline_model_parallel_size",
+    "parallelism.context": "parallelism.context_parallel_size",
+    "parallelism.expert": "parallelism.expert_model_parallel_size",
+    "parallelism.expert_tensor": "parallelism.expert_tensor_parallel_size",
+    "optim.beta1": "optim.adam_beta1",
+    "optim.beta2": "optim.adam_beta2",
+    "optim.eps": "optim.adam_eps",
+    "sft.global_batch": "sft.global_batch_size",
+    "sft.micro_batch": "sft.micro_batch_size",
+    "base.global_batch": "base.global_batch_size",
+    "base.micro_batch": "base.micro_batch_size",
+    "curriculum.segments.*.global_batch": "curriculum.segments.*.global_batch_size",
+    "curriculum.segments.*.micro_batch": "curriculum.segments.*.micro_batch_size",
+}
+
+
+def renamed_key(key: str) -> str | None:
+    """`key` ("a.b", "a[0].b", "a.0.b") -> the message naming its new key, when it was renamed."""
+    import re
+
+    norm = re.sub(r"\.\d+(?=\.)", ".*", re.sub(r"\[\d+\]", ".*", key.lstrip("+~")))  # list items: a.*.b
+    new = RENAMED_KEYS.get(norm)
+    return f"{key.lstrip('+~')} was renamed: use {new} (docs/config_migration.md)" if new else None
+
+
+def renamed_key_errors(overrides, error_text: str = "") -> list[str]:
+    """Messages for renamed keys among `overrides` ("key=value") and in a Hydra/OmegaConf error's
+    `full_key: ...` line (an old key in a YAML file)."""
+    import re
+
+    keys = [o.split("=", 1)[0] for o in overrides if "=" in o and not o.startswith("-")]
+    keys += re.findall(r"full_key: (\S+)", error_text)
+    return list(dict.fromkeys(m for m in map(renamed_key, keys) if m))
+
+
 def register_configs() -> None:
-    """Register the schemas so `conf/` YAML files are validated against them at compose time."""
+    """Register the schemas so `conf/` YAML files are validated against them at compose time. A renamed
+    key on the command line stops here with the new key's name (Hydra would only say it is unknown)."""
+    import sys
+
     from hydra.core.config_store import ConfigStore
+
+    old = renamed_key_errors(sys.argv[1:])
+    if old:
+        print("error: " + "; ".join(old), file=sys.stderr)
+        sys.exit(2)
 
     cs = ConfigStore.instance()
     cs.store(name="prepare_schema", node=PrepareConfig)

@@ -18,14 +18,9 @@ def main(cfg) -> None:
     from hebatron_nemo.cli import EXIT_PREEMPTED, clean_errors
 
     with clean_errors():
-        if cfg.backend == "megatron_bridge":
-            from hebatron_nemo.backends.megatron_bridge.run import run_cpt_mb
+        from hebatron_nemo.backends import get_backend
 
-            run_cpt_mb(cfg)  # Megatron-Bridge handles the preemption signal itself (train.exit_signal_handler)
-            return
-        from hebatron_nemo.backends.local.cpt import run_cpt
-
-        state = run_cpt(cfg)
+        state = get_backend(cfg).cpt(cfg)
     if state.get("preempted"):
         sys.exit(EXIT_PREEMPTED)
 

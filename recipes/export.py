@@ -13,11 +13,11 @@ register_configs()
 
 @hydra.main(config_path="../conf", config_name="export", version_base="1.3")
 def main(cfg) -> None:
+    from hebatron_nemo.backends import get_backend
     from hebatron_nemo.cli import clean_errors
-    from hebatron_nemo.export.hf import run_export
 
     with clean_errors():
-        run_export(cfg)
+        get_backend(cfg).export(cfg)
 
 
 if __name__ == "__main__":

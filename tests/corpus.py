@@ -147,7 +147,7 @@ def train_config(tmp: Path, sources: list[str], phases: list[dict], segments: li
     cfg.model = load_model_config("micro")
     cfg.base.dir = str(tmp / "base")
     cfg.base.sources = base_sources or {"en_x": 1.0}
-    cfg.base.tokens, cfg.base.seq_length, cfg.base.global_batch, cfg.base.micro_batch = 3000, 32, 8, 4
+    cfg.base.tokens, cfg.base.seq_length, cfg.base.global_batch_size, cfg.base.micro_batch_size = 3000, 32, 8, 4
     cfg.logging.wandb = False
     cfg.logging.progress = False
     cfg.eval.samples_per_set, cfg.eval.mc_questions, cfg.eval.seq_length = 4, 6, 32

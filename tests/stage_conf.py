@@ -48,7 +48,7 @@ def write_stage_conf(root: Path, steps_per_phase: int = 6, seq_length: int = 32,
             manifest.write_text(json.dumps(body))
     conf = root / "conf"
     curriculum_per_step = (global_batch - round(0.25 * global_batch)) * seq_length
-    s2 = [{"name": "s2", "seq_length": 64, "global_batch": 4, "micro_batch": 1, "data_parallel_size": 2}] if long_steps else []
+    s2 = [{"name": "s2", "seq_length": 64, "global_batch_size": 4, "micro_batch_size": 1, "data_parallel_size": 2}] if long_steps else []
     long = [{"name": "long", "segment": "s2", "tokens": long_steps * 3 * 64, "sources": {"he_tanakh": 1.0}}] if long_steps else []
     files = {
         "data/synth.yaml": {"defaults": ["data_schema"], "name": "synth", "raw_dir": str(root / "raw"),
@@ -58,7 +58,7 @@ def write_stage_conf(root: Path, steps_per_phase: int = 6, seq_length: int = 32,
                                             "path": f"{s}.jsonl", "licence": "test"} for s in SOURCES}},
         "curriculum/synth.yaml": {
             "defaults": ["curriculum_schema"], "name": "synth",
-            "segments": [{"name": "s1", "seq_length": seq_length, "global_batch": global_batch, "micro_batch": 2,
+            "segments": [{"name": "s1", "seq_length": seq_length, "global_batch_size": global_batch, "micro_batch_size": 2,
                           "data_parallel_size": 2}] + s2,
             "phases": [{"name": "formal", "segment": "s1", "tokens": steps_per_phase * curriculum_per_step,
                         "sources": {"he_tanakh": 0.7, "he_mishnah": 0.3}},
@@ -67,11 +67,11 @@ def write_stage_conf(root: Path, steps_per_phase: int = 6, seq_length: int = 32,
         "stage/tiny.yaml": {
             "defaults": [{"override /data": "synth"}, {"override /curriculum": "synth"},
                          {"override /model": "micro"}, "_self_"],
-            "base": {"tokens": 3000, "seq_length": 32, "global_batch": 8, "micro_batch": 4},
+            "base": {"tokens": 3000, "seq_length": 32, "global_batch_size": 8, "micro_batch_size": 4},
             "logging": {"wandb": False, "progress": False},
-            "eval": {"every_steps": 4, "samples_per_set": 4, "mc_questions": 6, "seq_length": 32,
+            "eval": {"eval_interval": 4, "samples_per_set": 4, "mc_questions": 6, "seq_length": 32,
                      "mc_context_tokens": 16, "mc_continuation_tokens": 8},
-            "checkpoint": {"every_steps": 1000},
+            "checkpoint": {"save_interval": 1000},
             "threads": 1},
     }
     for rel, body in files.items():

@@ -184,7 +184,7 @@ def test_plan_experiment_composes_and_arms_are_plain_overrides():
     assert [p.name for p in cfg.curriculum.phases] == ["formal", "colloquial", "long_context"]
     assert len({s.seq_length for s in cfg.curriculum.segments}) == 2
     for seg in cfg.curriculum.segments:  # the anchor count of every batch is integral
-        assert (cfg.anchor.share * seg.global_batch).is_integer()
+        assert (cfg.anchor.share * seg.global_batch_size).is_integer()
     arm = _compose_plan(["experiment=tiny_cpu", "curriculum.order=reversed", "anchor=none"])
     assert arm.curriculum.order == "reversed" and arm.anchor.share == 0.0
     assert "reversed" in arm.run_dir and "anchor0.0" in arm.run_dir
@@ -198,3 +198,30 @@ def test_plan_typos_fail_at_compose(override, key):
     with pytest.raises(ConfigCompositionException) as e:
         _compose_plan(["experiment=tiny_cpu", override])
     assert key in str(e.value) + str(e.value.__cause__)
+
+
+@pytest.mark.parametrize("old, new", [
+    ("checkpoint.every_steps=5", "use checkpoint.save_interval"),
+    ("megatron_bridge.segment=1", "use segment (the segment's name"),
+    ("parallelism.tensor=2", "use parallelism.tensor_model_parallel_size"),
+])
+def test_a_renamed_key_names_its_new_key(old, new, tmp_path):
+    """An old key (docs/config_migration.md) fails before anything runs, naming the key that replaced it."""
+    proc = subprocess.run([sys.executable, "recipes/cpt.py", "experiment=tiny_cpu", f"paths.work={tmp_path}", old],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"{old.split('=')[0]} was renamed: {new}" in proc.stderr, proc.stderr[-2000:]
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_renamed_key_in_a_yaml_file_names_its_new_key():
+    """Composed by the launcher or the pipeline (a YAML file's key reaches us as Hydra's `full_key`)."""
+    from hebatron_nemo.config import renamed_key_errors
+    from hebatron_nemo.errors import ConfigError
+    from hebatron_nemo.launch.compose import check_stage
+
+    with pytest.raises(ConfigError, match=r"optim.beta1 was renamed: use optim.adam_beta1"):
+        check_stage("cpt", ["experiment=tiny_cpu", "optim.beta1=0.8"])
+    text = "Key 'global_batch' not in 'SegmentConfig'\n    full_key: curriculum.segments[1].global_batch\n"
+    assert renamed_key_errors([], text) == ["curriculum.segments[1].global_batch was renamed: use "
+                                            "curriculum.segments.*.global_batch_size (docs/config_migration.md)"]
+    assert renamed_key_errors(["anchor.share=0.1", "-m", "eval.eval_interval=3"]) == []

@@ -173,8 +173,8 @@ def test_cluster_run_dry_run_writes_chain_json_with_every_job(cluster_chain):
     assert jobs["prepare"]["marker"].endswith("/pipeline/prepare-hebatron.done.json")
     assert jobs["plan"]["gpus_per_node"] == 0 and jobs["plan"]["after"] == ["prepare"]
     assert jobs["cpt_seq8k"]["after"] == ["plan", "parity"] and jobs["cpt_seq64k"]["after"] == ["cpt_seq8k"]
-    assert "megatron_bridge.segment=0" in jobs["cpt_seq8k"]["overrides"]
-    assert "megatron_bridge.segment=1" in jobs["cpt_seq64k"]["overrides"]
+    assert "segment=seq8k" in jobs["cpt_seq8k"]["overrides"]
+    assert "segment=seq64k" in jobs["cpt_seq64k"]["overrides"]
     assert jobs["sft"]["after"] == ["export_long_context", "prepare_sft"] and jobs["report"]["after"] == ["eval_chat"]
     # the SFT registry is prepared once by a CPU job composed like the SFT job (its sft_data), never by the ranks
     assert jobs["prepare_sft"]["gpus_per_node"] == 0 and jobs["prepare_sft"]["after"] == []
@@ -207,7 +207,7 @@ def test_training_jobs_take_the_presets_world_size(cluster_chain):
         j = jobs[name]
         assert (j["nodes"], j["gpus_per_node"], j["procs_per_node"]) == (p["nodes"], p["gpus_per_node"], p["gpus_per_node"])
         assert j["distributed"] and j["kind"] == "train"
-    assert int(graph.cfg_of(graph.by_name["cpt_seq64k"]).megatron_bridge.segment) == 1
+    assert graph.cfg_of(graph.by_name["cpt_seq64k"]).segment == "seq64k"
     # the 8K segment at 4k tokens/s/GPU on 64 GPUs: ~114 h, within eos_pyxis's 4 h x (40 + 1)
     assert 110 < jobs["cpt_seq8k"]["expected_hours"] < 118 and jobs["cpt_seq8k"]["budget_hours"] == 164
 
@@ -342,6 +342,7 @@ def test_gpu_smoke_is_the_same_chain_on_one_node(tmp_path):
     assert jobs["cpt_short"]["expected_hours"] < 0.1
     graph = _graph(tmp_path, "experiment=hebatron_gpu_smoke", "cluster=eos_pyxis")
     short, long = (graph.cfg_of(graph.by_name[n]) for n in ("cpt_short", "cpt_long"))
-    assert (short.parallelism.context, long.parallelism.context) == (1, 2) and long.megatron_bridge.segment == 1
+    assert (short.parallelism.context_parallel_size, long.parallelism.context_parallel_size) == (1, 2)
+    assert long.segment == "long"
     assert "model.num_layers=7" in list(short.megatron_bridge.overrides)
     assert "model.num_moe_experts=8" in list(long.megatron_bridge.overrides)

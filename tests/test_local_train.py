@@ -21,8 +21,8 @@ from hebatron_nemo.backends.local.schedule import WSDSchedule
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ["he_a", "he_b", "he_long", "en_x", "en_y"]
-SEGS = [{"name": "s1", "seq_length": 32, "global_batch": 8, "micro_batch": 2, "data_parallel_size": 2},
-        {"name": "s2", "seq_length": 64, "global_batch": 4, "micro_batch": 1, "data_parallel_size": 2}]
+SEGS = [{"name": "s1", "seq_length": 32, "global_batch_size": 8, "micro_batch_size": 2, "data_parallel_size": 2},
+        {"name": "s2", "seq_length": 64, "global_batch_size": 4, "micro_batch_size": 1, "data_parallel_size": 2}]
 PHASES = [{"name": "formal", "segment": "s1", "tokens": 1000, "sources": {"he_a": 0.7, "he_b": 0.3}},
           {"name": "colloquial", "segment": "s1", "tokens": 600, "sources": {"he_b": 1.0}},
           {"name": "long", "segment": "s2", "tokens": 700, "sources": {"he_long": 1.0}}]
@@ -59,7 +59,7 @@ DRIVER = textwrap.dedent("""
 
 
 def _drive(data, run_dir, kill_at=0, nproc=1, overrides=None, phases=PHASES):
-    overrides = {"checkpoint.every_steps": 3, "eval.every_steps": 4, **(overrides or {})}
+    overrides = {"checkpoint.save_interval": 3, "eval.eval_interval": 4, **(overrides or {})}
     script = DRIVER.format(data=str(data), sources=SOURCES, phases=phases, segs=SEGS,
                            anchor=ANCHOR, overrides=overrides, run_dir=str(run_dir), kill_at=kill_at)
     path = Path(run_dir).parent / f"driver-{Path(run_dir).name}.py"

@@ -19,7 +19,7 @@ from hebatron_nemo.curriculum.runplan import make_plan
 from hebatron_nemo.errors import ConfigError
 
 SOURCES = ["he_a", "he_b", "he_long", "en_x"]
-SEGS = [{"name": "s1", "seq_length": 32, "global_batch": 16}, {"name": "s2", "seq_length": 128, "global_batch": 8}]
+SEGS = [{"name": "s1", "seq_length": 32, "global_batch_size": 16}, {"name": "s2", "seq_length": 128, "global_batch_size": 8}]
 PHASES = [{"name": "formal", "segment": "s1", "tokens": 5000, "sources": {"he_a": 1.0}},
           {"name": "colloquial", "segment": "s1", "tokens": 3000, "sources": {"he_b": 0.5, "he_a": 0.5}},
           {"name": "long", "segment": "s2", "tokens": 4000, "sources": {"he_long": 1.0}}]

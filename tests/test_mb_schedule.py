@@ -18,7 +18,7 @@ from hebatron_nemo.curriculum.plan import build_plan
 from hebatron_nemo.errors import ConfigError
 
 SOURCES = ["he_a", "he_long", "en_x"]
-SEGS = [{"name": "s1", "seq_length": 32, "global_batch": 16}, {"name": "s2", "seq_length": 256, "global_batch": 4}]
+SEGS = [{"name": "s1", "seq_length": 32, "global_batch_size": 16}, {"name": "s2", "seq_length": 256, "global_batch_size": 4}]
 PHASES = [{"name": "formal", "segment": "s1", "tokens": 30000, "sources": {"he_a": 1.0}},
           {"name": "long", "segment": "s2", "tokens": 12000, "sources": {"he_long": 1.0}}]
 ANCHOR = {"share": 0.25, "sources": {"en_x": 1.0}}
@@ -34,7 +34,7 @@ def plan(tmp_path_factory):
 
 def optim(**kw):
     base = {"lr": 3e-4, "min_lr": 3e-5, "warmup_fraction": 0.05, "decay_fraction": 0.2, "rewarm_each_segment": False,
-            "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "clip_grad": 1.0}
+            "weight_decay": 0.1, "adam_beta1": 0.9, "adam_beta2": 0.95, "adam_eps": 1e-8, "clip_grad": 1.0}
     return OmegaConf.create({**base, **kw})
 
 

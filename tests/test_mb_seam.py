@@ -43,7 +43,7 @@ def test_every_cluster_experiment_emits_our_fields(cluster, name):
     _, _, exps = cluster
     cfg, plan = exps[name]
     k, seq, gbs, tp, cp, ep, dp = EXPECT[name]
-    assert cfg.backend == "megatron_bridge" and cfg.megatron_bridge.segment == k
+    assert cfg.backend == "megatron_bridge" and checks.segment_index(cfg, plan["segments"]) == k
     checks.preflight(cfg, plan, k, check_paths=False)
     seg = plan["segments"][k]
     o = cpt_overrides(cfg, plan, k)
@@ -101,10 +101,13 @@ def test_both_segments_share_one_plan_and_one_lr_curve(cluster):
 
 
 def _par(**kw):
-    base = {"name": "t", "nodes": 8, "gpus_per_node": 8, "tensor": 1, "pipeline": 1, "context": 1, "expert": 8,
-            "expert_tensor": 1, "sequence_parallel": False, "cp_comm_type": "p2p", "moe_dispatcher": "hybridep",
+    base = {"name": "t", "nodes": 8, "gpus_per_node": 8, "tensor_model_parallel_size": 1,
+            "pipeline_model_parallel_size": 1, "context_parallel_size": 1, "expert_model_parallel_size": 8,
+            "expert_tensor_parallel_size": 1, "sequence_parallel": False, "cp_comm_type": "p2p", "moe_dispatcher": "hybridep",
             "recompute_modules": [], "env": {}}
-    return OmegaConf.create({**base, **kw})
+    short = {"tensor": "tensor_model_parallel_size", "pipeline": "pipeline_model_parallel_size",
+             "context": "context_parallel_size", "expert": "expert_model_parallel_size"}
+    return OmegaConf.create({**base, **{short.get(k, k): v for k, v in kw.items()}})
 
 
 SEG = {"name": "seq8k", "seq_length": 8192, "global_batch": 1280, "micro_batch": 1, "data_parallel_size": 64}
@@ -112,17 +115,17 @@ SEG = {"name": "seq8k", "seq_length": 8192, "global_batch": 1280, "micro_batch":
 
 @pytest.mark.parametrize("par, seg, needle", [
     (dict(nodes=3, tensor=2, context=8), SEG, r"24 GPUs .* do not divide by TP x PP x CP = 2 x 1 x 8 = 16"),
-    (dict(expert=48), SEG, r"parallelism.expert=48 does not divide the model's 128 experts"),
+    (dict(expert=48), SEG, r"parallelism.expert_model_parallel_size=48 does not divide the model's 128 experts"),
     (dict(nodes=1, gpus_per_node=8, context=8, expert=16), {**SEG, "data_parallel_size": 1},
-     r"parallelism.expert=16 does not divide the DP x CP group \(1 x 8 = 8\)"),
+     r"parallelism.expert_model_parallel_size=16 does not divide the DP x CP group \(1 x 8 = 8\)"),
     (dict(context=8), {**SEG, "seq_length": 8200, "data_parallel_size": 8},
      r"seq_length=8200 is not divisible by 2 x CP = 16"),
-    (dict(), {**SEG, "global_batch": 1000}, r"global_batch=1000 is not divisible by DP x micro_batch = 64 x 1"),
+    (dict(), {**SEG, "global_batch": 1000}, r"global_batch_size=1000 is not divisible by DP x micro_batch_size = 64 x 1"),
     (dict(context=8), SEG, r"data_parallel_size=64 but parallelism=t gives DP 8"),
     (dict(moe_dispatcher="deepep", expert=16), SEG, r"deepep with EP 16 > 8 GPUs per node.*Fix: moe_dispatcher=hybridep"),
     (dict(context=8, cp_comm_type="a2a"), {**SEG, "data_parallel_size": 8}, r"caps all-to-all CP.*Fix: cp_comm_type=p2p"),
-    (dict(sequence_parallel=True), SEG, r"sequence_parallel=true needs parallelism.tensor > 1"),
-    (dict(pipeline=2), {**SEG, "data_parallel_size": 32}, r"parallelism.pipeline=2"),
+    (dict(sequence_parallel=True), SEG, r"sequence_parallel=true needs parallelism.tensor_model_parallel_size > 1"),
+    (dict(pipeline=2), {**SEG, "data_parallel_size": 32}, r"parallelism.pipeline_model_parallel_size=2"),
 ])
 def test_world_size_errors_name_field_and_fix(par, seg, needle):
     problems = checks.parallelism_problems(_par(**par), 128, [seg])
@@ -140,8 +143,8 @@ def test_preflight_paths_and_segment(cluster, tmp_path):
         checks.preflight(cfg, plan, 1, check_paths=True)
     assert "megatron_bridge.load_dir=" in str(e.value) and "run segment 0 first" in str(e.value)
     assert "tokenizer.path=" in str(e.value)
-    with pytest.raises(ConfigError, match=r"megatron_bridge.segment=5 is not a segment"):
-        checks.preflight(cfg, plan, 5, check_paths=False)
+    with pytest.raises(ConfigError, match=r"segment='seq9k' is not a segment of the plan: \['seq8k', 'seq64k'\]"):
+        checks.segment_index(OmegaConf.merge(cfg, {"segment": "seq9k"}), plan["segments"])
     local = cfg.copy()
     local.model.n_routed_experts = 8
     with pytest.raises(ConfigError, match="Fix: model=nemotron3_nano_30b_a3b"):
@@ -180,9 +183,9 @@ def test_dry_run_prints_layout_and_config(cluster):
     assert "train_samples:" in out and "context_parallel_size: 8" in out
     assert "mixed precision: Megatron-Bridge recipe bf16_mixed" in out and "optimizer state saved dp_reshardable" in out
     bad = subprocess.run([sys.executable, "recipes/cpt.py", "experiment=hebatron_cpt_64k_h100x64",
-                          "megatron_bridge.dry_run=true", "parallelism.expert=48", *cluster_overrides(tmp, data)],
+                          "megatron_bridge.dry_run=true", "parallelism.expert_model_parallel_size=48", *cluster_overrides(tmp, data)],
                          cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
-    assert bad.returncode == 2 and "error: megatron_bridge segment 1: " in bad.stderr and "parallelism.expert=48" in bad.stderr
+    assert bad.returncode == 2 and "error: megatron_bridge segment 1: " in bad.stderr and "parallelism.expert_model_parallel_size=48" in bad.stderr
 
 
 def test_per_source_sums_and_stats():
@@ -261,7 +264,7 @@ def test_parallelism_presets_compose(tmp_path):
                                             "h100_64gpu_64k_cp8": ("hybridep", 8, 64)}.items():
         cfg = compose("tiny_cpu", [f"parallelism={preset}"])
         assert cfg.parallelism.name == preset and cfg.parallelism.moe_dispatcher == ep_backend
-        assert checks.layout(cfg.parallelism)["world"] == world and cfg.parallelism.context == cp
+        assert checks.layout(cfg.parallelism)["world"] == world and cfg.parallelism.context_parallel_size == cp
         assert checks.parallelism_problems(cfg.parallelism, 128, []) == []
 
 
@@ -278,3 +281,21 @@ def test_pipeline_refuses_the_cluster_backend(cluster, tmp_path):
                                                          *cluster_overrides(tmp_path, data)])
     with pytest.raises(ConfigError, match="backend=megatron_bridge: the pipeline runs the local backend"):
         run_pipeline(cfg, log=lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("name", CPT_EXPERIMENTS)
+def test_the_cpt_seam_builds_its_fields_from_the_knob_table(cluster, name):
+    """Every row of the knob table lands in the segment job's fields; nothing else is set by a knob."""
+    from test_knobs import seam_uses_the_table
+
+    from hebatron_nemo.backends.megatron_bridge.seam import CPT_KNOBS
+
+    _, _, exps = cluster
+    cfg, plan = exps[name]
+    k = checks.segment_index(cfg, plan["segments"])
+    assert seam_uses_the_table(cpt_overrides(cfg, plan, k), cfg, CPT_KNOBS, plan["segments"][k]) == []
+    moved = OmegaConf.merge(cfg, {"eval": {"eval_interval": 7}, "checkpoint": {"save_interval": 9},
+                                  "logging": {"log_interval": 3, "wandb": False}})
+    o = cpt_overrides(moved, plan, k)
+    assert (o["validation"]["eval_interval"], o["checkpoint"]["save_interval"], o["logger"]["log_interval"]) == (7, 9, 3)
+    assert o["logger"]["wandb_project"] is None and o["logger"]["wandb_save_dir"] is None

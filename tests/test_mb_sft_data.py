@@ -144,8 +144,8 @@ def test_sft_steps_follow_from_the_data_not_a_fixed_number(tmp_path):
     assert train["train_iters"] is None and train["num_epochs"] == cfg.sft.epochs
     manifest = {"samples": 2_000_000, "tokens": 2_000_000 * 1500}
     line = sft_steps_line(cfg, manifest)
-    rows = -(-manifest["tokens"] // cfg.megatron_bridge.sft_seq_length)
-    assert f"at least {-(-rows // cfg.sft.global_batch):,} steps" in line
+    rows = -(-manifest["tokens"] // cfg.sft_data.max_length)
+    assert f"at least {-(-rows // cfg.sft.global_batch_size):,} steps" in line
 
 
 def test_prepared_data_without_validation_rows_is_refused_before_mb_indexes_it(prepared, tmp_path):

@@ -41,15 +41,15 @@ def plans(draw):
     gb1 = dp * mbs * draw(st.integers(2, 6))
     while share and share * gb1 < 0.5:  # a share that rounds to no anchor sample at all is rejected
         gb1 += dp * mbs
-    segments = [{"name": "s1", "seq_length": seq1, "global_batch": gb1, "micro_batch": mbs, "data_parallel_size": dp}]
+    segments = [{"name": "s1", "seq_length": seq1, "global_batch_size": gb1, "micro_batch_size": mbs, "data_parallel_size": dp}]
     phases = []
     for i in range(draw(st.integers(1, 3))):
         srcs = draw(st.lists(st.sampled_from(HE[:4]), min_size=1, max_size=3, unique=True))
         weights = {s: draw(st.floats(0.05, 1.0)) for s in srcs}
         phases.append({"name": f"p{i}", "segment": "s1", "tokens": draw(st.integers(500, 6000)), "sources": weights})
     if draw(st.booleans()):
-        segments.append({"name": "s2", "seq_length": 64, "global_batch": draw(st.sampled_from([8, 10])),
-                         "micro_batch": 1, "data_parallel_size": 1})
+        segments.append({"name": "s2", "seq_length": 64, "global_batch_size": draw(st.sampled_from([8, 10])),
+                         "micro_batch_size": 1, "data_parallel_size": 1})
         phases.append({"name": "long", "segment": "s2", "tokens": draw(st.integers(500, 3000)),
                        "sources": {"he_e": 1.0}})
     anchor = {"share": share, "sources": {"en_x": draw(st.floats(0.1, 1.0)), "en_y": draw(st.floats(0.1, 1.0))},
@@ -112,7 +112,7 @@ def test_mixture_properties(data, spec):
 
 
 def test_index_outside_the_segment_raises(data):
-    seg = [{"name": "s1", "seq_length": 16, "global_batch": 8}, {"name": "s2", "seq_length": 64, "global_batch": 4}]
+    seg = [{"name": "s1", "seq_length": 16, "global_batch_size": 8}, {"name": "s2", "seq_length": 64, "global_batch_size": 4}]
     ph = [{"name": "a", "segment": "s1", "tokens": 2000, "sources": {"he_a": 1}},
           {"name": "b", "segment": "s2", "tokens": 2000, "sources": {"he_b": 1}}]
     plan = _plan(data, seg, ph)
@@ -129,7 +129,7 @@ def test_index_outside_the_segment_raises(data):
 @given(dp=st.sampled_from([2, 4]), share=st.sampled_from([0.25, 0.5]))
 def test_streams_identical_across_data_parallel_sizes(data, dp, share):
     def plan_for(d):
-        seg = [{"name": "s1", "seq_length": 16, "global_batch": 16, "micro_batch": 2, "data_parallel_size": d}]
+        seg = [{"name": "s1", "seq_length": 16, "global_batch_size": 16, "micro_batch_size": 2, "data_parallel_size": d}]
         ph = [{"name": "a", "segment": "s1", "tokens": 4000, "sources": {"he_a": 2, "he_b": 1}},
               {"name": "b", "segment": "s1", "tokens": 3000, "sources": {"he_c": 1, "he_a": 1}}]
         return _plan(data, seg, ph, {"share": share, "sources": {"en_x": 1, "en_y": 1}})
@@ -161,7 +161,7 @@ def test_streams_identical_across_data_parallel_sizes(data, dp, share):
 
 
 def test_future_phase_change_keeps_the_stream_up_to_it(data):
-    seg = [{"name": "s1", "seq_length": 16, "global_batch": 12}]
+    seg = [{"name": "s1", "seq_length": 16, "global_batch_size": 12}]
     base = [{"name": "a", "segment": "s1", "tokens": 3000, "sources": {"he_a": 1, "he_b": 1}},
             {"name": "b", "segment": "s1", "tokens": 2500, "sources": {"he_c": 1, "he_a": 2}}]
     changed = [dict(base[0]), {"name": "b", "segment": "s1", "tokens": 4000, "sources": {"he_c": 3, "he_d": 1}}]
@@ -185,7 +185,7 @@ def test_future_phase_change_keeps_the_stream_up_to_it(data):
 
 
 def test_control_arms_consume_identical_sample_sets(data):
-    seg = [{"name": "s1", "seq_length": 16, "global_batch": 8}, {"name": "s2", "seq_length": 64, "global_batch": 4}]
+    seg = [{"name": "s1", "seq_length": 16, "global_batch_size": 8}, {"name": "s2", "seq_length": 64, "global_batch_size": 4}]
     ph = [{"name": "formal", "segment": "s1", "tokens": 3000, "sources": {"he_a": 2, "he_b": 1}},
           {"name": "colloquial", "segment": "s1", "tokens": 2000, "sources": {"he_c": 1, "he_a": 1}},
           {"name": "extra", "segment": "s1", "tokens": 1500, "sources": {"he_d": 1}},
@@ -212,7 +212,7 @@ def test_control_arms_consume_identical_sample_sets(data):
 
 
 def test_quantile_band_reads_only_documents_inside_it(data):
-    seg = [{"name": "s1", "seq_length": 16, "global_batch": 8}]
+    seg = [{"name": "s1", "seq_length": 16, "global_batch_size": 8}]
     ph = [{"name": "easy", "segment": "s1", "tokens": 1500, "sources": {"he_d": 1},
            "select": {"he_d": {"signal": "compression_ratio", "quantile": [0.0, 0.33]}}},
           {"name": "hard", "segment": "s1", "tokens": 1500, "sources": {"he_d": 1},
@@ -232,7 +232,7 @@ def test_quantile_band_reads_only_documents_inside_it(data):
 
 
 def test_dataset_items_carry_labels_and_match_the_stream(data):
-    seg = [{"name": "s1", "seq_length": 16, "global_batch": 8}]
+    seg = [{"name": "s1", "seq_length": 16, "global_batch_size": 8}]
     ph = [{"name": "a", "segment": "s1", "tokens": 2000, "sources": {"he_a": 1, "he_b": 1}}]
     plan = _plan(data, seg, ph, {"share": 0.25, "sources": {"en_x": 1, "en_y": 1}})
     cache = str(data / "cache-items")
@@ -253,7 +253,7 @@ def test_dataset_items_carry_labels_and_match_the_stream(data):
 
 
 def test_transitions_keep_totals_and_sample_sets(data):
-    seg = [{"name": "s1", "seq_length": 16, "global_batch": 8}]
+    seg = [{"name": "s1", "seq_length": 16, "global_batch_size": 8}]
     ph = [{"name": "a", "segment": "s1", "tokens": 4000, "sources": {"he_a": 1}},
           {"name": "b", "segment": "s1", "tokens": 4000, "sources": {"he_b": 1}}]
     step, ramp = _plan(data, seg, ph), _plan(data, seg, ph, transition_batches=10)

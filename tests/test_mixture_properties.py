@@ -82,7 +82,7 @@ def _same_history(a, b, upto):
 # Item 1: a later phase never reorders an earlier one; resume proves it or refuses
 
 
-ISSUE_SEG = [{"name": "s1", "seq_length": 128, "global_batch": 23, "micro_batch": 1, "data_parallel_size": 1}]
+ISSUE_SEG = [{"name": "s1", "seq_length": 128, "global_batch_size": 23, "micro_batch_size": 1, "data_parallel_size": 1}]
 ISSUE_A = {"name": "A", "segment": "s1", "tokens": 88192, "sources": {"he_mishnah": .1779, "he_tanakh": .6634}}
 ISSUE_B = {"name": "B", "segment": "s1", "tokens": 85504, "sources": {"he_modern": 1.0}}
 ISSUE_B2 = {**ISSUE_B, "sources": {"he_modern": 1.0, "he_long": 0.2}}
@@ -131,15 +131,15 @@ def plans(draw, transitions=True):
     gb1 = dp * mbs * draw(st.integers(2, 6))
     while share and share * gb1 < 0.5:
         gb1 += dp * mbs
-    segments = [{"name": "s1", "seq_length": seq1, "global_batch": gb1, "micro_batch": mbs, "data_parallel_size": dp}]
+    segments = [{"name": "s1", "seq_length": seq1, "global_batch_size": gb1, "micro_batch_size": mbs, "data_parallel_size": dp}]
     phases = []
     for i in range(draw(st.integers(1, 3))):
         srcs = draw(st.lists(st.sampled_from(HE[:4]), min_size=1, max_size=3, unique=True))
         phases.append({"name": f"p{i}", "segment": "s1", "tokens": draw(st.integers(500, 5000)),
                        "sources": {s: draw(st.floats(0.05, 1.0)) for s in srcs}})
     if draw(st.booleans()):
-        segments.append({"name": "s2", "seq_length": 64, "global_batch": draw(st.sampled_from([8, 10])),
-                         "micro_batch": 1, "data_parallel_size": 1})
+        segments.append({"name": "s2", "seq_length": 64, "global_batch_size": draw(st.sampled_from([8, 10])),
+                         "micro_batch_size": 1, "data_parallel_size": 1})
         phases.append({"name": "long", "segment": "s2", "tokens": draw(st.integers(500, 3000)),
                        "sources": {"he_e": 1.0}})
     anchor = {"share": share, "sources": {"en_x": draw(st.floats(0.1, 1.0)), "en_y": draw(st.floats(0.1, 1.0))},
@@ -236,7 +236,7 @@ def test_planned_counts_are_the_realized_counts(data, spec):
 def test_tiny_cpu_like_transitions_ledger_matches(data):
     """Issue 13: with transition_batches=5, formal planned he_tanakh 945 / he_mishnah 630 but realized 934 / 628
     plus he_modern 13. The same shape here: planned == realized per phase and source."""
-    seg = [{"name": "s1", "seq_length": 128, "global_batch": 16}]
+    seg = [{"name": "s1", "seq_length": 128, "global_batch_size": 16}]
     ph = [{"name": "formal", "segment": "s1", "tokens": 60000, "sources": {"he_tanakh": 0.6, "he_mishnah": 0.4}},
           {"name": "colloquial", "segment": "s1", "tokens": 30000, "sources": {"he_modern": 1.0}}]
     plan = _plan(data, seg, ph, {"share": 0.25, "sources": {"en_kjv": 1.0}}, transition_batches=5, max_epochs=4)
@@ -326,7 +326,7 @@ def test_zero_count_sources_do_not_change_the_order(counts):
 
 def test_issue13_anchor_spread_dp2_gb62_share_half(data):
     """Issue 13: global batch 62, dp 2, micro batch 1, share 0.5 gave all 31 anchor samples of a step to rank 1."""
-    seg = [{"name": "s1", "seq_length": 16, "global_batch": 62, "micro_batch": 1, "data_parallel_size": 2}]
+    seg = [{"name": "s1", "seq_length": 16, "global_batch_size": 62, "micro_batch_size": 1, "data_parallel_size": 2}]
     ph = [{"name": "a", "segment": "s1", "tokens": 4000, "sources": {"he_a": 1, "he_b": 1}}]
     plan = _plan(data, seg, ph, {"share": 0.5, "sources": {"en_x": 1, "en_y": 1}})
     assert plan["segments"][0]["anchor_per_batch"] == 31
@@ -368,7 +368,7 @@ def test_anchor_positions_are_balanced_over_ranks_steps_and_micro_batches(dp, mb
 
 @pytest.mark.parametrize("order", ["reversed", "shuffled", "easy_to_hard", "reversed_full"])
 def test_stream_ids_of_earlier_trained_phases_are_stable(data, order):
-    seg = [{"name": "s1", "seq_length": 16, "global_batch": 8}]
+    seg = [{"name": "s1", "seq_length": 16, "global_batch_size": 8}]
     ph = [{"name": "x", "segment": "s1", "tokens": 1500, "sources": {"he_a": 1}},
           {"name": "y", "segment": "s1", "tokens": 1500, "sources": {"he_b": 1}},
           {"name": "z", "segment": "s1", "tokens": 1500, "sources": {"he_c": 1}}]
@@ -400,7 +400,7 @@ def test_stream_ids_of_earlier_trained_phases_are_stable(data, order):
     ({"anchor": {"share": 0.25, "sources": {"en_zz": 1}}}, r"anchor\.sources: unknown source 'en_zz'"),
 ])
 def test_bad_curriculum_and_anchor_fields_are_named(data, kw, message):
-    seg = [{"name": "s1", "seq_length": 16, "global_batch": 8}]
+    seg = [{"name": "s1", "seq_length": 16, "global_batch_size": 8}]
     phases = kw.pop("phases", [{"name": "formal", "segment": "s1", "tokens": 1000, "sources": {"he_a": 1}}])
     anchor = kw.pop("anchor", None)
     with pytest.raises(ConfigError, match=message):
@@ -412,7 +412,7 @@ def test_bad_curriculum_and_anchor_fields_are_named(data, kw, message):
 
 
 def test_full_reversal_arm_puts_the_long_context_segment_first(data):
-    seg = [{"name": "short", "seq_length": 16, "global_batch": 8}, {"name": "long", "seq_length": 64, "global_batch": 4}]
+    seg = [{"name": "short", "seq_length": 16, "global_batch_size": 8}, {"name": "long", "seq_length": 64, "global_batch_size": 4}]
     ph = [{"name": "formal", "segment": "short", "tokens": 3000, "sources": {"he_a": 2, "he_b": 1}},
           {"name": "colloquial", "segment": "short", "tokens": 2000, "sources": {"he_c": 1, "he_a": 1}},
           {"name": "long", "segment": "long", "tokens": 2000, "sources": {"he_e": 1}}]

@@ -19,8 +19,8 @@ from hebatron_nemo.curriculum.schemas import validate
 from hebatron_nemo.errors import ConfigError, HebatronError
 
 SOURCES = ["he_a", "he_b", "he_long", "en_x", "en_y"]
-SEGS = [{"name": "s1", "seq_length": 32, "global_batch": 16, "micro_batch": 2, "data_parallel_size": 2},
-        {"name": "s2", "seq_length": 128, "global_batch": 8}]
+SEGS = [{"name": "s1", "seq_length": 32, "global_batch_size": 16, "micro_batch_size": 2, "data_parallel_size": 2},
+        {"name": "s2", "seq_length": 128, "global_batch_size": 8}]
 PHASES = [{"name": "formal", "segment": "s1", "tokens": 20000, "sources": {"he_a": 0.7, "he_b": 0.3}},
           {"name": "colloquial", "segment": "s1", "tokens": 8000, "sources": {"he_b": 1.0}},
           {"name": "long", "segment": "s2", "tokens": 10000, "sources": {"he_long": 1.0}}]
@@ -82,7 +82,7 @@ def test_budget_arithmetic(data):
     ({"anchor": {"share": -0.1, "sources": {"en_x": 1}}}, r"anchor.share must be in \[0, 1\)"),
     ({"anchor": {"share": 0.1, "sources": {"en_x": 1}}}, r"effective share of 0\.1250.*allow_rounding"),
     ({"phases": [{**PHASES[0], "sources": {"he_zz": 1}}] + PHASES[1:]}, r"unknown source 'he_zz'.*he_a"),
-    ({"segments": [{**SEGS[0], "global_batch": 18}, SEGS[1]]}, r"global_batch 18 is not divisible by data_parallel_size x micro_batch = 2 x 2"),
+    ({"segments": [{**SEGS[0], "global_batch_size": 18}, SEGS[1]]}, r"global_batch_size 18 is not divisible by data_parallel_size x micro_batch_size = 2 x 2"),
     ({"phases": [{**PHASES[0], "segment": "s9"}] + PHASES[1:]}, r"segment 's9' is not a segment"),
     ({"phases": [PHASES[2], PHASES[0], PHASES[1]]}, r"segment by segment"),
     ({"phases": [{**PHASES[0], "select": {"he_a": {"signal": "compression_ratio", "quantile": [0.5, 0.2]}}}] + PHASES[1:]},

@@ -1,6 +1,6 @@
 """The local backend's clean stop, without Slurm: SIGUSR1 (what the sbatch script forwards on Slurm's
 warning) checkpoints at the next step boundary and exits 75; the rerun resumes and ends bit for bit where
-the uninterrupted run ends (CPT and SFT). Likewise a CPT split into one job per segment (stop_after_segment)."""
+the uninterrupted run ends (CPT and SFT). Likewise a CPT split into one job per segment (`segment=<name>`)."""
 
 from __future__ import annotations
 
@@ -83,15 +83,15 @@ def test_sigusr1_checkpoints_exits_75_and_the_rerun_matches(cpt):
 
 def test_one_job_per_segment_matches_one_job(cpt):
     run = cpt["root"] / "runs" / "segmented"
-    proc = subprocess.run(_cmd(cpt["args"], run, "stop_after_segment=s1"), cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run(_cmd(cpt["args"], run, "segment=s1"), cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = json.loads((run / "plan.json").read_text())
     assert max(r["step"] for r in _records(run)) == plan["segments"][1]["start_step"]
     assert (run / "segments" / "s1" / "model" / "COMPLETE").exists() and not (run / "model").exists()
-    bad = subprocess.run(_cmd(cpt["args"], run, "stop_after_segment=s9"), cwd=REPO, capture_output=True, text=True,
+    bad = subprocess.run(_cmd(cpt["args"], run, "segment=s9"), cwd=REPO, capture_output=True, text=True,
                          timeout=600)
-    assert bad.returncode == 2 and "stop_after_segment='s9': the plan's segments are ['s1', 's2']" in bad.stderr
+    assert bad.returncode == 2 and "segment='s9': the plan's segments are ['s1', 's2']" in bad.stderr
     proc = subprocess.run(_cmd(cpt["args"], run), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _same_end(cpt["ref"], run)

@@ -397,14 +397,14 @@ def test_a_prepared_folder_plans_and_trains_from_a_copy(tmp_path):
     orig, moved = tmp_path / "orig", tmp_path / "moved"
     prepare(prepare_config(tmp_path, sources, **{"data.output_dir": str(orig / "data")}), log=_quiet)
 
-    segs = [{"name": "s1", "seq_length": 32, "global_batch": 4, "micro_batch": 2, "data_parallel_size": 1}]
+    segs = [{"name": "s1", "seq_length": 32, "global_batch_size": 4, "micro_batch_size": 2, "data_parallel_size": 1}]
     phases = [{"name": "p", "segment": "s1", "tokens": 640, "sources": {"he_a": 1.0}}]
     anchor = {"share": 0.25, "sources": {"en_x": 1.0}}
 
     def config(root):
         cfg = train_config(root, ["he_a", "en_x"], phases, segs, anchor, base_sources={"en_x": 1.0},
-                           **{"base.tokens": 512, "base.global_batch": 4, "base.micro_batch": 2,
-                              "eval.every_steps": 0, "checkpoint.every_steps": 100})
+                           **{"base.tokens": 512, "base.global_batch_size": 4, "base.micro_batch_size": 2,
+                              "eval.eval_interval": 0, "checkpoint.save_interval": 100})
         cfg.tokenizer.path = str(tmp_path / "tok")
         return cfg
 

@@ -68,9 +68,9 @@ def setup(tmp_path_factory):
                             "sft_data=demo", "sft_data.total=240", "sft_data.max_length=320",
                             "sft_data.sources.pairs_train.keep_fraction=1.0",
                             f"sft.init_from={tmp / 'cpt' / 'model'}", f"sft.run_dir={tmp / 'sft'}",
-                            "sft.global_batch=8", "sft.micro_batch=4", "sft.eval_every_steps=10",
+                            "sft.global_batch_size=8", "sft.micro_batch_size=4", "sft.eval_interval=10",
                             "sft.eval_conversations=16", "logging.progress=false", "threads=1",
-                            "checkpoint.every_steps=10"])
+                            "checkpoint.save_interval=10"])
     model = build_model(load_model_config("micro"), 600, seed=0)
     export_model(model, {"tokenizer": {"path": str(tok)}, "fingerprint": "test"}, tmp / "cpt" / "model")
     prepare_sft(cfg, log=lambda *a: None)

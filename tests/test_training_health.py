@@ -90,8 +90,8 @@ def test_local_trainer_stops_on_the_guard_with_a_forced_checkpoint(tmp_path):
     phases = [{"name": "formal", "segment": "s1", "tokens": 3000, "sources": {"he_a": 1.0}}]
     margin = 0.01
     cfg = train_config(tmp_path, ["he_a", "en_x"], phases, segs, {"share": 0.25, "sources": {"en_x": 1.0}},
-                       **{"optim.lr": 0.0, "optim.min_lr": 0.0, "optim.warmup_fraction": 0.15, "eval.every_steps": 0,
-                          "checkpoint.every_steps": 0, "router.log_every": 0, "loss_guard.enabled": True,
+                       **{"optim.lr": 0.0, "optim.min_lr": 0.0, "optim.warmup_fraction": 0.15, "eval.eval_interval": 0,
+                          "checkpoint.save_interval": 0, "router.log_every": 0, "loss_guard.enabled": True,
                           "loss_guard.window": 1, "loss_guard.margin": margin})
     cfg.run_dir = str(tmp_path / "run")
     plan = _plan_and_caches(cfg, log=lambda *a: None)

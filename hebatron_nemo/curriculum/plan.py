@@ -162,12 +162,12 @@ def _validate(cfg) -> None:
         raise ConfigError(f"curriculum.segments: duplicate names {names}")
     for i, seg in enumerate(cur.segments):
         key = f"curriculum.segments[{i}] ({seg.name})"
-        for fld in ("seq_length", "global_batch", "micro_batch", "data_parallel_size"):
+        for fld in ("seq_length", "global_batch_size", "micro_batch_size", "data_parallel_size"):
             if getattr(seg, fld) < 1:
                 raise ConfigError(f"{key}.{fld} must be >= 1, got {getattr(seg, fld)}")
-        if seg.global_batch % (seg.data_parallel_size * seg.micro_batch):
-            raise ConfigError(f"{key}: global_batch {seg.global_batch} is not divisible by data_parallel_size x "
-                              f"micro_batch = {seg.data_parallel_size} x {seg.micro_batch}")
+        if seg.global_batch_size % (seg.data_parallel_size * seg.micro_batch_size):
+            raise ConfigError(f"{key}: global_batch_size {seg.global_batch_size} is not divisible by data_parallel_size x "
+                              f"micro_batch_size = {seg.data_parallel_size} x {seg.micro_batch_size}")
     pnames = [p.name for p in cur.phases]
     if len(set(pnames)) != len(pnames):
         raise ConfigError(f"curriculum.phases: duplicate names {pnames}")
@@ -220,21 +220,21 @@ def _validate(cfg) -> None:
 
 def _anchor_per_batch(cfg, seg) -> int:
     share = float(cfg.anchor.share)
-    a = int(math.floor(share * seg.global_batch + 0.5))
-    effective = a / seg.global_batch
+    a = int(math.floor(share * seg.global_batch_size + 0.5))
+    effective = a / seg.global_batch_size
     if share > 0 and a == 0:
-        raise ConfigError(f"anchor.share={share} x global_batch={seg.global_batch} of segment {seg.name!r} rounds to 0 "
+        raise ConfigError(f"anchor.share={share} x global_batch_size={seg.global_batch_size} of segment {seg.name!r} rounds to 0 "
                           f"anchor samples per batch; raise the global batch (>= {math.ceil(0.5 / share)})")
     if abs(effective - share) > cfg.anchor.tolerance and not cfg.anchor.allow_rounding:
-        good = [b for b in range(seg.global_batch, seg.global_batch * 4 + 1)
-                if b % (seg.data_parallel_size * seg.micro_batch) == 0
+        good = [b for b in range(seg.global_batch_size, seg.global_batch_size * 4 + 1)
+                if b % (seg.data_parallel_size * seg.micro_batch_size) == 0
                 and abs(math.floor(share * b + 0.5) / b - share) <= cfg.anchor.tolerance][:3]
         raise ConfigError(
-            f"anchor.share={share} with global_batch={seg.global_batch} (segment {seg.name!r}) gives {a} anchor "
+            f"anchor.share={share} with global_batch_size={seg.global_batch_size} (segment {seg.name!r}) gives {a} anchor "
             f"samples per batch, an effective share of {effective:.4f} (error {abs(effective - share):.4f} > "
             f"anchor.tolerance={cfg.anchor.tolerance}). Use a global batch such as {good or '(none nearby)'} "
             "or set anchor.allow_rounding=true")
-    if a >= seg.global_batch:
+    if a >= seg.global_batch_size:
         raise ConfigError(f"segment {seg.name!r}: the anchor takes the whole global batch")
     return a
 
@@ -281,6 +281,40 @@ ORDER_READINGS = {
                 "declared order",
     "none": "each segment's phases merged into one static blend; segments in declared order",
 }
+
+
+def with_data_parallel(cfg):
+    """`cfg` with every curriculum segment's `data_parallel_size` set: its own value, else the DP its
+    parallelism preset gives (`megatron_bridge.segment_parallelism`, one preset per segment in training
+    order), else 1. One place for a cluster segment's DP: the preset that runs it."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    cur = cfg.curriculum
+    if all(s.data_parallel_size is not None for s in cur.segments):
+        return cfg
+    names = list(OmegaConf.select(cfg, "megatron_bridge.segment_parallelism", default=None) or [])
+    order = segment_order(cur)
+    if names and len(names) != len(order):
+        raise ConfigError(f"megatron_bridge.segment_parallelism={names} names {len(names)} presets, the curriculum "
+                          f"has {len(order)} segments. Fix: one conf/parallelism preset name per segment, in order")
+    out = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(out, False)
+    for t, k in enumerate(order):
+        seg = out.curriculum.segments[k]
+        if seg.data_parallel_size is None:
+            dp = 1
+            if names:
+                from hebatron_nemo.backends.megatron_bridge.checks import layout
+                from hebatron_nemo.backends.megatron_bridge.seam import load_preset
+
+                dp = layout(load_preset(names[t]))["dp"]
+                if dp is None:
+                    raise ConfigError(f"parallelism preset {names[t]!r} (segment {seg.name!r}): its GPUs do not "
+                                      "divide by TP x PP x CP. Fix: the preset's sizes")
+            seg.data_parallel_size = int(dp)
+    return out
 
 
 def segment_order(cur) -> list[int]:
@@ -337,6 +371,7 @@ def _realize_transitions(segments: list[dict], phases: list[dict], tb: int) -> N
 
 def build_plan(cfg, log=print) -> dict[str, Any]:
     """Validates the config and computes the whole plan (no training, no cache building)."""
+    cfg = with_data_parallel(cfg)
     _validate(cfg)
     cur, anchor, data = cfg.curriculum, cfg.anchor, cfg.data
     seg_names = [s.name for s in cur.segments]
@@ -417,7 +452,7 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
         if a:
             for s in _check_weights(anchor.sources, "anchor.sources"):
                 stream_for(s, k, None, "anchor")
-        per_batch = seg.global_batch - a
+        per_batch = seg.global_batch_size - a
         for i in order[t]:  # budgets -> batches -> exact per-stream counts
             p = cur.phases[i]
             batches = math.ceil(float(p.tokens) / seg.seq_length / per_batch)
@@ -469,11 +504,11 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
             tail = np.bincount(order_ids[:rest], minlength=len(pat_ids))
             anchor_counts = {sid: full * anchor_pattern[sid] + int(tail[j]) for j, sid in enumerate(pat_ids)}
         for g in group:
-            g_start = start_sample + (start_step - seg_start_step) * seg.global_batch
+            g_start = start_sample + (start_step - seg_start_step) * seg.global_batch_size
             phases.append({
                 **g, "order_index": len(phases), "segment_name": seg.name,
                 "start_step": start_step, "end_step": start_step + g["batches"],
-                "start_sample": g_start, "end_sample": g_start + g["batches"] * seg.global_batch,
+                "start_sample": g_start, "end_sample": g_start + g["batches"] * seg.global_batch_size,
                 "transition_start_sample": g_start,
                 "anchor_samples": g["batches"] * a,
                 "curriculum_tokens": g["curriculum_samples"] * seg.seq_length,
@@ -482,20 +517,20 @@ def build_plan(cfg, log=print) -> dict[str, Any]:
                 "counts": {str(sid): n for sid, n in g["counts"].items()},
             })
             start_step += g["batches"]
-        n_samples = seg_batches * seg.global_batch
+        n_samples = seg_batches * seg.global_batch_size
         segments.append({
             "index": t, "declared_index": k, "name": seg.name, "seq_length": seg.seq_length,
-            "global_batch": seg.global_batch,
-            "micro_batch": seg.micro_batch, "data_parallel_size": seg.data_parallel_size,
-            "anchor_per_batch": a, "curriculum_per_batch": seg.global_batch - a,
-            "anchor_share_nominal": float(anchor.share), "anchor_share_effective": a / seg.global_batch,
-            "anchor_positions": (anchor_positions(seg.global_batch, a, seg.micro_batch, seg.data_parallel_size)
+            "global_batch": seg.global_batch_size,
+            "micro_batch": seg.micro_batch_size, "data_parallel_size": seg.data_parallel_size,
+            "anchor_per_batch": a, "curriculum_per_batch": seg.global_batch_size - a,
+            "anchor_share_nominal": float(anchor.share), "anchor_share_effective": a / seg.global_batch_size,
+            "anchor_positions": (anchor_positions(seg.global_batch_size, a, seg.micro_batch_size, seg.data_parallel_size)
                                  if a else []),
             "anchor_pattern": {str(sid): c for sid, c in anchor_pattern.items()}, "anchor_period": anchor.period,
             "anchor_counts": {str(sid): n for sid, n in anchor_counts.items()},
             "batches": seg_batches, "start_step": seg_start_step, "start_sample": start_sample,
             "num_samples": n_samples, "tokens": n_samples * seg.seq_length,
-            "tokens_per_step": seg.global_batch * seg.seq_length,
+            "tokens_per_step": seg.global_batch_size * seg.seq_length,
         })
         start_sample += n_samples
     _realize_transitions(segments, phases, int(cur.transition_batches))

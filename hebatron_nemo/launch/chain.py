@@ -61,16 +61,18 @@ class ChainJob:
 
 def train_tokens(cfg, stage_name: str) -> tuple[int | None, str]:
     """Tokens one training job processes (and where the number comes from)."""
+    from hebatron_nemo.backends.megatron_bridge import checks
     from hebatron_nemo.pipeline.stages import schedule_outline
 
     if stage_name == "sft":
         mb = cfg.megatron_bridge
         if mb.sft_train_iters is None:
             return None, "megatron_bridge.sft_train_iters is unset (epochs over the packed data)"
-        return (int(mb.sft_train_iters) * int(cfg.sft.global_batch) * int(mb.sft_seq_length),
-                f"megatron_bridge.sft_train_iters {mb.sft_train_iters} x sft.global_batch {cfg.sft.global_batch} x "
-                f"megatron_bridge.sft_seq_length {mb.sft_seq_length}")
-    seg = schedule_outline(cfg)[int(cfg.megatron_bridge.segment)]
+        return (int(mb.sft_train_iters) * int(cfg.sft.global_batch_size) * int(cfg.sft_data.max_length),
+                f"megatron_bridge.sft_train_iters {mb.sft_train_iters} x sft.global_batch_size "
+                f"{cfg.sft.global_batch_size} x sft_data.max_length {cfg.sft_data.max_length}")
+    outline = schedule_outline(cfg)
+    seg = outline[checks.segment_index(cfg, outline)]
     return seg["tokens"], (f"segment {seg['name']}: {seg['steps']:,} steps x {seg['global_batch']} x "
                            f"{seg['seq_length']:,} tokens")
 
@@ -93,8 +95,8 @@ def train_problems(cluster, cfg, stage_name: str, nodes: int, gpus_per_node: int
         p.append(f"{where}: parallelism.gpus_per_node={par.gpus_per_node} but cluster {cluster.name!r} has "
                  f"cluster.gpus_per_node={cluster.gpus_per_node}: the world size would not be the preset's "
                  f"{world}. Fix: a preset for this hardware, or another cluster profile")
-    job_segment = None if stage_name == "sft" else int(cfg.megatron_bridge.segment)
-    segments = [] if job_segment is None else schedule_outline(cfg)
+    segments = [] if stage_name == "sft" else schedule_outline(cfg)
+    job_segment = None if stage_name == "sft" else checks.segment_index(cfg, segments)
     p += [f"{where}: {x}" for x in checks.parallelism_problems(par, int(cfg.model.n_routed_experts), segments,
                                                               job_segment)]
     info: dict = {}

@@ -26,7 +26,10 @@ def _compose(config_name: str, overrides: list[str]):
         with initialize_config_dir(str(CONF), version_base="1.3"):
             return compose(config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"conf/{config_name}.yaml with {' '.join(overrides) or 'no overrides'}: {e}") from e
+        from hebatron_nemo.config import renamed_key_errors
+
+        hint = "".join(f"\n{m}" for m in renamed_key_errors(overrides, str(e)))
+        raise ConfigError(f"conf/{config_name}.yaml with {' '.join(overrides) or 'no overrides'}: {e}{hint}") from e
 
 
 def compose_launch(cluster: str = "local_slurm", sets: list[str] | None = None):

@@ -246,11 +246,12 @@ def _capture(fn, *args) -> str:
 
 
 def _mb_cpt(cfg, log, *, name: str, segment: int, end_step: int):
+    from hebatron_nemo.backends.megatron_bridge.checks import segment_index
     from hebatron_nemo.backends.megatron_bridge.run import run_cpt_mb
 
-    if int(cfg.megatron_bridge.segment) != segment:
-        raise ConfigError(f"stage cpt of segment {segment} composed megatron_bridge.segment="
-                          f"{cfg.megatron_bridge.segment}: a stage override of pipeline.stage_overrides sets it")
+    if segment_index(cfg, schedule_outline(cfg)) != segment:
+        raise ConfigError(f"stage cpt of segment {segment} composed segment={cfg.segment}: a stage override of "
+                          "pipeline.stage_overrides sets it")
     if cfg.megatron_bridge.dry_run:
         return _dry(cfg, name, _capture(run_cpt_mb, cfg), log)
     run_cpt_mb(cfg)
@@ -365,7 +366,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("base", "stage 0: English-heavy base model (CPU demo)", ("prepare",), ("base",) + TRAIN_KEYS, "shared",
           _base),
     Stage("cpt", "continued pretraining, every segment", ("plan", "base"),
-          ("curriculum", "anchor", "eval", "checkpoint.every_steps", "max_steps") + TRAIN_KEYS, "run", _cpt),
+          ("curriculum", "anchor", "eval", "checkpoint.save_interval", "max_steps") + TRAIN_KEYS, "run", _cpt),
     # after prepare: the demo's tokenizer is trained there, and the length filter counts its tokens
     Stage("prepare_sft", "SFT registry -> one prepared chat dataset", ("corpora", "prepare"), ("sft_data", "tokenizer"),
           "shared", _prepare_sft, extra=_sft_source_files),
@@ -387,11 +388,12 @@ MB_KEYS = ("megatron_bridge.dry_run",)
 def schedule_outline(cfg) -> list[dict]:
     """The plan's step arithmetic without the data (what a login node can compute before `prepare`):
     per segment its steps and tokens, per phase the step it ends at. Megatron-Bridge numbers steps
-    from the run's start across segments (`megatron_bridge.segment` jobs continue the count), so a
+    from the run's start across segments (each `segment=<name>` job continues the count), so a
     phase-end checkpoint is `<megatron_bridge.save_dir>/iter_<end_step>`. Same formulas as
     `curriculum.plan.build_plan` (which checks them against the data)."""
-    from hebatron_nemo.curriculum.plan import _anchor_per_batch, realized_order
+    from hebatron_nemo.curriculum.plan import _anchor_per_batch, realized_order, with_data_parallel
 
+    cfg = with_data_parallel(cfg)
     cur = cfg.curriculum
     names = [seg.name for seg in cur.segments]
     batches = []
@@ -399,7 +401,7 @@ def schedule_outline(cfg) -> list[dict]:
         if ph.segment not in names:
             raise ConfigError(f"curriculum.phases[{i}] ({ph.name}).segment={ph.segment!r} is not a segment {names}")
         seg = cur.segments[names.index(ph.segment)]
-        batches.append(math.ceil(float(ph.tokens) / seg.seq_length / (seg.global_batch - _anchor_per_batch(cfg, seg))))
+        batches.append(math.ceil(float(ph.tokens) / seg.seq_length / (seg.global_batch_size - _anchor_per_batch(cfg, seg))))
     out, step = [], 0
     for k, group in enumerate(realized_order(cur)):
         seg = cur.segments[k]
@@ -411,9 +413,9 @@ def schedule_outline(cfg) -> list[dict]:
             step += b
             ends.append({"name": name, "end_step": step})
         out.append({"index": k, "name": seg.name, "seq_length": int(seg.seq_length),
-                    "global_batch": int(seg.global_batch), "micro_batch": int(seg.micro_batch),
+                    "global_batch": int(seg.global_batch_size), "micro_batch": int(seg.micro_batch_size),
                     "data_parallel_size": int(seg.data_parallel_size), "start_step": start, "end_step": step,
-                    "steps": step - start, "tokens": (step - start) * int(seg.global_batch) * int(seg.seq_length),
+                    "steps": step - start, "tokens": (step - start) * int(seg.global_batch_size) * int(seg.seq_length),
                     "phases": ends})
     return out
 
@@ -435,7 +437,7 @@ def megatron_bridge_stages(cfg) -> tuple[Stage, ...]:
     last_export = None
     for seg in schedule_outline(cfg):
         name = f"cpt_{seg['name']}"
-        over = (f"megatron_bridge.segment={seg['index']}",) + extra.get(name, ())
+        over = (f"segment={seg['name']}",) + extra.get(name, ())
         stages.append(Stage(name, f"CPT segment {seg['index']} ({seg['name']}, {seg['seq_length']:,} tokens): steps "
                                   f"{seg['start_step']:,}-{seg['end_step']:,}", train_upstream, MB_TRAIN_KEYS, "run",
                             functools.partial(_mb_cpt, name=name, segment=seg["index"], end_step=seg["end_step"]),
@@ -532,7 +534,10 @@ def compose_pipeline(overrides: list[str]):
         with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
             return compose("pipeline", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"conf/pipeline.yaml with {' '.join(overrides)}: {e}") from e
+        from hebatron_nemo.config import renamed_key_errors
+
+        hint = "".join(f"\n{m}" for m in renamed_key_errors(overrides, str(e)))
+        raise ConfigError(f"conf/pipeline.yaml with {' '.join(overrides)}: {e}{hint}") from e
 
 
 class Graph:

@@ -16,23 +16,6 @@ import argparse
 DISTRIBUTED = ("cpt", "sft")
 
 
-def megatron_bridge_job(job, cluster, run, sets: list[str]):
-    """A Megatron-Bridge training job takes its nodes and GPUs from its parallelism preset; an explicit
-    `--set cluster.nodes=N` that disagrees, a cluster whose nodes have another GPU count, or a time
-    limit x restarts shorter than the expected wall time is refused before anything is written."""
-    from dataclasses import replace
-
-    from hebatron_nemo.backends.megatron_bridge.checks import raise_if
-    from hebatron_nemo.launch.chain import train_problems
-
-    par = run.parallelism
-    explicit = [int(kv.split("=", 1)[1]) for kv in sets if kv.split("=", 1)[0] == "cluster.nodes"]
-    nodes = explicit[-1] if explicit else int(par.nodes)
-    problems, _ = train_problems(cluster, run, job.recipe, nodes, int(par.gpus_per_node))
-    raise_if(problems, f"{job.recipe} on cluster {cluster.name!r}")
-    return replace(job, nodes=nodes, gpus_per_node=int(par.gpus_per_node), procs_per_node=int(par.gpus_per_node))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cluster", default="local_slurm", help="a profile of conf/cluster/ (default: local_slurm)")
@@ -45,6 +28,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs=argparse.REMAINDER, help="the recipe's own overrides, passed verbatim")
     args = ap.parse_args()
 
+    from hebatron_nemo.backends import get_backend
     from hebatron_nemo.cli import clean_errors
     from hebatron_nemo.launch.compose import check_stage, compose_launch
     from hebatron_nemo.launch.slurm import StageJob, submit
@@ -53,9 +37,8 @@ def main() -> None:
         cfg = compose_launch(args.cluster, args.set)
         run = check_stage(args.recipe, args.overrides)
         job = StageJob(args.name or args.recipe, args.recipe, list(args.overrides), distributed=args.recipe in DISTRIBUTED)
-        if args.recipe in DISTRIBUTED and run is not None and run.backend == "megatron_bridge" \
-                and not run.megatron_bridge.dry_run:
-            job = megatron_bridge_job(job, cfg.cluster, run, args.set)
+        if args.recipe in DISTRIBUTED and run is not None:
+            job = get_backend(run).slurm_job(job, cfg.cluster, run, args.set)
         sub = submit(cfg.cluster, job, after=args.after, dry_run=args.dry_run)
         if sub.job_id:
             print(f"job_id={sub.job_id}\nstdout={sub.stdout}\nstderr={sub.stderr}\nscript={sub.script_path}")

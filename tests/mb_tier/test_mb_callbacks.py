@@ -19,7 +19,7 @@ from hebatron_nemo.backends.megatron_bridge.forward import SourceStats, make_for
 from hebatron_nemo.curriculum.mixture import CurriculumDataset
 from hebatron_nemo.curriculum.runplan import make_plan
 
-SEGS = [{"name": "s1", "seq_length": 32, "global_batch": 16}]
+SEGS = [{"name": "s1", "seq_length": 32, "global_batch_size": 16}]
 PHASES = [{"name": "formal", "segment": "s1", "tokens": 2000, "sources": {"he_a": 1.0}},
           {"name": "colloquial", "segment": "s1", "tokens": 1500, "sources": {"he_a": 1.0}}]
 

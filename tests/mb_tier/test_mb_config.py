@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from mb_fixtures import (tiny_hf_folder, CPT_EXPERIMENTS, SFT_EXPERIMENTS, cluster_overrides, compose_experiment,
                          prepare_cluster_sources)
 
+from hebatron_nemo.backends.megatron_bridge.checks import segment_index
 from hebatron_nemo.backends.megatron_bridge.seam import (build_cpt_container, build_sft_container, container_yaml,
                                                         cpt_overrides, sft_overrides)
 from hebatron_nemo.curriculum.runplan import make_plan
@@ -62,7 +63,7 @@ def _get(container, path):
 def test_recipe_plus_our_overrides_through_mb_utilities(cluster, name):
     _, exps = cluster
     cfg, plan = exps[name]
-    k = cfg.megatron_bridge.segment
+    k = segment_index(cfg, plan["segments"])
     c = build_cpt_container(cfg, plan, k)
     ours = cpt_overrides(cfg, plan, k)
     for path, value in _leaves(ours):
@@ -88,7 +89,7 @@ def test_mb_validate_accepts_the_container(cluster, name, monkeypatch):
 
     _, exps = cluster
     cfg, plan = exps[name]
-    k = cfg.megatron_bridge.segment
+    k = segment_index(cfg, plan["segments"])
     c = build_cpt_container(cfg, plan, k)
     monkeypatch.setenv("WORLD_SIZE", str(cfg.parallelism.nodes * cfg.parallelism.gpus_per_node))
     monkeypatch.setattr(mbc, "validate_flex_dispatcher_backend", lambda model: None)
@@ -117,7 +118,7 @@ def test_no_leaked_defaults(cluster, name, tmp_path):
     cfg, plan = exps[name]
     default = _recipe()
     if plan is not None:
-        k = cfg.megatron_bridge.segment
+        k = segment_index(cfg, plan["segments"])
         c, ours = build_cpt_container(cfg, plan, k), cpt_overrides(cfg, plan, k)
         must = MUST_SET + [("train", "train_samples"), ("scheduler", "lr_warmup_samples"),
                            ("scheduler", "lr_decay_samples")]
@@ -149,7 +150,7 @@ def test_sft_container_from_a_local_hf_folder(cluster, tmp_path):
     assert c.model.calculate_per_token_loss is True and c.ddp.average_in_collective is False
     d = c.dataset
     assert d.preprocessing.loss_mode == "assistant" and d.enable_offline_packing
-    assert d.offline_packing_specs.packed_sequence_size == d.seq_length == cfg.megatron_bridge.sft_seq_length
+    assert d.offline_packing_specs.packed_sequence_size == d.seq_length == cfg.sft_data.max_length
     assert d.offline_packing_specs.pad_seq_to_mult == 1  # CP 1; 2 x CP otherwise
     assert d.dataset_root == str(tmp_path / "data") and c.checkpoint.pretrained_checkpoint == cfg.sft.init_from
     import megatron.bridge.recipes.nemotronh.h100.nemotron_3_nano as recipe_mod
@@ -162,7 +163,7 @@ def test_sft_container_from_a_local_hf_folder(cluster, tmp_path):
     assert c_ep.train.train_iters is None and c_ep.train.num_epochs == cfg.sft.epochs
     assert c_ep.dataset.dataloader_type == "batch"
     cp = copy.deepcopy(cfg)
-    OmegaConf.update(cp, "parallelism.context", 2)
+    OmegaConf.update(cp, "parallelism.context_parallel_size", 2)
     OmegaConf.update(cp, "parallelism.cp_comm_type", "p2p")
     assert build_sft_container(cp, tmp_path / "data").dataset.offline_packing_specs.pad_seq_to_mult == 4
 
@@ -217,7 +218,7 @@ def test_dry_run_prints_the_resolved_container(cluster, name, capsys):
     out = capsys.readouterr().out
     assert "# resolved ConfigContainer" in out and "data parallel DP = 64 / " in out
     assert "hybrid_layer_pattern: MEMEM*EMEMEM*" in out and "HebatronCurriculumDatasetProvider" not in out.split("#")[0]
-    assert "dataloader_type: single" in out and f"context_parallel_size: {cfg.parallelism.context}" in out
+    assert "dataloader_type: single" in out and f"context_parallel_size: {cfg.parallelism.context_parallel_size}" in out
 
 
 def test_sft_dry_run_prints_the_resolved_container(cluster, capsys):
@@ -292,7 +293,7 @@ def test_runtime_config_update_on_every_cpt_container(cluster, name, precision, 
     _, exps = cluster
     cfg, plan = exps[name]
     cfg = _sft(cfg, precision)
-    k = cfg.megatron_bridge.segment
+    k = segment_index(cfg, plan["segments"])
     c = mb_runtime(build_cpt_container(cfg, plan, k), cfg)
     mp = c.mixed_precision
     assert isinstance(mp, MixedPrecisionConfig) and mp.bf16 and c.model.bf16 and c.optimizer.bf16
@@ -405,7 +406,7 @@ def test_fully_reshardable_optimizer_state_only_across_a_layout_change(cluster, 
     _, exps = cluster
     for name in CPT_EXPERIMENTS:
         cfg, plan = exps[name]
-        k = cfg.megatron_bridge.segment
+        k = segment_index(cfg, plan["segments"])
         cfg = copy.deepcopy(cfg)
         cfg.megatron_bridge.segment_parallelism = presets
         if presets and presets[k] != cfg.parallelism.name:

@@ -18,8 +18,8 @@ from hebatron_nemo.curriculum.mixture import CurriculumDataset
 from hebatron_nemo.curriculum.runplan import make_plan
 
 SOURCES = ["he_a", "he_long", "en_x"]
-SEGS = [{"name": "s1", "seq_length": 32, "global_batch": 16, "micro_batch": 2},
-        {"name": "s2", "seq_length": 128, "global_batch": 8, "micro_batch": 1}]
+SEGS = [{"name": "s1", "seq_length": 32, "global_batch_size": 16, "micro_batch_size": 2},
+        {"name": "s2", "seq_length": 128, "global_batch_size": 8, "micro_batch_size": 1}]
 PHASES = [{"name": "formal", "segment": "s1", "tokens": 6000, "sources": {"he_a": 1.0}},
           {"name": "long", "segment": "s2", "tokens": 4000, "sources": {"he_long": 1.0}}]
 ANCHOR = {"share": 0.25, "sources": {"en_x": 1.0}}

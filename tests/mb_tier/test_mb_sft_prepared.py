@@ -68,8 +68,8 @@ def sft_run(tmp_path_factory):
     _write_hebatron_categories(tmp / "sft_raw")
     cfg = compose_experiment("hebatron_sft_h100x16", [
         *cluster_overrides(tmp, data), f"sft.init_from={hf}", f"tokenizer.path={tok}",
-        f"sft_data.raw_dir={tmp / 'sft_raw'}", "sft_data.total=160", "sft_data.max_length=1024",
-        "megatron_bridge.sft_seq_length=1024"], recipe="sft")
+        f"sft_data.raw_dir={tmp / 'sft_raw'}", "sft_data.total=160", "sft_data.max_length=1024"],
+        recipe="sft")
     assert cfg.sft_data.name == "hebatron"
     manifest = prepare_sft(cfg, log=lambda *a: None)
     root, _ = link_prepared_sft(cfg, log=lambda *a: None)
@@ -147,6 +147,6 @@ def test_mb_reads_prepared_data_packs_inside_the_run_and_derives_the_steps(sft_r
     # the step count MB derives from the packed data (ConfigContainer._resolve_num_epochs, as finetune() does)
     c2 = copy.deepcopy(c)
     c2._resolve_num_epochs(len(train))
-    gb = cfg.sft.global_batch
+    gb = cfg.sft.global_batch_size
     assert c2.train.train_iters == math.ceil(cfg.sft.epochs * math.ceil(len(train) / gb))
     assert c2.scheduler.lr_decay_iters == c2.train.train_iters

@@ -38,14 +38,15 @@ def base_config(cfg):
     b = cfg.base
     bc = OmegaConf.merge(cfg, {
         "curriculum": {"name": "base", "order": "easy_to_hard", "transition_batches": 0, "segment_doc_shares": {},
-                       "segments": [{"name": "base", "seq_length": b.seq_length, "global_batch": b.global_batch,
-                                     "micro_batch": b.micro_batch, "data_parallel_size": 1}],
+                       "segments": [{"name": "base", "seq_length": b.seq_length,
+                                     "global_batch_size": b.global_batch_size,
+                                     "micro_batch_size": b.micro_batch_size, "data_parallel_size": 1}],
                        "phases": [{"name": "base", "segment": "base", "tokens": b.tokens,
                                    "sources": OmegaConf.to_container(b.sources), "select": {}}]},
         "anchor": {"share": 0.0, "sources": {}},
         "eval": {"early_stop": {"enabled": False}},
         "loss_guard": {"enabled": False},  # a from-scratch loss is not the CPT's to judge
-        "stop_after_segment": None,  # a CPT segment name; stage 0 has its own single segment
+        "segment": None,  # a CPT segment name; stage 0 has its own single segment
     })
     return bc
 
@@ -145,10 +146,10 @@ def run_cpt(cfg, log=print) -> dict:
     if rank == 0 and state["consumed_samples"] >= plan["totals"]["samples"]:
         export_model(model, plan, run_dir / "model")
         log(f"CPT done: {state['step']} steps, {state['tokens']:,} tokens -> {run_dir / 'model'}")
-    elif rank == 0 and (state.get("stop_reason") or "").startswith("stop_after_segment="):
-        out = run_dir / "segments" / str(cfg.stop_after_segment) / "model"
+    elif rank == 0 and (state.get("stop_reason") or "").startswith("segment="):
+        out = run_dir / "segments" / str(cfg.segment) / "model"
         export_model(model, plan, out)  # what a per-segment export (e.g. base_8k) reads
-        log(f"segment {cfg.stop_after_segment} done: {state['step']} steps, {state['tokens']:,} tokens -> {out}")
+        log(f"segment {cfg.segment} done: {state['step']} steps, {state['tokens']:,} tokens -> {out}")
     distributed.barrier()
     state["base_dir"] = str(base_dir)
     return state

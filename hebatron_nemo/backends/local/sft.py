@@ -114,12 +114,12 @@ def run_sft(cfg, log=print) -> dict:
         raise ConfigError(f"sft.init_from: no complete model folder at {init} (run recipes/cpt.py first)")
     tokenizer = LocalTokenizer(str(cfg.tokenizer.path))
     train_ex, valid_ex, report = build_data(cfg, tokenizer, log if rank == 0 else (lambda *a: None))
-    if s.global_batch % (s.micro_batch * world):
-        raise ConfigError(f"sft.global_batch {s.global_batch} must divide by micro_batch x processes = "
-                          f"{s.micro_batch} x {world}")
-    accum = s.global_batch // (s.micro_batch * world)
+    if s.global_batch_size % (s.micro_batch_size * world):
+        raise ConfigError(f"sft.global_batch_size {s.global_batch_size} must divide by micro_batch_size x processes = "
+                          f"{s.micro_batch_size} x {world}")
+    accum = s.global_batch_size // (s.micro_batch_size * world)
     micro_batches = [b for e in range(s.epochs)
-                     for b in bucket_indices([len(x) for x in train_ex], s.micro_batch, cfg.seed + e)]
+                     for b in bucket_indices([len(x) for x in train_ex], s.micro_batch_size, cfg.seed + e)]
     per_step = accum * world
     steps = len(micro_batches) // per_step
     if steps < 1:
@@ -146,7 +146,7 @@ def run_sft(cfg, log=print) -> dict:
     logger = RunLogger(run_dir, cfg.logging, rank == 0, state["step"] if ckpt is not None else None, {"sft": report})
     if state["step"] == 0:
         logger.log({"kind": "eval", "step": 0, "consumed_samples": 0, "tokens": 0, "phase": "sft", "segment": "sft",
-                    "values": evaluate(model, valid_ex, s.micro_batch)})
+                    "values": evaluate(model, valid_ex, s.micro_batch_size)})
     t0 = time.time()
     stopper = StopOnSignal()  # the cluster's warning: checkpoint at the next step and exit (see preemption.py)
     preempted = False
@@ -182,7 +182,7 @@ def run_sft(cfg, log=print) -> dict:
             counts += stats[:, [2, 1]].numpy().astype(np.int64)
             n_tokens = sum(int(b["attention_mask"].sum()) for b, _ in batches)
             state["step"] = step + 1
-            state["consumed_samples"] += s.global_batch
+            state["consumed_samples"] += s.global_batch_size
             state["tokens"] += int(distributed.all_reduce_sum(torch.tensor(n_tokens)).item())
             record = {"kind": "train", "step": state["step"], "consumed_samples": state["consumed_samples"],
                       "tokens": state["tokens"], "phase": "sft", "segment": "sft", "lr": lr, "grad_norm": grad_norm,
@@ -192,10 +192,10 @@ def run_sft(cfg, log=print) -> dict:
                       "tokens_per_second": state["tokens"] / max(time.time() - t0, 1e-9)}
             logger.log(record)
             last = state["step"] == steps
-            if (s.eval_every_steps and state["step"] % s.eval_every_steps == 0) or last:
+            if (s.eval_interval and state["step"] % s.eval_interval == 0) or last:
                 logger.log({**{k: record[k] for k in ("step", "consumed_samples", "tokens", "phase", "segment")},
-                            "kind": "eval", "values": evaluate(model, valid_ex, s.micro_batch)})
-            periodic = bool(cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0)
+                            "kind": "eval", "values": evaluate(model, valid_ex, s.micro_batch_size)})
+            periodic = bool(cfg.checkpoint.save_interval and state["step"] % cfg.checkpoint.save_interval == 0)
             preempted = stopper.requested() and not last  # a collective: every rank asks
             if last or periodic or preempted:
                 if rank == 0:

@@ -39,7 +39,7 @@ def make_optimizer(model, optim_cfg) -> torch.optim.Optimizer:
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": optim_cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=optim_cfg.lr,
-                             betas=(optim_cfg.beta1, optim_cfg.beta2), eps=optim_cfg.eps, foreach=False)
+                             betas=(optim_cfg.adam_beta1, optim_cfg.adam_beta2), eps=optim_cfg.adam_eps, foreach=False)
 
 
 class RunLogger:
@@ -117,12 +117,12 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
     """Runs (or resumes) the plan's steps on `model`; returns the final trainer state."""
     rank, world = distributed.init()
     threads.configure(cfg.threads)  # the cores this process may use, at most cfg.threads
-    stop_seg = cfg.get("stop_after_segment")
+    stop_seg = cfg.get("segment")
     stop_seg_end = None
     if stop_seg:  # checked before anything is loaded or run
         ends = {s["name"]: s["start_sample"] + s["num_samples"] for s in plan["segments"]}
         if stop_seg not in ends:
-            raise ConfigError(f"stop_after_segment={stop_seg!r}: the plan's segments are {sorted(ends)}")
+            raise ConfigError(f"segment={stop_seg!r}: the plan's segments are {sorted(ends)}")
         stop_seg_end = ends[stop_seg]
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
                 stop_reason = f"max_steps={cfg.max_steps}"
                 break
             if stop_seg_end is not None and state["consumed_samples"] >= stop_seg_end:
-                stop_reason = f"stop_after_segment={stop_seg}"  # its end was checkpointed (forced)
+                stop_reason = f"segment={stop_seg}"  # its end was checkpointed (forced)
                 break
             c = state["consumed_samples"]
             k = next(i for i, s in enumerate(plan["segments"]) if s["start_sample"] <= c < s["start_sample"] + s["num_samples"])
@@ -236,7 +236,7 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
                       "grad_norm": grad_norm, "aux_loss": aux_total,
                       "tokens_per_second": B * seg["seq_length"] / max(now - t_last, 1e-9)}
             t_last = now
-            if state["step"] % cfg.logging.log_every == 0:
+            if state["step"] % cfg.logging.log_interval == 0:
                 logger.log(record)
             if cfg.router.log_every and state["step"] % cfg.router.log_every == 0:
                 rstats = router.stats()
@@ -256,12 +256,12 @@ def train(cfg, plan: dict, model, run_dir: Path, log=print, lr: float | None = N
             stop_reason = guard.update(state["step"], state["tokens"] - warm_from, record["loss"])
             at_phase_end = state["consumed_samples"] in phase_ends
             at_seg_end = state["consumed_samples"] in seg_ends
-            if (cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0) or at_phase_end:
+            if (cfg.eval.eval_interval and state["step"] % cfg.eval.eval_interval == 0) or at_phase_end:
                 values = evaluator.run(model)
                 logger.log({**_where(record), "kind": "eval", "values": values})
                 stop_reason = stop_reason or early.update(values, state["tokens"])
             forced = at_phase_end or at_seg_end or stop_reason is not None
-            saved = forced or bool(cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0)
+            saved = forced or bool(cfg.checkpoint.save_interval and state["step"] % cfg.checkpoint.save_interval == 0)
             if stopper.requested() and state["consumed_samples"] < total_samples:
                 # the cluster's warning (preemption or time limit): checkpoint this step and stop
                 preempted = True

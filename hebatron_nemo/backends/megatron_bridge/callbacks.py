@@ -75,7 +75,8 @@ def check_resume_before_pretrain(load_dir: str | Path, plan: dict, segment: int,
     if consumed < start:
         raise ConfigError(f"the checkpoint at {load_dir} (iteration {it}) consumed {consumed:,} samples, but segment "
                           f"{segment} ({seg['name']}) starts at sample {start:,}: segment {segment - 1} is not "
-                          "finished. Fix: finish it (same command with megatron_bridge.segment=" f"{segment - 1})")
+                          "finished. Fix: finish it (same command with "
+                          f"segment={plan['segments'][segment - 1]['name']})")
     if consumed >= end:
         raise ConfigError(f"the checkpoint at {load_dir} (iteration {it}) already consumed {consumed:,} samples, the "
                           f"end of segment {segment} ({seg['name']}, {end:,}). Fix: run the next segment")

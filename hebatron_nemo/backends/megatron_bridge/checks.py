@@ -18,10 +18,12 @@ def layout(par) -> dict:
     """World size and the parallel groups' sizes of one job (megatron-core's decomposition:
     world = TP x PP x CP x DP; experts are sharded over EP inside the DP x CP group)."""
     world = int(par.nodes) * int(par.gpus_per_node)
-    model_parallel = int(par.tensor) * int(par.pipeline) * int(par.context)
+    tp, pp, cp = (int(par.tensor_model_parallel_size), int(par.pipeline_model_parallel_size),
+                  int(par.context_parallel_size))
+    model_parallel = tp * pp * cp
     dp = world // model_parallel if model_parallel and world % model_parallel == 0 else None
-    return {"world": world, "tp": int(par.tensor), "pp": int(par.pipeline), "cp": int(par.context),
-            "ep": int(par.expert), "etp": int(par.expert_tensor), "model_parallel": model_parallel, "dp": dp}
+    return {"world": world, "tp": tp, "pp": pp, "cp": cp, "ep": int(par.expert_model_parallel_size),
+            "etp": int(par.expert_tensor_parallel_size), "model_parallel": model_parallel, "dp": dp}
 
 
 def layout_lines(par, seg: dict | None = None, n_experts: int | None = None) -> list[str]:
@@ -49,7 +51,8 @@ def parallelism_problems(par, n_experts: int, segments: list[dict], job_segment:
     """Problems of a parallelism preset against the model and the plan's segments."""
     p: list[str] = []
     lay = layout(par)
-    for name in ("nodes", "gpus_per_node", "tensor", "pipeline", "context", "expert", "expert_tensor"):
+    for name in ("nodes", "gpus_per_node", "tensor_model_parallel_size", "pipeline_model_parallel_size",
+                 "context_parallel_size", "expert_model_parallel_size", "expert_tensor_parallel_size"):
         if int(getattr(par, name)) < 1:
             p.append(f"parallelism.{name}={getattr(par, name)} must be >= 1")
     if p:
@@ -60,16 +63,19 @@ def parallelism_problems(par, n_experts: int, segments: list[dict], job_segment:
                  "or the tensor/pipeline/context sizes")
         return p
     if n_experts % lay["ep"]:
-        p.append(f"parallelism.expert={lay['ep']} does not divide the model's {n_experts} experts "
+        p.append(f"parallelism.expert_model_parallel_size={lay['ep']} does not divide the model's {n_experts} experts "
                  f"(model.n_routed_experts). Fix: use a divisor of {n_experts}, e.g. 8")
     if (lay["dp"] * lay["cp"]) % lay["ep"]:
-        p.append(f"parallelism.expert={lay['ep']} does not divide the DP x CP group ({lay['dp']} x {lay['cp']} = "
-                 f"{lay['dp'] * lay['cp']}). Fix: lower parallelism.expert or add GPUs")
+        p.append(f"parallelism.expert_model_parallel_size={lay['ep']} does not divide the DP x CP group "
+                 f"({lay['dp']} x {lay['cp']} = "
+                 f"{lay['dp'] * lay['cp']}). Fix: lower parallelism.expert_model_parallel_size or add GPUs")
     if lay["pp"] > 1:
-        p.append(f"parallelism.pipeline={lay['pp']}: the per-source ledger is counted on the last pipeline stage and "
-                 "written from rank 0, so it would be empty. Fix: parallelism.pipeline=1 (Nano fits with TP1 PP1 EP8)")
+        p.append(f"parallelism.pipeline_model_parallel_size={lay['pp']}: the per-source ledger is counted on the "
+                 "last pipeline stage and written from rank 0, so it would be empty. Fix: "
+                 "parallelism.pipeline_model_parallel_size=1 (Nano fits with TP1 PP1 EP8)")
     if par.sequence_parallel and lay["tp"] == 1:
-        p.append("parallelism.sequence_parallel=true needs parallelism.tensor > 1. Fix: set it false")
+        p.append("parallelism.sequence_parallel=true needs parallelism.tensor_model_parallel_size > 1. "
+                 "Fix: set it false")
     if par.moe_dispatcher not in MOE_DISPATCHERS:
         p.append(f"parallelism.moe_dispatcher={par.moe_dispatcher!r} is not one of {MOE_DISPATCHERS}")
     if par.moe_dispatcher == "deepep" and lay["ep"] > int(par.gpus_per_node):
@@ -87,9 +93,10 @@ def parallelism_problems(par, n_experts: int, segments: list[dict], job_segment:
         if lay["cp"] > 1 and seg["seq_length"] % (2 * lay["cp"]):
             p.append(f"{key}.seq_length={seg['seq_length']} is not divisible by 2 x CP = {2 * lay['cp']} "
                      "(context parallel splits each sequence into 2 x CP chunks). Fix: change seq_length or "
-                     "parallelism.context")
+                     "parallelism.context_parallel_size")
         if seg["global_batch"] % (lay["dp"] * seg["micro_batch"]):
-            p.append(f"{key}.global_batch={seg['global_batch']} is not divisible by DP x micro_batch = {lay['dp']} x "
+            p.append(f"{key}.global_batch_size={seg['global_batch']} is not divisible by DP x micro_batch_size = "
+                     f"{lay['dp']} x "
                      f"{seg['micro_batch']} = {lay['dp'] * seg['micro_batch']} with parallelism={par.name}. Fix: a "
                      f"global batch that is a multiple of {lay['dp'] * seg['micro_batch']}, or another preset")
         if seg.get("data_parallel_size") not in (None, lay["dp"]):
@@ -157,13 +164,21 @@ def raise_if(problems: list[str], what: str) -> None:
         raise ConfigError(f"{what}: {len(problems)} problem(s) before any GPU time:\n  - " + "\n  - ".join(problems))
 
 
+def segment_index(cfg, segments: list[dict]) -> int:
+    """The index, in the plan's `segments` (or `schedule_outline`'s), of the segment `segment` names: the one
+    segment a Megatron-Bridge CPT job trains. None: the first."""
+    name = cfg.get("segment")
+    if name is None:
+        return 0
+    names = [s["name"] for s in segments]
+    if str(name) not in names:
+        raise ConfigError(f"segment={name!r} is not a segment of the plan: {names}. Fix: segment=<one of them>")
+    return names.index(str(name))
+
+
 def preflight(cfg, plan: dict, segment: int, check_paths: bool = True) -> None:
     """Every check for one CPT segment job; raises one ConfigError listing all problems."""
     problems = config_problems(cfg)
-    if not 0 <= segment < len(plan["segments"]):
-        problems.append(f"megatron_bridge.segment={segment} is not a segment of the plan (it has "
-                        f"{len(plan['segments'])}: {[s['name'] for s in plan['segments']]})")
-        raise_if(problems, "megatron_bridge")
     problems += parallelism_problems(cfg.parallelism, int(cfg.model.n_routed_experts), plan["segments"], segment)
     vocab = plan["tokenizer"].get("vocab_size")
     if vocab is not None and int(vocab) > int(cfg.model.vocab_size):

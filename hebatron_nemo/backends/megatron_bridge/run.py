@@ -67,8 +67,8 @@ def dry_run_text(cfg, plan: dict, segment: int, container=None) -> str:
 
 def run_cpt_mb(cfg, log=print) -> None:
     mb = cfg.megatron_bridge
-    segment = int(mb.segment)
     plan = current_plan(cfg, log)
+    segment = checks.segment_index(cfg, plan["segments"])
     checks.preflight(cfg, plan, segment, check_paths=not mb.dry_run)
     container = build_cpt_container(cfg, plan, segment) if (_mb_importable() or not mb.dry_run) else None
     if mb.dry_run:
@@ -125,9 +125,10 @@ def sft_steps_line(cfg, manifest: dict | None) -> str:
         return f"steps: {s.epochs} epoch(s) over the packed data (no prepared data yet to estimate from)"
     seq = sft_layout(cfg)["seq_length"]
     rows = max(1, math.ceil(manifest["tokens"] / seq))
-    return (f"steps: {s.epochs} epoch(s) x ceil(packed rows / {s.global_batch}); {manifest['samples']:,} conversations, "
+    return (f"steps: {s.epochs} epoch(s) x ceil(packed rows / {s.global_batch_size}); "
+            f"{manifest['samples']:,} conversations, "
             f"{manifest['tokens']:,} tokens -> at least {rows:,} rows of {seq:,} -> at least "
-            f"{math.ceil(s.epochs * math.ceil(rows / int(s.global_batch))):,} steps (MB counts the packed rows)")
+            f"{math.ceil(s.epochs * math.ceil(rows / int(s.global_batch_size))):,} steps (MB counts the packed rows)")
 
 
 def run_sft_mb(cfg, log=print) -> None:
@@ -137,9 +138,10 @@ def run_sft_mb(cfg, log=print) -> None:
     problems = checks.config_problems(cfg)
     problems += checks.parallelism_problems(cfg.parallelism, int(cfg.model.n_routed_experts), [])
     lay = checks.layout(cfg.parallelism)
-    if lay["dp"] and cfg.sft.global_batch % (lay["dp"] * cfg.sft.micro_batch):
-        problems.append(f"sft.global_batch={cfg.sft.global_batch} is not divisible by DP x micro_batch = {lay['dp']} x "
-                        f"{cfg.sft.micro_batch}. Fix: a multiple of {lay['dp'] * cfg.sft.micro_batch}")
+    gb, mbs = int(cfg.sft.global_batch_size), int(cfg.sft.micro_batch_size)
+    if lay["dp"] and gb % (lay["dp"] * mbs):
+        problems.append(f"sft.global_batch_size={gb} is not divisible by DP x micro_batch_size = {lay['dp']} x "
+                        f"{mbs}. Fix: a multiple of {lay['dp'] * mbs}")
     if not mb.dry_run:
         problems += checks.path_problems(cfg, 0, sft=True)
     checks.raise_if(problems, "megatron_bridge SFT")

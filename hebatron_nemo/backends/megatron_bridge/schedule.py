@@ -76,10 +76,8 @@ def scheduler_fields(plan: dict, optim, segment: int) -> dict:
         scheduler["lr_decay_style"] = "constant"
         scheduler["lr_decay_samples"] = end
         scheduler["lr_wsd_decay_samples"] = None
-    return {"optimizer": {"lr": float(optim.lr), "min_lr": float(optim.min_lr), "weight_decay": float(optim.weight_decay),
-                          "adam_beta1": float(optim.beta1), "adam_beta2": float(optim.beta2),
-                          "adam_eps": float(optim.eps), "clip_grad": float(optim.clip_grad)},
-            "scheduler": scheduler}
+    # the LR endpoints the scheduler runs between (the seam sets them from its knob table: optim.lr, optim.min_lr)
+    return {"optimizer": {"lr": float(optim.lr), "min_lr": float(optim.min_lr)}, "scheduler": scheduler}
 
 
 def boundaries_report(plan: dict, optim) -> list[str]:

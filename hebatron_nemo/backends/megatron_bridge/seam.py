@@ -33,24 +33,148 @@ RECIPE_PRETRAIN = "megatron.bridge.recipes.nemotronh.nemotron_3_nano_pretrain_co
 RECIPE_SFT = "megatron.bridge.recipes.nemotronh.nemotron_3_nano_sft_config"
 
 
-def model_fields(cfg, seq_length: int) -> dict:
-    par = cfg.parallelism
-    m = {"tensor_model_parallel_size": int(par.tensor), "pipeline_model_parallel_size": int(par.pipeline),
-         "context_parallel_size": int(par.context), "expert_model_parallel_size": int(par.expert),
-         "expert_tensor_parallel_size": int(par.expert_tensor), "sequence_parallel": bool(par.sequence_parallel),
-         "cp_comm_type": str(par.cp_comm_type) if int(par.context) > 1 else None,
-         "recompute_granularity": "selective", "recompute_modules": list(par.recompute_modules),
-         "seq_length": int(seq_length),
-         # the local backend's router keys, same meaning (megatron-core's formulas)
-         "moe_router_enable_expert_bias": float(cfg.router.bias_update_rate) > 0,
-         "moe_router_bias_update_rate": float(cfg.router.bias_update_rate),
-         "moe_aux_loss_coeff": float(cfg.router.seq_aux_loss_coeff),
-         "moe_router_load_balancing_type": "seq_aux_loss",
-         # MB's training log then writes megatron-core's aux-loss tracker per layer, beside the load
-         # entropy of the health callback (megatron_bridge/health.py)
-         "moe_per_layer_logging": True,
-         **DISPATCH[str(par.moe_dispatcher)]}
-    return m
+# ---- the knob table --------------------------------------------------------------------------------
+# One row per config knob that reaches a ConfigContainer field: (our dotted key, the field it sets, cast).
+# The seam builds those fields from these rows (`knob_fields`); tests/test_knobs.py composes every
+# experiment and fails when two keys set one field, and tests/mb_tier/test_mb_knobs.py checks every
+# field against Megatron-Bridge's own dataclasses. Keys under `curriculum.segments.` are the job's
+# segment's values (read from the plan, which copies them from curriculum.segments[<segment>]).
+
+
+def _strs(value) -> dict[str, str]:
+    return {str(k): str(v) for k, v in dict(value).items()}
+
+
+def _opt_str(value):
+    return None if value is None else str(value)
+
+
+def _path(value) -> str:
+    return str(Path(str(value)))
+
+
+COMMON_KNOBS = (
+    ("parallelism.tensor_model_parallel_size", "model.tensor_model_parallel_size", int),
+    ("parallelism.pipeline_model_parallel_size", "model.pipeline_model_parallel_size", int),
+    ("parallelism.context_parallel_size", "model.context_parallel_size", int),
+    ("parallelism.expert_model_parallel_size", "model.expert_model_parallel_size", int),
+    ("parallelism.expert_tensor_parallel_size", "model.expert_tensor_parallel_size", int),
+    ("parallelism.sequence_parallel", "model.sequence_parallel", bool),
+    ("parallelism.cp_comm_type", "model.cp_comm_type", str),  # None when CP = 1 (see knob_fields)
+    ("parallelism.recompute_modules", "model.recompute_modules", list),
+    ("parallelism.env", "env_vars", _strs),
+    # the local backend's router keys, same meaning (megatron-core's formulas)
+    ("router.bias_update_rate", "model.moe_router_bias_update_rate", float),
+    ("router.seq_aux_loss_coeff", "model.moe_aux_loss_coeff", float),
+    ("optim.weight_decay", "optimizer.weight_decay", float),
+    ("optim.adam_beta1", "optimizer.adam_beta1", float),
+    ("optim.adam_beta2", "optimizer.adam_beta2", float),
+    ("optim.adam_eps", "optimizer.adam_eps", float),
+    ("optim.clip_grad", "optimizer.clip_grad", float),
+    ("checkpoint.save_interval", "checkpoint.save_interval", int),
+    ("megatron_bridge.save_dir", "checkpoint.save", _path),
+    ("megatron_bridge.eval_iters", "validation.eval_iters", int),
+    ("logging.log_interval", "logger.log_interval", int),
+    ("logging.wandb_project", "logger.wandb_project", _opt_str),  # None unless logging.wandb (see knob_fields)
+    ("tokenizer.path", "tokenizer.tokenizer_model", str),
+    ("seed", "rng.seed", int),
+)
+CPT_KNOBS = COMMON_KNOBS + (
+    ("curriculum.segments.seq_length", "model.seq_length", int),
+    ("curriculum.segments.global_batch_size", "train.global_batch_size", int),
+    ("curriculum.segments.micro_batch_size", "train.micro_batch_size", int),
+    ("optim.lr", "optimizer.lr", float),
+    ("optim.min_lr", "optimizer.min_lr", float),
+    ("eval.eval_interval", "validation.eval_interval", int),
+)
+SFT_KNOBS = COMMON_KNOBS + (
+    ("sft_data.max_length", "model.seq_length", int),  # also the dataset's seq_length and packed length
+    ("sft.global_batch_size", "train.global_batch_size", int),
+    ("sft.micro_batch_size", "train.micro_batch_size", int),
+    ("sft.lr", "optimizer.lr", float),
+    ("sft.min_lr", "optimizer.min_lr", float),
+    ("sft.warmup_fraction", "scheduler.lr_warmup_fraction", float),
+    ("sft.eval_interval", "validation.eval_interval", int),
+    ("sft.init_from", "checkpoint.pretrained_checkpoint", str),
+)
+# fields the seam computes from knobs (not one knob's value): field -> what it follows from
+DERIVED = {
+    "model.moe_router_enable_expert_bias": "router.bias_update_rate > 0",
+    "model.moe_token_dispatcher_type": "parallelism.moe_dispatcher",
+    "model.moe_flex_dispatcher_backend": "parallelism.moe_dispatcher",
+    "model.moe_shared_expert_overlap": "parallelism.moe_dispatcher",
+    "model.calculate_per_token_loss": "SFT (assistant-only loss over packed sequences)",
+    "train.train_samples": "the plan: the segment's end sample (mb_train_samples)",
+    "train.train_iters": "megatron_bridge.sft_train_iters (SFT); None for CPT (train_samples)",
+    "train.num_epochs": "sft.epochs, when megatron_bridge.sft_train_iters is unset",
+    "checkpoint.load": "megatron_bridge.load_dir, else megatron_bridge.save_dir",
+    "checkpoint.pretrained_checkpoint": "megatron_bridge.hf_model_dir (CPT segment 0)",
+    "checkpoint.dist_ckpt_optim_fully_reshardable": "megatron_bridge.segment_parallelism",
+    "checkpoint.load_rng": "the first segment only",
+    "logger.tensorboard_dir": "megatron_bridge.tensorboard_dir, else <save_dir>/../tensorboard",
+    "logger.wandb_exp_name": "megatron_bridge.wandb_exp_name, else <run>-<job>",
+    "logger.wandb_save_dir": "logging.wandb and logging.wandb_project",
+    "logger.save_config_filepath": "megatron_bridge.save_dir",
+    "scheduler.*": "optim.* and the plan (schedule.scheduler_fields) for CPT; optim.weight_decay for SFT",
+}
+# fields the seam sets to one value in every job (our choices, no knob)
+FIXED = ("model.recompute_granularity", "model.moe_router_load_balancing_type", "model.moe_per_layer_logging",
+         "train.exit_interval",
+         "train.exit_signal_handler", "train.exit_signal", "checkpoint.finetune", "tokenizer.tokenizer_type",
+         "ddp.average_in_collective")
+
+
+def knob_value(cfg, key: str, seg: dict | None = None):
+    """Our value of one knob: `curriculum.segments.<x>` from the job's plan segment, else the config's."""
+    if key.startswith("curriculum.segments."):
+        name = key.rsplit(".", 1)[1]
+        return seg[PLAN_SEGMENT_KEYS.get(name, name)]
+    return OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+PLAN_SEGMENT_KEYS = {"global_batch_size": "global_batch", "micro_batch_size": "micro_batch"}  # plan.json's names
+
+
+def knob_fields(cfg, knobs, seg: dict | None = None) -> dict:
+    """The ConfigContainer fields of `knobs` (a table above), nested ({"model": {...}, ...})."""
+    out: dict = {}
+    for key, path, cast in knobs:
+        value = knob_value(cfg, key, seg)
+        *parents, leaf = path.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = None if value is None else cast(value)
+    if int(cfg.parallelism.context_parallel_size) == 1:  # megatron-core reads cp_comm_type only with CP > 1
+        out["model"]["cp_comm_type"] = None
+    if not cfg.logging.wandb:  # MB logs to W&B whenever it has a project
+        out["logger"]["wandb_project"] = None
+    return out
+
+
+def _merge(*dicts: dict) -> dict:
+    """Nested dicts merged; a field set twice is an error (one knob per field)."""
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = _merge(out[k], v)
+            elif k in out:
+                raise ConfigError(f"the seam sets ConfigContainer field {k!r} twice")
+            else:
+                out[k] = v
+    return out
+
+
+def model_fields(cfg) -> dict:
+    """The model fields the seam derives (not one knob's value)."""
+    return {"recompute_granularity": "selective",
+            "moe_router_enable_expert_bias": float(cfg.router.bias_update_rate) > 0,
+            "moe_router_load_balancing_type": "seq_aux_loss",
+            # MB's training log then writes megatron-core's aux-loss tracker per layer, beside the load
+            # entropy of the health callback (megatron_bridge/health.py)
+            "moe_per_layer_logging": True,
+            **DISPATCH[str(cfg.parallelism.moe_dispatcher)]}
 
 
 # MB's own named mixed-precision recipes (megatron.bridge.training.mixed_precision), resolved with
@@ -84,10 +208,10 @@ def _set_mixed_precision(container, precision: str) -> None:
 
 def _logger_fields(cfg, save_dir: Path, tag: str) -> dict:
     mb = cfg.megatron_bridge
-    return {"log_interval": int(mb.log_interval),
-            "tensorboard_dir": str(mb.tensorboard_dir or save_dir.parent / "tensorboard"),
-            "wandb_project": mb.wandb_project, "wandb_exp_name": mb.wandb_exp_name or f"{Path(str(cfg.run_dir)).name}-{tag}",
-            "wandb_save_dir": str(save_dir.parent / "wandb") if mb.wandb_project else None,
+    wandb = bool(cfg.logging.wandb and cfg.logging.wandb_project)
+    return {"tensorboard_dir": str(mb.tensorboard_dir or save_dir.parent / "tensorboard"),
+            "wandb_exp_name": mb.wandb_exp_name or f"{Path(str(cfg.run_dir)).name}-{tag}",
+            "wandb_save_dir": str(save_dir.parent / "wandb") if wandb else None,
             "save_config_filepath": str(save_dir.parent / f"config_{tag}.yaml")}
 
 
@@ -151,18 +275,14 @@ def cpt_overrides(cfg, plan: dict, segment: int) -> dict:
     save = Path(str(mb.save_dir))
     first = segment == 0
     sched = scheduler_fields(plan, cfg.optim, segment)
-    return {
-        "model": model_fields(cfg, seg["seq_length"]),
-        "train": {"train_iters": None, "train_samples": mb_train_samples(plan, segment),
-                  "global_batch_size": int(seg["global_batch"]),
-                  "micro_batch_size": int(seg["micro_batch"]), "exit_interval": None, **PREEMPTION},
-        "validation": {"eval_interval": int(mb.eval_interval), "eval_iters": int(mb.eval_iters)},
-        "optimizer": sched["optimizer"],
-        "scheduler": sched["scheduler"],
-        "checkpoint": {"save": str(save), "save_interval": int(mb.save_interval),
-                       # segment 0: a restarted job resumes from its own latest checkpoint when there is one,
-                       # else MB loads the HF weights (step reset to 0); later segments continue a checkpoint
-                       "load": str(mb.load_dir or save),
+    return _merge(knob_fields(cfg, CPT_KNOBS, seg), {
+        "model": model_fields(cfg),
+        "train": {"train_iters": None, "train_samples": mb_train_samples(plan, segment), "exit_interval": None,
+                  **PREEMPTION},
+        "scheduler": sched["scheduler"],  # its "optimizer" lr / min_lr are optim.lr / optim.min_lr (the table's)
+        # segment 0: a restarted job resumes from its own latest checkpoint when there is one, else MB loads
+        # the HF weights (step reset to 0); later segments continue a checkpoint
+        "checkpoint": {"load": str(mb.load_dir or save),
                        "pretrained_checkpoint": str(mb.hf_model_dir) if first and mb.hf_model_dir else None,
                        "finetune": False,
                        # the fully reshardable optimizer format gathers the full fp32 optimizer state on
@@ -171,11 +291,9 @@ def cpt_overrides(cfg, plan: dict, segment: int) -> dict:
                        # dropout) is not loaded into a new segment
                        "dist_ckpt_optim_fully_reshardable": optimizer_state_fully_reshardable(cfg, plan, segment),
                        "load_rng": first},
-        "tokenizer": {"tokenizer_type": "HuggingFaceTokenizer", "tokenizer_model": str(cfg.tokenizer.path)},
+        "tokenizer": {"tokenizer_type": "HuggingFaceTokenizer"},
         "logger": _logger_fields(cfg, save, f"seg{segment}-{seg['name']}"),
-        "rng": {"seed": int(cfg.seed)},
-        "env_vars": preset_env(cfg),
-    }
+    })
 
 
 def preset_env(cfg) -> dict[str, str]:
@@ -266,36 +384,30 @@ def build_cpt_container(cfg, plan: dict, segment: int):
 
 def sft_layout(cfg) -> dict:
     """The SFT job's batch and sequence arithmetic (MB-free)."""
-    mb = cfg.megatron_bridge
-    cp = int(cfg.parallelism.context)
+    cp = int(cfg.parallelism.context_parallel_size)
     pad = 2 * cp if cp > 1 else 1
-    seq = int(mb.sft_seq_length)
+    seq = int(cfg.sft_data.max_length)  # conversations are at most this long, so the packs are too
     if seq % pad:
-        raise ConfigError(f"megatron_bridge.sft_seq_length={seq} is not divisible by 2 x CP = {pad}. Fix: a multiple "
-                          f"of {pad}")
+        raise ConfigError(f"sft_data.max_length={seq} (the packed length on Megatron-Bridge) is not divisible by "
+                          f"2 x CP = {pad}. Fix: a multiple of {pad}")
     return {"seq_length": seq, "pad_seq_to_mult": pad}
 
 
 def sft_overrides(cfg, data_dir: Path) -> dict:
     """Our ConfigContainer fields for SFT (everything but the dataset config and model provider)."""
     mb, s = cfg.megatron_bridge, cfg.sft
-    lay = sft_layout(cfg)
+    sft_layout(cfg)  # refuses a packed length that CP cannot split
     save = Path(str(mb.save_dir))
     iters = mb.sft_train_iters
     steps = int(iters) if iters is not None else None
-    return {
-        "model": {**model_fields(cfg, lay["seq_length"]), "calculate_per_token_loss": True},
+    return _merge(knob_fields(cfg, SFT_KNOBS), {
+        "model": {**model_fields(cfg), "calculate_per_token_loss": True},
         # no fixed step count: sft.epochs over the packed data; MB's _resolve_num_epochs sets train_iters =
         # ceil(epochs x ceil(packed rows / global batch)) once the packed dataset exists (and lr_decay_iters
         # to match), so the steps follow from the prepared data, not from a number in the experiment
         "train": {"train_iters": steps, "num_epochs": None if steps else int(s.epochs), "train_samples": None,
-                  "global_batch_size": int(s.global_batch), "micro_batch_size": int(s.micro_batch),
                   **PREEMPTION},
-        "validation": {"eval_interval": int(mb.eval_interval), "eval_iters": int(mb.eval_iters)},
-        "optimizer": {"lr": float(s.lr), "min_lr": float(s.min_lr), "weight_decay": float(cfg.optim.weight_decay),
-                      "adam_beta1": float(cfg.optim.beta1), "adam_beta2": float(cfg.optim.beta2),
-                      "adam_eps": float(cfg.optim.eps), "clip_grad": float(cfg.optim.clip_grad)},
-        "scheduler": {"lr_decay_style": "cosine", "lr_warmup_fraction": float(s.warmup_fraction), "lr_warmup_iters": 0,
+        "scheduler": {"lr_decay_style": "cosine", "lr_warmup_iters": 0,
                       "lr_warmup_samples": 0, "lr_decay_iters": steps, "lr_decay_samples": None, "lr_warmup_init": 0.0,
                       "start_weight_decay": float(cfg.optim.weight_decay),
                       "end_weight_decay": float(cfg.optim.weight_decay), "weight_decay_incr_style": "constant"},
@@ -303,14 +415,11 @@ def sft_overrides(cfg, data_dir: Path) -> dict:
         # whole (step, optimizer, scheduler, data position); only when it holds none are the weights taken
         # from `pretrained_checkpoint`, and MB sets `finetune` itself for that load. `finetune: True` here
         # would make every requeued job restart at step 0 without optimizer state.
-        "checkpoint": {"save": str(save), "save_interval": int(mb.save_interval), "load": str(mb.load_dir or save),
-                       "pretrained_checkpoint": str(s.init_from), "finetune": False},
-        "tokenizer": {"tokenizer_type": "HuggingFaceTokenizer", "tokenizer_model": str(cfg.tokenizer.path)},
+        "checkpoint": {"load": str(mb.load_dir or save), "finetune": False},
+        "tokenizer": {"tokenizer_type": "HuggingFaceTokenizer"},
         "ddp": {"average_in_collective": False},  # per-token loss with packing (and CP): sum, then divide
         "logger": _logger_fields(cfg, save, "sft"),
-        "rng": {"seed": int(cfg.seed)},
-        "env_vars": preset_env(cfg),
-    }
+    })
 
 
 def sft_dataset_config(cfg, data_dir: Path):
