@@ -35,10 +35,8 @@ NOT_MB = {
 def compose_experiment(name: str):
     """The experiment composed with conf/pipeline.yaml: the schema that holds every stage's keys."""
     from hebatron_nemo.config import register_configs
-    from hebatron_nemo.export.hf import register_export_config
-    from hebatron_nemo.pipeline.config import register_pipeline_config
 
-    register_configs(), register_export_config(), register_pipeline_config()
+    register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name="pipeline", overrides=[f"experiment={name}", "paths.work=/tmp/knobs"])
 

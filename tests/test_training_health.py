@@ -86,7 +86,7 @@ def test_local_trainer_stops_on_the_guard_with_a_forced_checkpoint(tmp_path):
     from hebatron_nemo.models.nemotron_h import build_model
 
     synthetic_prepared(tmp_path / "data", {"he_a": 120, "en_x": 120}, vocab=512, mean_len=60)
-    segs = [{"name": "s1", "seq_length": 32, "global_batch": 8, "micro_batch": 4, "data_parallel_size": 1}]
+    segs = [{"name": "s1", "seq_length": 32, "global_batch_size": 8, "micro_batch_size": 4, "data_parallel_size": 1}]
     phases = [{"name": "formal", "segment": "s1", "tokens": 3000, "sources": {"he_a": 1.0}}]
     margin = 0.01
     cfg = train_config(tmp_path, ["he_a", "en_x"], phases, segs, {"share": 0.25, "sources": {"en_x": 1.0}},

@@ -17,7 +17,7 @@ from corpus import plan_config, synthetic_prepared
 
 from hebatron_nemo.curriculum.runplan import make_plan
 
-SEGS = [{"name": "s1", "seq_length": 32, "global_batch": 16}]
+SEGS = [{"name": "s1", "seq_length": 32, "global_batch_size": 16}]
 PHASES = [{"name": "formal", "segment": "s1", "tokens": 12000, "sources": {"he_a": 1.0}}]
 EXPERTS, TOPK, TOKENS = 128, 6, 128  # Nemotron-3 Nano's router: 128 experts, top-6
 
