@@ -600,6 +600,7 @@ PARITY = {"n_shot": 1, "limit": 3, "cap": 3}
 PARITY_TASKS = [*DEMO_TASKS, "ted_en_heb"]
 
 
+@pytest.mark.slow  # recipes/evaluate.py as a subprocess over nine tasks (~10 s): the fast tier's largest
 def test_recipe_scores_through_lm_eval_equal_the_numbers_computed_from_transformers(tiny, tmp_path):
     """Done-when of issue 15: `recipes/evaluate.py` (lm-eval's HF backend) gives, on every demo task, the
     numbers computed from the model's own log-probabilities and greedy tokens with transformers alone
