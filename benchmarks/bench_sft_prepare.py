@@ -39,7 +39,7 @@ include its JSONL index build and its packing. MB 0.6.0 cannot index an empty JS
 rows with valid_fraction 0.001). So the bench holds out 1% for validation and refuses to start MB on an
 empty file.
 
-    PYTHONPATH=. python benchmarks/bench_sft_prepare.py --mb-dir $(scripts/env.sh mb) --compat-dir $(scripts/env.sh compat)
+    PYTHONPATH=.:tests python benchmarks/bench_sft_prepare.py --mb-dir $(scripts/env.sh mb) --compat-dir $(scripts/env.sh compat)
 """
 
 from __future__ import annotations
