@@ -13,6 +13,8 @@ import os
 import sys
 import types
 
+import pytest
+
 TE_STUB_VERSION = "2.14.0"  # what megatron-core's version gates read; the NeMo 26.04+ containers ship >= this
 
 
@@ -54,3 +56,24 @@ if not os.environ.get("HEBATRON_MB_TIER_CHILD"):
 sys.meta_path.insert(0, _StubFinder())
 
 import megatron.bridge  # noqa: E402,F401  - fails the tier (not skips) when MB is not installed
+
+
+@pytest.fixture
+def gloo_model_parallel():
+    """A world of one on gloo with megatron-core's parallel groups (all sizes 1), torn down after."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    started = not dist.is_initialized()
+    if started:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29561")
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    from megatron.core.transformer.moe.moe_logging import destroy_moe_metrics_tracker
+
+    parallel_state.initialize_model_parallel()
+    yield
+    destroy_moe_metrics_tracker()  # the routers' aux losses recorded into megatron-core's global tracker
+    parallel_state.destroy_model_parallel()
+    if started:
+        dist.destroy_process_group()

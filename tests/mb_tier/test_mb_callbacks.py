@@ -133,26 +133,6 @@ class _RecordingCheckpointManager:
         pass
 
 
-@pytest.fixture
-def gloo_model_parallel():
-    """A world of one on gloo with megatron-core's parallel groups (all sizes 1), torn down after."""
-    import os
-
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
-    started = not dist.is_initialized()
-    if started:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29561")
-        dist.init_process_group("gloo", rank=0, world_size=1)
-    parallel_state.initialize_model_parallel()
-    yield
-    parallel_state.destroy_model_parallel()
-    if started:
-        dist.destroy_process_group()
-
-
 def test_mb_train_loop_saves_each_phase_end_once(plan, tmp_path, monkeypatch, gloo_model_parallel):
     """MB 0.6.0's own `train()` loop (its step/consumed-sample accounting, `checkpoint_and_decide_exit`
     and the save it adds after the last step unless `step % save_interval == 0`) runs one segment with

@@ -30,29 +30,6 @@ def plan(tmp_path_factory):
     return make_plan(cfg, log=lambda *a, **k: None)
 
 
-@pytest.fixture
-def gloo_model_parallel():
-    """A world of one on gloo with megatron-core's parallel groups (all sizes 1), torn down after."""
-    import os
-
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
-    started = not dist.is_initialized()
-    if started:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29563")
-        dist.init_process_group("gloo", rank=0, world_size=1)
-    from megatron.core.transformer.moe.moe_logging import destroy_moe_metrics_tracker
-
-    parallel_state.initialize_model_parallel()
-    yield
-    destroy_moe_metrics_tracker()  # the routers' aux losses recorded into megatron-core's global tracker
-    parallel_state.destroy_model_parallel()
-    if started:
-        dist.destroy_process_group()
-
-
 class _RecordingCheckpointManager:
     """MB's CheckpointManager protocol; `save` records the step it would write (a 30B write needs GPUs)."""
 
