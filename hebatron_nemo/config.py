@@ -62,25 +62,27 @@ class FilterConfig:
 
 @dataclass
 class ExactDedupConfig:
-    """Exact duplicates: the same normalized text, found by a 64-bit hash stored per shard."""
+    """Exact duplicates inside one task of the clean stage (the same normalized text, by a 64-bit hash).
+    Exact copies in other tasks or sources share every MinHash bucket, so near-dedup removes them."""
 
     enabled: bool = True
-    scope: str = "global"  # global: against earlier sources of the registry too | source: within a source
 
 
 @dataclass
 class NearDedupConfig:
-    """Near duplicates with MinHash LSH (datasketch), in process up to `max_docs` documents per source.
-
-    Beyond that, run NeMo Curator's or datatrove's fuzzy dedup and pass its list of duplicate ids in
-    `remove_ids_file` (a JSONL/Parquet/text file with one id per row, in column `id`)."""
+    """Near duplicates across every task and every tokenized source, with datatrove's MinHash stages:
+    signatures per task, duplicate pairs per bucket (tasks scale with the buckets, memory stays flat),
+    one clustering task, then removal in the tokenize stage. `num_buckets` (b) bands of
+    `hashes_per_bucket` (r) hashes: two documents of Jaccard similarity s collide in some bucket with
+    probability 1 - (1 - s^r)^b. The default b=9, r=10 puts the cut-off (1/b)^(1/r) at ~0.80 (the
+    project's earlier threshold); datatrove's and FineWeb's b=14, r=8 put it at ~0.72. Of a pair, the
+    document of the earlier task (registry order, then shard) is kept."""
 
     enabled: bool = True
-    threshold: float = 0.8  # estimated Jaccard similarity above which a later document is a near-dup
-    num_perm: int = 64  # MinHash permutations
-    shingle_words: int = 5  # word n-gram shingles
-    max_docs: int = 500_000  # in-process ceiling; above it the run fails and says to use the external route
-    remove_ids_file: Optional[str] = None  # an external tool's duplicate-id manifest to apply instead
+    n_grams: int = 5  # word n-gram shingles (of the lower-cased, punctuation-free text)
+    num_buckets: int = 9  # LSH bands (b)
+    hashes_per_bucket: int = 10  # hashes per band (r)
+    tasks_per_bucket: int = 1  # workers per bucket in the buckets stage (its tasks = num_buckets x this)
     seed: int = 1
 
 
@@ -160,12 +162,13 @@ class PrepareConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     sources: List[str] = field(default_factory=list)  # restrict to these sources (default: all)
-    shard: str = "0/1"  # "i/N": process shard i of N of each source; merge with `merge_only=true`
-    merge_only: bool = False  # merge existing shards into one source (no reading of raw text)
-    workers: int = 1  # tokenizer threads (HF tokenizers' Rust pool); 1 keeps CI deterministic and light
+    tasks: int = 1  # tasks per source in the per-document stages (clean, tokenize); more tasks, less memory each
+    workers: int = 1  # tasks run at once: processes on this machine, or the Slurm array's limit (-1: no limit)
     batch_docs: int = 512  # documents per tokenizer batch
     dry_run: bool = False  # validate the registry and inputs, print the plan of work, write nothing
     overwrite: bool = False  # redo outputs whose manifest already matches the inputs
+    keep_work: bool = False  # keep the stage graph's intermediate files (<output_dir>/.prepare/) after success
+    cluster: Optional[ClusterConfig] = None  # `cluster=<profile>`: run the stage graph as Slurm job arrays
     progress: bool = True  # progress bars
 
 
@@ -657,7 +660,8 @@ class PrepareStageOptions:
     """The prepare stage's own options (`recipes/prepare_data.py` has the same keys at top level)."""
 
     sources: List[str] = field(default_factory=list)  # restrict to these sources (default: all)
-    workers: int = 1  # tokenizer threads
+    tasks: int = 1  # tasks per source in the per-document stages
+    workers: int = 1  # tasks run at once (on a cluster's prepare job: set it to the node's cores)
     batch_docs: int = 512
     overwrite: bool = False  # redo sources whose manifest already matches the inputs
 
@@ -673,9 +677,6 @@ class PipelineOptions:
     use_apt: bool = True  # corpora stage: modern Hebrew from Debian's l10n packages when apt-get works
     prepare: PrepareStageOptions = field(default_factory=PrepareStageOptions)
     # On a cluster (`cluster=<profile>`): the graph as dependent Slurm jobs (hebatron_nemo/launch/chain.py)
-    prepare_shards: int = 1  # prepare as a Slurm job array of this many shards (shard=i/N) plus a merge job
-    shard: Optional[str] = None  # set by the chain on the array's tasks: "i/N", this task's shard only (no marker)
-    merge_only: bool = False  # set by the chain on the merge job: merge the N shards, then write the marker
     stage_overrides: Dict[str, List[str]] = field(default_factory=dict)  # stage -> Hydra overrides of its job (its own preset, its own experiment)
 
 
@@ -715,6 +716,22 @@ RENAMED_KEYS = {
     "base.micro_batch": "base.micro_batch_size",
     "curriculum.segments.*.global_batch": "curriculum.segments.*.global_batch_size",
     "curriculum.segments.*.micro_batch": "curriculum.segments.*.micro_batch_size",
+    # prepare on datatrove (its MinHash stages replace the in-process LSH and the shard/merge processes)
+    "shard": "tasks (prepare splits each source into tasks; cluster=<profile> runs them as Slurm arrays)",
+    "pipeline.prepare_shards": "pipeline.prepare.tasks (and pipeline.prepare.workers)",
+    "data.near_dedup.shingle_words": "data.near_dedup.n_grams",
+    "data.near_dedup.num_perm": "data.near_dedup.num_buckets x data.near_dedup.hashes_per_bucket",
+    "data.near_dedup.threshold": "data.near_dedup.num_buckets and hashes_per_bucket (cut-off ~(1/b)^(1/r))",
+}
+
+# Keys that no longer exist, and why.
+REMOVED_KEYS = {
+    "merge_only": "the stage graph merges by itself after its tasks (a rerun skips finished tasks)",
+    "pipeline.shard": "the prepare job runs the whole stage graph (pipeline.prepare.tasks tasks)",
+    "pipeline.merge_only": "the prepare job runs the whole stage graph, merge included",
+    "data.near_dedup.max_docs": "near-dedup runs on datatrove's MinHash stages at any corpus size",
+    "data.near_dedup.remove_ids_file": "near-dedup runs on datatrove's MinHash stages at any corpus size",
+    "data.exact_dedup.scope": "duplicates are removed across every tokenized source of the run",
 }
 
 
@@ -724,7 +741,10 @@ def renamed_key(key: str) -> str | None:
 
     norm = re.sub(r"\.\d+(?=\.)", ".*", re.sub(r"\[\d+\]", ".*", key.lstrip("+~")))  # list items: a.*.b
     new = RENAMED_KEYS.get(norm)
-    return f"{key.lstrip('+~')} was renamed: use {new} (docs/config_migration.md)" if new else None
+    if new:
+        return f"{key.lstrip('+~')} was renamed: use {new} (docs/config_migration.md)"
+    why = REMOVED_KEYS.get(norm)
+    return f"{key.lstrip('+~')} was removed: {why} (docs/config_migration.md)" if why else None
 
 
 def renamed_key_errors(overrides, error_text: str = "") -> list[str]:
