@@ -1,5 +1,5 @@
-"""The prepare stage end to end on small corpora: outputs, read-back through megatron-core, sharding,
-idempotence, filters and their report, and interrupted runs."""
+"""The prepare stage end to end on small corpora: outputs, read-back through megatron-core, tasks,
+idempotence and resumption, filters and their report, and interrupted runs."""
 
 from __future__ import annotations
 
@@ -118,29 +118,67 @@ def test_gpt_dataset_reads_identical_token_ids(corpus):
         np.testing.assert_array_equal(sample["tokens"].numpy(), concat[start:start + seq])
 
 
-def test_shards_merge_to_the_unsharded_result(corpus):
+def _docs_by_id(out_dir: Path, m: dict) -> dict[str, list[int]]:
+    """doc id -> token ids, over every split of a prepared source (the signals table is in .bin order)."""
+    import pyarrow.parquet as pq
+
+    docs = {}
+    for split in SPLITS:
+        if not m["splits"][split]["prefix"]:
+            continue
+        prefix = _split(out_dir, m, split)
+        ids = pq.read_table(prefix + ".signals.parquet").column("doc_id").to_pylist()
+        docs.update({f"{split}/{i}": t for i, t in zip(ids, _read_all(prefix))})
+    return docs
+
+
+def test_more_tasks_give_the_same_documents(corpus):
+    """tasks=3 splits each source into three tasks (ordinal mod 3): without deduplication, the same
+    documents, token ids, splits and report as one task (only the order, task by task, differs); with
+    it, as many documents kept (which copy of a duplicate survives may differ)."""
     tmp, sources = corpus
-    whole = prepare(prepare_config(tmp / "one", sources, **{"data.raw_dir": str(tmp / "raw")}), log=_quiet)
-    tok_dir = tmp / "one" / "tok"
-    for i in range(2):
-        prepare(prepare_config(tmp / "two", sources, tok_dir, **{"data.raw_dir": str(tmp / "raw"), "shard": f"{i}/2"}),
-                log=_quiet)
-    # before the merge nothing final exists
-    assert not (tmp / "two" / "out" / "he_news" / "manifest.json").exists()
-    merged = prepare(prepare_config(tmp / "two", sources, tok_dir,
-                                    **{"data.raw_dir": str(tmp / "raw"), "shard": "0/2", "merge_only": True}), log=_quiet)
+    no_dedup = {"data.raw_dir": str(tmp / "raw"), "data.near_dedup.enabled": False, "data.exact_dedup.enabled": False}
+    one = prepare(prepare_config(tmp / "one", sources, **no_dedup), log=_quiet)
+    three = prepare(prepare_config(tmp / "three", sources, tmp / "one" / "tok", **no_dedup, tasks=3), log=_quiet)
     for name in sources:
-        for split in SPLITS:
-            a, b = _split(tmp / "one" / "out", whole[name], split), _split(tmp / "two" / "out", merged[name], split)
-            assert files_sha256(a) == files_sha256(b), (name, split)
-        assert whole[name]["report"] == merged[name]["report"]
+        assert _docs_by_id(tmp / "one" / "out", one[name]) == _docs_by_id(tmp / "three" / "out", three[name])
+        assert one[name]["report"] == three[name]["report"]
+        assert three[name]["tasks"] == 3
+    raw = {"data.raw_dir": str(tmp / "raw")}
+    one = prepare(prepare_config(tmp / "one_d", sources, tmp / "one" / "tok", **raw), log=_quiet)
+    three = prepare(prepare_config(tmp / "three_d", sources, tmp / "one" / "tok", **raw, tasks=3), log=_quiet)
+    for name in sources:
+        assert one[name]["report"]["kept_docs"] == three[name]["report"]["kept_docs"]
 
 
-def test_merge_refuses_missing_shards(corpus):
+def test_an_interrupted_graph_reruns_only_unfinished_tasks(corpus):
+    """The graph's tasks are tracked by datatrove: after a task of the tokenize stage is lost, a rerun
+    runs that task and the merge again, nothing else, and gives the same bytes."""
     tmp, sources = corpus
-    prepare(prepare_config(tmp, sources, **{"shard": "0/3"}), log=_quiet)
-    with pytest.raises(ConfigError, match=r"shards \[1, 2\] of 3 are not complete"):
-        prepare(prepare_config(tmp, sources, **{"shard": "0/3", "merge_only": True}), log=_quiet)
+    cfg = prepare_config(tmp, sources, **{"tasks": 2, "keep_work": True})
+    first = prepare(cfg, log=_quiet)
+    before = {n: {s: files_sha256(_split(tmp / "out", m, s)) for s in SPLITS if m["splits"][s]["prefix"]}
+              for n, m in first.items()}
+    work = next((tmp / "out" / ".prepare").iterdir())
+    (work / "logs" / "tokenize" / "completions" / "00001").unlink()
+    for f in (work / "tokens").rglob("00001.*"):
+        f.unlink()
+    for n in sources:
+        (tmp / "out" / n / "manifest.json").unlink()
+    lines = []
+    again = prepare(cfg, log=lines.append)
+    ran = {ln.split()[0]: ln for ln in lines if "task(s):" in ln}
+    assert "done already" in ran["clean"] and "done already" in ran["cluster"], lines
+    assert "1 ran" in ran["tokenize"] and "2 ran" in ran["merge"], lines
+    after = {n: {s: files_sha256(_split(tmp / "out", m, s)) for s in SPLITS if m["splits"][s]["prefix"]}
+             for n, m in again.items()}
+    assert after == before
+
+
+def test_work_folder_is_removed_after_success_unless_kept(corpus):
+    tmp, sources = corpus
+    prepare(prepare_config(tmp, sources), log=_quiet)
+    assert not any((tmp / "out" / ".prepare").iterdir())
 
 
 def test_rerun_is_idempotent_and_detects_changed_input(corpus):
@@ -181,7 +219,7 @@ def test_filters_dedup_decontamination_and_their_report(tmp_path):
     sources = {"he_news": source("he.jsonl"), "en_anchor": source("en.jsonl", language="en", role="anchor")}
     cfg = prepare_config(tmp_path, sources, **{
         "data.decontamination.eval_files": [{"path": "eval.jsonl", "fields": ["question"]}],
-        "data.decontamination.ngram": 6, "data.near_dedup.threshold": 0.7})
+        "data.decontamination.ngram": 6})
     m = prepare(cfg, log=_quiet)
     he = m["he_news"]["report"]["removed_docs"]
     assert he["min_chars"] + he["min_words"] == 1
@@ -189,9 +227,9 @@ def test_filters_dedup_decontamination_and_their_report(tmp_path):
     assert he["decontaminated"] == 1
     assert he["exact_dup_in_source"] == 2
     assert he["near_dup"] >= 1
-    # the English source repeats a Hebrew document: it is dropped there, as a cross-source duplicate
-    assert m["en_anchor"]["report"]["removed_docs"]["exact_dup_across_sources"] == 1
-    assert m["en_anchor"]["dedup_against"] == ["he_news"]
+    # the English source repeats a Hebrew document: it is dropped there (the later task of a MinHash pair)
+    assert m["en_anchor"]["report"]["removed_docs"]["near_dup"] == 1
+    assert m["en_anchor"]["dedup_against"] == ["he_news", "en_anchor"]
     import pyarrow.parquet as pq
 
     kept_ids = set()
@@ -290,18 +328,12 @@ def test_killed_run_leaves_no_complete_looking_output(corpus, die_at):
     assert m["report"]["seen_docs"] == 120
 
 
-def test_external_duplicate_list_and_in_process_ceiling(corpus):
-    """Beyond `max_docs` the run says to use NeMo Curator / datatrove; their id list is accepted."""
-    tmp, sources = corpus
-    with pytest.raises(ConfigError, match=r"NeMo Curator.*remove_ids_file"):
-        prepare(prepare_config(tmp, {"he_news": sources["he_news"]}, **{"data.near_dedup.max_docs": 10}), log=_quiet)
-    ids = tmp / "curator_duplicates.jsonl"
-    ids.write_text('{"id": "he-3"}\n{"id": "he-4"}\n', encoding="utf-8")
-    m = prepare(prepare_config(tmp, {"he_news": sources["he_news"]},
-                               **{"data.near_dedup.max_docs": 10, "data.near_dedup.remove_ids_file": str(ids),
-                                  "data.exact_dedup.enabled": False}), log=_quiet)["he_news"]
-    assert m["report"]["removed_docs"]["external_dup_list"] == 2
-    assert m["report"]["kept_docs"] == 118, m["report"]
+def test_removed_near_dedup_keys_say_what_replaced_them():
+    from hebatron_nemo.config import renamed_key
+
+    assert "was removed: near-dedup runs on datatrove" in renamed_key("data.near_dedup.max_docs")
+    assert "use data.near_dedup.n_grams" in renamed_key("data.near_dedup.shingle_words")
+    assert "use tasks" in renamed_key("shard")
 
 
 def test_reference_model_perplexity_signal(corpus):
@@ -351,30 +383,33 @@ def test_every_source_is_read_before_any_work(corpus):
     assert not (tmp / "tok").exists() and not (tmp / "out").exists()
 
 
-def test_minhash_memory_is_bounded_on_one_huge_document():
-    """A multi-megabyte single document: the MinHash signature is computed in bounded batches (one
-    datasketch call per document took num_perm x 8 bytes per shingle: ~1.8 GB peak RSS for a 9 MB
-    line) and equals the one-call signature."""
+def test_minhash_memory_is_bounded_on_one_huge_document(tmp_path):
+    """A multi-megabyte single document: the signature is taken over blocks of shingles (datatrove's
+    own step materializes shingles x hashes x 8 bytes: ~140 MB here, 0.7 GB for a million words) and
+    equals datatrove's one-shot signature."""
     import random
     import tracemalloc
 
-    from hebatron_nemo.data.filters import MinHasher
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+    from datatrove.utils.hashing import HashConfig
 
+    from hebatron_nemo.data import prepare_graph as g
+
+    g.make_steps()
     rng = random.Random(0)
     text = " ".join(rng.choice(HEBREW) for _ in range(20000))  # ~1.1M characters, ~190k shingles
-    mh = MinHasher(64, 5, 1)
+    config = MinhashConfig(n_grams=5, num_buckets=9, hashes_per_bucket=10, hash_config=HashConfig(hash_fc="sha1"))
+    ours = g.BoundedMinhashSignature(str(tmp_path / "a"), config=config, language=g.WhitespaceWords("xx"))
+    theirs = MinhashDedupSignature(str(tmp_path / "b"), config=config, language=g.WhitespaceWords("xx"))
+    shingles = ours.get_shingles(text)
     tracemalloc.start()
     try:
-        sig = mh.signature(text)
+        sig = ours.get_signature(shingles)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    words = text.split()
-    reference = mh._template.copy()
-    reference.update_batch([" ".join(words[i:i + 5]).encode() for i in range(len(words) - 4)])
-    assert np.array_equal(sig, reference.hashvalues.astype(np.uint64))
-    # the words and one batch of shingles; one call over every shingle peaks near 64 x 8 x 190k x 3
-    assert peak < 40 * 2**20, f"MinHash peak {peak / 2**20:.0f} MiB"
+    assert sig == theirs.get_signature(shingles)
+    assert len(shingles) > 150_000 and peak < 16 * 2**20, f"MinHash peak {peak / 2**20:.0f} MiB"
 
 
 def test_a_prepared_folder_plans_and_trains_from_a_copy(tmp_path):

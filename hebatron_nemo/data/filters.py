@@ -98,7 +98,6 @@ def text_hash(text: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # Decontamination
 
-MINHASH_SCHEME = "affine32"  # datasketch >= 2 needs the scheme named when rebuilding from stored values
 _NON_WORD = re.compile(r"[^\w\s]+")
 
 
@@ -162,82 +161,3 @@ def load_eval_texts(eval_files: list, raw_dir: str) -> Iterable[str]:
 def resolve_path(path: str, base: str) -> str:
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else Path(base) / p)
-
-
-# ---------------------------------------------------------------------------------------------
-# Near duplicates (MinHash + LSH through datasketch)
-
-
-class MinHasher:
-    """MinHash signatures of word shingles, computed per document while a shard streams."""
-
-    def __init__(self, num_perm: int, shingle_words: int, seed: int):
-        from datasketch import MinHash
-
-        if num_perm < 8 or shingle_words < 1:
-            raise ConfigError("data.near_dedup.num_perm must be >= 8 and shingle_words >= 1")
-        self.num_perm, self.shingle_words, self.seed = num_perm, shingle_words, seed
-        self._template = MinHash(num_perm=num_perm, seed=seed, scheme=MINHASH_SCHEME)
-
-    # Shingles hashed per update_batch call. datasketch builds a (num_perm x batch) uint64 matrix and
-    # temporaries of that size for each call, so one call on a whole multi-megabyte document took
-    # gigabytes; the signature is a running minimum, so batching gives the identical result.
-    SHINGLE_BATCH = 4096
-
-    def signature(self, text: str) -> np.ndarray:
-        words = text.split()
-        k = self.shingle_words
-        m = self._template.copy()
-        total = max(1, len(words) - k + 1)
-        for start in range(0, total, self.SHINGLE_BATCH):
-            m.update_batch([" ".join(words[i:i + k]).encode("utf-8")
-                            for i in range(start, min(total, start + self.SHINGLE_BATCH))])
-        return m.hashvalues.astype(np.uint64)
-
-
-def near_duplicates(signatures: np.ndarray, threshold: float, seed: int) -> np.ndarray:
-    """Boolean mask: True for each row that near-duplicates an earlier kept row (first one wins)."""
-    from datasketch import MinHash, MinHashLSH
-
-    n, num_perm = signatures.shape
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    dup = np.zeros(n, dtype=bool)
-    for i in range(n):
-        m = MinHash(num_perm=num_perm, seed=seed, hashvalues=signatures[i], scheme=MINHASH_SCHEME)
-        if lsh.query(m):
-            dup[i] = True
-        else:
-            lsh.insert(i, m)
-    return dup
-
-
-def load_remove_ids(path: str) -> set[str]:
-    """Duplicate ids from an external tool (NeMo Curator / datatrove): a Parquet or JSONL file with an
-    `id` column, or a text file with one id per line."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError("duplicate-id list not found (data.near_dedup.remove_ids_file)", path=path)
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(p)
-        if "id" not in table.column_names:
-            raise DataError(f"no 'id' column (columns: {table.column_names})", path=path, field="id")
-        return {str(x) for x in table.column("id").to_pylist()}
-    ids = set()
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if p.suffix in (".jsonl", ".json"):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"malformed JSON: {e.msg}", path=path, line=lineno) from None
-                if not isinstance(row, dict) or "id" not in row:
-                    raise DataError("row has no 'id'", path=path, line=lineno, field="id")
-                ids.add(str(row["id"]))
-            else:
-                ids.add(line)
-    return ids

@@ -75,11 +75,13 @@ def _signed(h: int) -> int:
 def make_steps():
     """The project's datatrove steps (defined on first use, so importing this module is cheap)."""
     global ReadSource, CleanDocuments, ReadClean, CountedMinhashFilter, DocumentTable, WhitespaceWords
+    global BoundedMinhashSignature
     if "ReadSource" in globals():
         return
+    import numpy as np
     from datatrove.data import Document
     from datatrove.pipeline.base import PipelineStep
-    from datatrove.pipeline.dedup.minhash import MinhashDedupFilter
+    from datatrove.pipeline.dedup.minhash import MinhashDedupFilter, MinhashDedupSignature
     from datatrove.utils.word_tokenizers import WordTokenizer
 
     class _WhitespaceWords(WordTokenizer):
@@ -267,7 +269,26 @@ def make_steps():
                 out.mkdir(parents=True, exist_ok=True)
                 _write_table(out / f"{rank:05d}.docs.parquet", rows[s])
 
-    globals().update(ReadSource=_ReadSource, CleanDocuments=_CleanDocuments, ReadClean=_ReadClean,
+    class _BoundedMinhashSignature(MinhashDedupSignature):
+        """datatrove's `MinhashDedupSignature` with the signature taken over blocks of shingles: the same
+        minimum, but memory bounded by the block (datatrove's one-shot version materializes shingles x
+        hashes x 8 bytes: 0.7 GB for a million-word document)."""
+
+        block = 4096
+
+        def get_signature(self, shingles):
+            a, b = self.parameters
+            prime = np.uint64((1 << 61) - 1)
+            mins = None
+            for i in range(0, len(shingles), self.block):
+                phv = (shingles[i:i + self.block] * a + b) % prime
+                if self.config.hash_config.precision == 32:
+                    phv = np.bitwise_and(phv, self.config.hash_config.max)
+                m = np.min(phv, axis=0)
+                mins = m if mins is None else np.minimum(mins, m)
+            return [x.tolist() for x in np.split(mins.astype(self.config.hash_config.np_dtype), self.config.num_buckets)]
+
+    globals().update(ReadSource=_ReadSource, BoundedMinhashSignature=_BoundedMinhashSignature, CleanDocuments=_CleanDocuments, ReadClean=_ReadClean,
                      CountedMinhashFilter=_CountedMinhashFilter, DocumentTable=_DocumentTable,
                      WhitespaceWords=_WhitespaceWords)
 
@@ -304,8 +325,7 @@ def build_graph(work: Path, layout: TaskLayout, rules: dict, decontaminator, exa
                 signals: dict, tokenizer_args: dict, batch_docs: int, merge: Callable) -> Graph:
     """The five stages' pipelines (steps and task counts) for `layout`, writing under `work`."""
     make_steps()
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster
     from datatrove.pipeline.writers import ParquetWriter
     from datatrove.utils.hashing import HashConfig
 
@@ -323,7 +343,7 @@ def build_graph(work: Path, layout: TaskLayout, rules: dict, decontaminator, exa
              ParquetWriter(w("clean"), output_filename="${rank}.parquet", adapter=_flat_adapter, schema=clean_schema(),
                            max_file_size=-1, use_content_defined_chunking=False, write_page_index=False)]
     if mh:
-        clean.append(MinhashDedupSignature(w("minhash", "signatures"), config=mh, language=WhitespaceWords("xx")))
+        clean.append(BoundedMinhashSignature(w("minhash", "signatures"), config=mh, language=WhitespaceWords("xx")))
     tokenize = [ReadClean(w("clean"))]
     if mh:
         tokenize.append(CountedMinhashFilter(w("minhash", "remove"), w("reports", "near_dup")))
@@ -350,6 +370,10 @@ def run_local(graph: Graph, workers: int, log: Callable = print) -> None:
     tasks' warnings)."""
     from datatrove.executor import LocalPipelineExecutor
 
+    # imported (and its start-up warnings silenced) once here, not in every forked task
+    import megatron.core.datasets.indexed_dataset  # noqa: F401
+
+    invalidate_downstream(graph)
     with _task_logs_to_files():
         for stage, (steps, tasks) in graph.pipelines.items():
             ex = LocalPipelineExecutor(steps, tasks=tasks, workers=max(1, min(int(workers), tasks)),
@@ -360,8 +384,36 @@ def run_local(graph: Graph, workers: int, log: Callable = print) -> None:
             if todo == 0:
                 log(f"  {stage:<9} {tasks:>4} task(s): done already")
                 continue
-            ex.run()
+            if ex.workers == 1:
+                # What LocalPipelineExecutor.run does for one worker, minus its multiprocess Manager: a
+                # killed prepare would leave that server process behind, holding the terminal's pipes
+                from copy import deepcopy
+
+                for rank in ex.get_incomplete_ranks(range(tasks)):
+                    ex.pipeline = deepcopy(steps)
+                    ex._run_for_rank(rank)
+            else:
+                ex.run()
             log(f"  {stage:<9} {tasks:>4} task(s): {todo} ran in {time.time() - t0:.1f}s")
+
+
+def _completions(graph: Graph, stage: str) -> Path:
+    return graph.work / "logs" / stage / "completions"
+
+
+def invalidate_downstream(graph: Graph) -> str | None:
+    """Forgets the finished tasks of every stage after the first one with unfinished tasks (their inputs
+    are about to change: one clean task changes every removal list, one tokenize task its source's
+    merge). Returns that first stage (None: everything is finished)."""
+    first = None
+    for stage, (_, tasks) in graph.pipelines.items():
+        if first is not None:
+            shutil.rmtree(_completions(graph, stage), ignore_errors=True)
+            continue
+        done = _completions(graph, stage)
+        if not all((done / f"{r:05d}").exists() for r in range(tasks)):
+            first = stage
+    return first
 
 
 @contextlib.contextmanager
@@ -377,7 +429,9 @@ def _task_logs_to_files():
 
     def console_warnings_only():
         logger.remove()
-        logger.add(sys.stderr, level="WARNING", format="datatrove {level}: {message}")
+        # a task without near duplicates has no removal list: datatrove warns, but that is the normal case
+        logger.add(sys.stderr, level="WARNING", format="datatrove {level}: {message}",
+                   filter=lambda r: not r["message"].startswith("No .remove file"))
 
     def add_task_logger(logging_dir, rank, local_rank=0, node_rank=-1):
         logfile = add(logging_dir, rank, local_rank, node_rank)
@@ -422,6 +476,7 @@ def submit_slurm(graph: Graph, cluster, workers: int, python_env: str | None, lo
             srun_args["container-mounts"] = ",".join(c.mounts)
     previous = None
     records = []
+    invalidate_downstream(graph)
     for stage, (steps, tasks) in graph.pipelines.items():
         ex = SlurmPipelineExecutor(
             steps, tasks=tasks, time=str(cluster.time), partition=str(cluster.partition or ""),

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from hebatron_nemo.utils.io import write_json_atomic
 from hebatron_nemo.errors import ConfigError
-from hebatron_nemo.launch.slurm import ARRAY_TASK, StageJob, Submission, submit, time_seconds
+from hebatron_nemo.launch.slurm import StageJob, Submission, submit, time_seconds
 
 CHAIN_FILE = "chain.json"
 
@@ -40,7 +40,7 @@ class ChainJob:
     """One Slurm job of the chain, as chain.json records it."""
 
     name: str  # the Slurm job name is heb-<name>
-    stage: str  # the graph's stage it runs (the merge and the shards of `prepare` are two jobs of one stage)
+    stage: str  # the graph's stage it runs
     kind: str  # cpu | gpu | train
     argv: list[str]  # the recipe call, relative to the repository
     overrides: list[str]  # the stage's own overrides (composed over the run's by the job)
@@ -147,13 +147,13 @@ def render_chain(graph, cluster) -> tuple[list[ChainJob], list[dict]]:
             job.update(info)
         elif st.kind == "train":
             job["notes"] = ["megatron_bridge.dry_run: composes and validates the config in one process, no GPU"]
-        if st.name == "prepare" and int(graph.cfg.pipeline.prepare_shards) > 1:
-            n = int(graph.cfg.pipeline.prepare_shards)
-            jobs.append(ChainJob(name="prepare_shards", argv=argv + [f"pipeline.shard={ARRAY_TASK}/{n}"], after=waits,
-                                 array=n, **{**job, "marker": None, "recipe": f"recipes/prepare_data.py shard=i/{n}"}))
-            waits = ["prepare_shards"]
-            argv = argv + ["pipeline.merge_only=true"]
-            job["recipe"] = f"recipes/prepare_data.py shard=0/{n} merge_only=true"
+        if st.name == "prepare":
+            # one CPU job running prepare's whole stage graph on the node's cores (datatrove's local
+            # executor, pipeline.prepare.workers at once); a corpus beyond one node is prepared first
+            # with `recipes/prepare_data.py cluster=<profile>` (a Slurm array per stage), which this
+            # chain then finds done
+            job["notes"] = [f"prepare: {cfg.pipeline.prepare.tasks} task(s) per source, "
+                            f"{cfg.pipeline.prepare.workers} at once on one node"]
         jobs.append(ChainJob(name=st.name, argv=argv, after=waits, **job))
         last_job[st.name] = st.name
     if problems:

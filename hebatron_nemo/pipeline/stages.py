@@ -93,14 +93,6 @@ def _prepare(cfg, log):
     from hebatron_nemo.data.summary import print_prepare_summary
 
     pc = prepare_config(cfg)
-    n = int(cfg.pipeline.get("prepare_shards", 1))
-    if cfg.pipeline.get("shard"):
-        # one task of the chain's job array: its shard only; the merge job writes the marker
-        pc.shard = str(cfg.pipeline.shard)
-        prepare(pc)
-        return [], {"partial": True, "shard": pc.shard}
-    if cfg.pipeline.get("merge_only"):
-        pc.shard, pc.merge_only = f"0/{n}", True
     manifests = prepare(pc)
     print_prepare_summary(pc, manifests)
     out = Path(str(cfg.data.output_dir))
@@ -501,8 +493,7 @@ def _key(override: str) -> str:
 
 
 #: overrides that steer the runner or the chain, never a stage's config
-RUNNER_KEYS = ("cluster", "pipeline.only", "pipeline.skip", "pipeline.force", "pipeline.dry_run", "pipeline.shard",
-               "pipeline.merge_only")
+RUNNER_KEYS = ("cluster", "pipeline.only", "pipeline.skip", "pipeline.force", "pipeline.dry_run")
 
 
 def run_overrides(overrides) -> list[str]:

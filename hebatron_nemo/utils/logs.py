@@ -12,3 +12,4 @@ def quiet_megatron() -> None:
     logging.getLogger("megatron.core").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
     warnings.filterwarnings("ignore", message=".*Megatron-FSDP.*")
+    warnings.filterwarnings("ignore", message="Could not determine rank")  # megatron-core outside torch.distributed
