@@ -14,7 +14,6 @@ from omegaconf import MISSING
 
 from hebatron_nemo.data.normalize import NormalizeConfig
 
-LANGUAGES = ("he", "en", "he-en")
 ROLES = ("pretrain", "anchor", "sft", "eval")
 
 
@@ -33,7 +32,7 @@ class HoldoutConfig:
 class SourceConfig:
     """One corpus in the registry (`conf/data/<name>.yaml`, key `sources.<name>`)."""
 
-    language: str = MISSING  # "he", "en" or "he-en" (aligned pairs)
+    language: str = MISSING  # "he", "en", "he-en" (aligned pairs) or "ar": picks the normalizer and script filter (hebatron_nemo/data/languages.py)
     register: str = MISSING  # what kind of text: formal, colloquial, long, anchor, parallel, ...
     phase: Optional[str] = None  # curriculum tag the plan uses to pick sources (formal|colloquial|long_context|anchor)
     role: str = "pretrain"  # pretrain | anchor | sft | eval: sft/eval sources are validated and split, not tokenized into .bin
@@ -56,7 +55,7 @@ class FilterConfig:
 
     min_chars: int = 20  # documents shorter than this (after normalization) are dropped
     min_words: int = 3  # documents with fewer whitespace-separated words are dropped
-    min_hebrew_ratio: float = 0.5  # Hebrew sources only: Hebrew letters / all letters must reach this
+    min_script_ratio: float = 0.5  # letters of the source language's script / all letters must reach this; languages without a script filter (en, he-en) skip it
     max_chars: Optional[int] = None  # optional upper bound (e.g. to drop pathological dumps)
 
 
@@ -715,14 +714,18 @@ RENAMED_KEYS = {
     "base.micro_batch": "base.micro_batch_size",
     "curriculum.segments.*.global_batch": "curriculum.segments.*.global_batch_size",
     "curriculum.segments.*.micro_batch": "curriculum.segments.*.micro_batch_size",
+    "data.filters.min_hebrew_ratio": "data.filters.min_script_ratio",
+    "data.sources.*.filters.min_hebrew_ratio": "data.sources.*.filters.min_script_ratio",
 }
 
 
 def renamed_key(key: str) -> str | None:
-    """`key` ("a.b", "a[0].b", "a.0.b") -> the message naming its new key, when it was renamed."""
+    """`key` ("a.b", "a[0].b", "a.0.b", "data.sources.<name>.b") -> the message naming its new key, when it
+    was renamed."""
     import re
 
     norm = re.sub(r"\.\d+(?=\.)", ".*", re.sub(r"\[\d+\]", ".*", key.lstrip("+~")))  # list items: a.*.b
+    norm = re.sub(r"^data\.sources\.[^.]+\.", "data.sources.*.", norm)  # a registry source: any name
     new = RENAMED_KEYS.get(norm)
     return f"{key.lstrip('+~')} was renamed: use {new} (docs/config_migration.md)" if new else None
 

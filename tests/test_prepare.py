@@ -185,7 +185,7 @@ def test_filters_dedup_decontamination_and_their_report(tmp_path):
     m = prepare(cfg, log=_quiet)
     he = m["he_news"]["report"]["removed_docs"]
     assert he["min_chars"] + he["min_words"] == 1
-    assert he["min_hebrew_ratio"] == 1
+    assert he["min_script_ratio"] == 1
     assert he["decontaminated"] == 1
     assert he["exact_dup_in_source"] == 2
     assert he["near_dup"] >= 1
