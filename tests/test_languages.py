@@ -327,6 +327,21 @@ def test_light_normalizer_equals_todays_output_on_english_strings():
             assert LightNormalizer(NormalizeConfig(**options))(s) == HebrewNormalizer(NormalizeConfig(**options))(s)
 
 
+LIGHT_NORMALIZERS = [LightNormalizer(NormalizeConfig(unicode_form=form, punctuation=p))
+                     for form in ("NFC", "NFKC", "none") for p in ("ascii", "keep")]
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ae\u0301\u00e9'’‘“”`\" \t\n\r-") + [NBSP, "\u2028", "\ufb01", "\uff57",
+                                                                                   RLM, LRM, ZWJ, ZWNJ, "\ufeff"]),
+               max_size=30))
+@example(text="e\u200d\u0301")
+def test_light_normalizing_twice_equals_once(text):
+    for n in LIGHT_NORMALIZERS:
+        once = n(text)
+        assert n(once) == once, n.config
+
+
 def test_light_normalizer_equals_todays_output_on_the_demo_english_corpora():
     """en_kjv and en_jps as `recipes/install_demo_corpora.py` writes them (2,110 chapters)."""
     from hebatron_nemo.demo.corpora import _by_chapter, _kjv_chapters, _tanakh_verses
