@@ -14,7 +14,6 @@ from omegaconf import MISSING
 
 from hebatron_nemo.data.normalize import NormalizeConfig
 
-LANGUAGES = ("he", "en", "he-en")
 ROLES = ("pretrain", "anchor", "sft", "eval")
 
 
@@ -33,7 +32,7 @@ class HoldoutConfig:
 class SourceConfig:
     """One corpus in the registry (`conf/data/<name>.yaml`, key `sources.<name>`)."""
 
-    language: str = MISSING  # "he", "en" or "he-en" (aligned pairs)
+    language: str = MISSING  # "he", "en", "he-en" (aligned pairs) or "ar": picks the normalizer and script filter (hebatron_nemo/data/languages.py)
     register: str = MISSING  # what kind of text: formal, colloquial, long, anchor, parallel, ...
     phase: Optional[str] = None  # curriculum tag the plan uses to pick sources (formal|colloquial|long_context|anchor)
     role: str = "pretrain"  # pretrain | anchor | sft | eval: sft/eval sources are validated and split, not tokenized into .bin
@@ -56,7 +55,7 @@ class FilterConfig:
 
     min_chars: int = 20  # documents shorter than this (after normalization) are dropped
     min_words: int = 3  # documents with fewer whitespace-separated words are dropped
-    min_hebrew_ratio: float = 0.5  # Hebrew sources only: Hebrew letters / all letters must reach this
+    min_script_ratio: float = 0.5  # letters of the source language's script / all letters must reach this; languages without a script filter (en, he-en) skip it
     max_chars: Optional[int] = None  # optional upper bound (e.g. to drop pathological dumps)
 
 
@@ -722,6 +721,8 @@ RENAMED_KEYS = {
     "data.near_dedup.shingle_words": "data.near_dedup.n_grams",
     "data.near_dedup.num_perm": "data.near_dedup.num_buckets x data.near_dedup.hashes_per_bucket",
     "data.near_dedup.threshold": "data.near_dedup.num_buckets and hashes_per_bucket (cut-off ~(1/b)^(1/r))",
+    "data.filters.min_hebrew_ratio": "data.filters.min_script_ratio",
+    "data.sources.*.filters.min_hebrew_ratio": "data.sources.*.filters.min_script_ratio",
 }
 
 # Keys that no longer exist, and why.
@@ -736,10 +737,12 @@ REMOVED_KEYS = {
 
 
 def renamed_key(key: str) -> str | None:
-    """`key` ("a.b", "a[0].b", "a.0.b") -> the message naming its new key, when it was renamed."""
+    """`key` ("a.b", "a[0].b", "a.0.b", "data.sources.<name>.b") -> the message naming its new key, when it
+    was renamed."""
     import re
 
     norm = re.sub(r"\.\d+(?=\.)", ".*", re.sub(r"\[\d+\]", ".*", key.lstrip("+~")))  # list items: a.*.b
+    norm = re.sub(r"^data\.sources\.[^.]+\.", "data.sources.*.", norm)  # a registry source: any name
     new = RENAMED_KEYS.get(norm)
     if new:
         return f"{key.lstrip('+~')} was renamed: use {new} (docs/config_migration.md)"

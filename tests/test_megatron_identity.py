@@ -46,7 +46,7 @@ IDENTITY_OVERRIDES = {
     "data.normalize.unicode_form": "none", "data.normalize.strip_bidi_controls": False,
     "data.normalize.strip_zero_width": False, "data.normalize.punctuation": "keep",
     "data.normalize.collapse_whitespace": False,
-    "data.filters.min_chars": 1, "data.filters.min_words": 0, "data.filters.min_hebrew_ratio": 0.0,
+    "data.filters.min_chars": 1, "data.filters.min_words": 0, "data.filters.min_script_ratio": 0.0,
     "data.exact_dedup.enabled": False, "data.near_dedup.enabled": False,
     "data.decontamination.enabled": False,
 }

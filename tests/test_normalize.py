@@ -1,4 +1,5 @@
-"""Tests of hebatron_nemo.data.normalize on real Hebrew strings, one step at a time."""
+"""Tests of hebatron_nemo.data.normalize on real Hebrew strings, one step at a time (Arabic, English and
+the language seam: tests/test_languages.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import dataclasses
 import json
 import pickle
 import unicodedata
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings, strategies as st
@@ -320,22 +322,48 @@ def test_identity_fields_and_stability():
     assert set(a) == {"name", "version", "config", "hash"}
     assert a["name"] == "hebatron_nemo.HebrewNormalizer"
     assert a["version"] == NORMALIZER_VERSION and isinstance(a["version"], int)
-    assert a["config"] == dataclasses.asdict(NormalizeConfig(strip_niqqud=True))
+    assert a["config"] == {k: v for k, v in dataclasses.asdict(NormalizeConfig(strip_niqqud=True)).items()
+                           if k in HebrewNormalizer.FIELDS}
     assert len(a["hash"]) == 16 and set(a["hash"]) <= set("0123456789abcdef")
     assert json.loads(json.dumps(a)) == a
 
 
-def test_identity_hash_changes_with_every_field():
+def test_identity_hash_changes_with_every_hebrew_field():
     alternatives = {
         "unicode_form": "NFKC", "strip_niqqud": True, "strip_cantillation": True,
         "strip_bidi_controls": False, "strip_zero_width": False, "punctuation": "hebrew",
         "paseq_sof_pasuq": "ascii", "collapse_whitespace": False,
     }
-    assert set(alternatives) == {f.name for f in dataclasses.fields(NormalizeConfig)}
+    assert set(alternatives) == set(HebrewNormalizer.FIELDS)
     hashes = {HebrewNormalizer().identity()["hash"]}
     for name, value in alternatives.items():
         hashes.add(HebrewNormalizer(NormalizeConfig(**{name: value})).identity()["hash"])
     assert len(hashes) == 1 + len(alternatives)
+
+
+ARABIC_ONLY = {"strip_tatweel": False, "strip_harakat": True, "strip_quranic_marks": True, "fold_alef": True,
+               "fold_yeh": True}
+
+
+def test_fields_of_other_languages_change_neither_hebrew_output_nor_identity():
+    assert set(ARABIC_ONLY) == {f.name for f in dataclasses.fields(NormalizeConfig)} - set(HebrewNormalizer.FIELDS)
+    text = "שָׁלוֹם \u0623\u0640\u064e\u0649 ى"  # Hebrew with Arabic letters, tatweel, a fatha, alef maqsura
+    base = HebrewNormalizer()
+    other = HebrewNormalizer(NormalizeConfig(**ARABIC_ONLY))
+    assert other(text) == base(text) == unicodedata.normalize("NFC", text)
+    assert other.identity() == base.identity()
+
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "normalize_golden.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN["configs"]))
+def test_hebrew_output_and_identity_are_byte_identical_to_before_the_language_seam(name):
+    """tests/data/normalize_golden.json was written by the normalizer before the seam existed."""
+    n = HebrewNormalizer(NormalizeConfig(**GOLDEN["configs"][name]))
+    assert n.identity()["hash"] == GOLDEN["identities"][name]
+    for case in GOLDEN["cases"]:
+        assert n(case["text"]) == case["out"][name], case["text"]
 
 
 def test_identity_hash_is_pinned():

@@ -209,7 +209,7 @@ def test_filters_dedup_decontamination_and_their_report(tmp_path):
     near = base[7]["text"].split()
     rows.append({"id": "near-dup", "text": " ".join(near[:-1] + ["שונה"])})  # one word changed
     rows.append({"id": "short", "text": "קצר מדי"})
-    rows.append({"id": "english", "text": "This sentence is English and should fail the Hebrew ratio filter entirely."})
+    rows.append({"id": "english", "text": "This sentence is English and should fail the Hebrew script filter entirely."})
     contaminated = "המשפט הזה מופיע בסט ההערכה שלנו ולכן אסור לו להופיע באימון בכלל"
     rows.append({"id": "contaminated", "text": base[9]["text"] + " " + contaminated})
     write_jsonl(raw / "he.jsonl", rows)
@@ -223,7 +223,7 @@ def test_filters_dedup_decontamination_and_their_report(tmp_path):
     m = prepare(cfg, log=_quiet)
     he = m["he_news"]["report"]["removed_docs"]
     assert he["min_chars"] + he["min_words"] == 1
-    assert he["min_hebrew_ratio"] == 1
+    assert he["min_script_ratio"] == 1
     assert he["decontaminated"] == 1
     assert he["exact_dup_in_source"] == 2
     assert he["near_dup"] >= 1

@@ -1,4 +1,4 @@
-"""Document filters: length, Hebrew-letter ratio, exact and near duplicates, eval decontamination.
+"""Document filters: length, script-letter ratio, exact and near duplicates, eval decontamination.
 
 Per-document filters run while a shard streams; decisions that need the whole source (duplicates
 across shards and sources, near duplicates) run when the shards are merged, from the per-shard hash
@@ -17,12 +17,17 @@ from typing import Iterable
 
 import numpy as np
 
-from hebatron_nemo.data.normalize import count_words, hebrew_letter_ratio
+from hebatron_nemo.data.languages import profile
+from hebatron_nemo.data.normalize import count_words
 from hebatron_nemo.errors import ConfigError, DataError
 
 # Reasons a document can be removed, in the order the filters run; reports list them in this order.
-REASONS = ("empty", "min_chars", "min_words", "max_chars", "min_hebrew_ratio", "decontaminated",
-           "exact_dup_in_source", "exact_dup_across_sources", "near_dup", "external_dup_list")
+# exact_dup_in_source: an earlier copy in the same task of the clean stage; near_dup: removed by the
+# MinHash stages (copies in other tasks or sources included)
+REASONS = ("empty", "min_chars", "min_words", "max_chars", "min_script_ratio", "decontaminated",
+           "exact_dup_in_source", "near_dup")
+# A reason's earlier name (in manifests written before the rename) -> its name now.
+RENAMED_REASONS = {"min_hebrew_ratio": "min_script_ratio"}
 
 
 @dataclass
@@ -57,23 +62,30 @@ class FilterReport:
     @classmethod
     def from_dict(cls, d: dict) -> "FilterReport":
         r = cls(d["seen_docs"], d["seen_chars"], d["kept_docs"], d["kept_chars"])
-        r.removed_docs.update(d["removed_docs"])
-        r.removed_chars.update(d["removed_chars"])
+        for ours, theirs in ((r.removed_docs, d["removed_docs"]), (r.removed_chars, d["removed_chars"])):
+            for reason, n in theirs.items():
+                reason = RENAMED_REASONS.get(reason, reason)
+                ours[reason] = ours.get(reason, 0) + n
         return r
 
 
 class DocumentFilter:
-    """The per-document filters of `data.filters` (with a source's overrides) for one source."""
+    """The per-document filters of `data.filters` (with a source's overrides) for one source.
 
-    def __init__(self, min_chars: int, min_words: int, min_hebrew_ratio: float, max_chars: int | None,
+    Built as `DocumentFilter(language=src.language, **filters)` from the `FilterConfig` fields. The
+    script filter counts the letters of the language's script (`hebatron_nemo.data.languages`);
+    a language without one (en, he-en) skips it whatever `min_script_ratio` says.
+    """
+
+    def __init__(self, min_chars: int, min_words: int, min_script_ratio: float, max_chars: int | None,
                  language: str):
         if min_chars < 0 or min_words < 0:
             raise ConfigError("data.filters.min_chars / min_words must be >= 0")
-        if not 0.0 <= min_hebrew_ratio <= 1.0:
-            raise ConfigError(f"data.filters.min_hebrew_ratio must be in [0, 1], got {min_hebrew_ratio}")
+        if not 0.0 <= min_script_ratio <= 1.0:
+            raise ConfigError(f"data.filters.min_script_ratio must be in [0, 1], got {min_script_ratio}")
         self.min_chars, self.min_words, self.max_chars = min_chars, min_words, max_chars
-        # The Hebrew-letter ratio only means something for Hebrew text: English anchors skip it.
-        self.min_hebrew_ratio = min_hebrew_ratio if language == "he" else 0.0
+        self.script_ratio = profile(language).script_ratio
+        self.min_script_ratio = min_script_ratio if self.script_ratio is not None else 0.0
 
     def reason(self, text: str) -> str | None:
         """The first filter that rejects `text`, or None when it is kept."""
@@ -85,8 +97,8 @@ class DocumentFilter:
             return "min_words"
         if self.max_chars is not None and len(text) > self.max_chars:
             return "max_chars"
-        if self.min_hebrew_ratio and hebrew_letter_ratio(text) < self.min_hebrew_ratio:
-            return "min_hebrew_ratio"
+        if self.min_script_ratio and self.script_ratio(text) < self.min_script_ratio:
+            return "min_script_ratio"
         return None
 
 

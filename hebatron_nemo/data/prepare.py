@@ -30,7 +30,7 @@ from hebatron_nemo.data.indexed import AtomicIndexedWriter, length_histogram, op
 from hebatron_nemo.utils.hashing import stable_hash
 from hebatron_nemo.utils.io import read_json, write_json_atomic
 from hebatron_nemo.utils.logs import quiet_megatron
-from hebatron_nemo.data.normalize import HebrewNormalizer, NormalizeConfig, count_words
+from hebatron_nemo.data.languages import build_normalizer
 from hebatron_nemo.data.readers import iter_documents
 from hebatron_nemo.data.tokenizer import LocalTokenizer
 from hebatron_nemo.errors import ConfigError, DataError
@@ -90,7 +90,7 @@ class SourceContext:
         self.src = data.sources[name]
         self.path = registry.source_path(data, name)
         norm_cfg = registry.effective(data.normalize, self.src.normalize, f"data.sources.{name}.normalize")
-        self.normalizer = HebrewNormalizer(NormalizeConfig(**OmegaConf.to_container(norm_cfg)))
+        self.normalizer = build_normalizer(self.src.language, norm_cfg)
         filt = registry.effective(data.filters, self.src.filters, f"data.sources.{name}.filters")
         self.filters = OmegaConf.to_container(filt)
         self.doc_filter = DocumentFilter(language=self.src.language, **self.filters)
@@ -140,7 +140,7 @@ class SourceRules:
     format: str
     text_field: str
     id_field: str | None
-    normalizer: HebrewNormalizer
+    normalizer: object  # the language's normalizer (hebatron_nemo.data.languages)
     doc_filter: DocumentFilter
     holdout: "_Holdout"
 

@@ -12,7 +12,9 @@ from typing import Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from hebatron_nemo.config import LANGUAGES, ROLES
+from hebatron_nemo.config import ROLES, renamed_key
+from hebatron_nemo.data.filters import DocumentFilter
+from hebatron_nemo.data.languages import LANGUAGES, build_normalizer
 from hebatron_nemo.data.readers import FORMATS
 from hebatron_nemo.errors import ConfigError
 
@@ -81,7 +83,16 @@ def validate_registry(data_cfg, check_paths: bool = True, only: Iterable[str] | 
         src = data_cfg.sources[name]
         key = f"data.sources.{name}"
         if src.language not in LANGUAGES:
-            raise ConfigError(f"{key}.language must be one of {LANGUAGES}, got {src.language!r}")
+            raise ConfigError(f"{key}.language must be one of {LANGUAGES}, got {src.language!r} "
+                              "(hebatron_nemo/data/languages.py; docs/data.md, 'Adding a language')")
+        # the source's normalizer and filters, built as prepare builds them: a bad or renamed key fails here
+        normalize = effective(data_cfg.normalize, src.normalize, f"{key}.normalize")
+        filters = effective(data_cfg.filters, src.filters, f"{key}.filters")
+        try:
+            build_normalizer(src.language, normalize)
+            DocumentFilter(language=src.language, **OmegaConf.to_container(filters))
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
         if src.role not in ROLES:
             raise ConfigError(f"{key}.role must be one of {ROLES}, got {src.role!r}")
         if src.format not in FORMATS:
@@ -107,8 +118,13 @@ def require_sources(data_cfg, names: Iterable[str], what: str = "blend") -> None
 
 
 def effective(section, overrides: Mapping, key: str):
-    """`section` (a structured config node) with a source's overrides applied; unknown override keys fail."""
+    """`section` (a structured config node) with a source's overrides applied; unknown override keys fail
+    (a renamed one naming its new key)."""
     base = OmegaConf.structured(section) if not isinstance(section, DictConfig) else section.copy()
+    for name in overrides or ():
+        old = renamed_key(f"{key}.{name}")
+        if old:
+            raise ConfigError(old)
     if overrides:
         try:
             base = OmegaConf.merge(base, OmegaConf.create(dict(overrides)))
