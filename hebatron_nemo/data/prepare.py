@@ -518,11 +518,10 @@ def validate_passthrough(ctx_cfg, name: str) -> dict:
 
 
 def build_decontaminator(cfg) -> Decontaminator | None:
-    dc = cfg.data.decontamination
-    if not dc.enabled or not dc.eval_files:
-        return None
-    files = [OmegaConf.to_container(f) for f in dc.eval_files]
-    return Decontaminator(load_eval_texts(files, str(cfg.data.raw_dir)), dc.ngram, dc.min_overlap)
+    """`data.decontamination`'s task files and eval files as one decontaminator (hebatron_nemo.data.decontam)."""
+    from hebatron_nemo.data import decontam
+
+    return decontam.build_decontaminator(cfg.data.decontamination, str(cfg.data.raw_dir))
 
 
 __all__ = ["SPLITS", "REASONS", "parse_shard", "holdout_split", "SourceContext", "prepare_shard",
