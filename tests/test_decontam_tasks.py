@@ -278,3 +278,18 @@ def test_hebatron_registry_decontaminates_against_every_task(hydra_conf, tmp_pat
     assert demo.enabled and list(demo.eval_tasks) == [] and demo.task_root == str(tmp_path / "eval_tasks" / "demo")
     assert [f.path for f in demo.eval_files] == ["pairs_test.jsonl"]
     assert json.dumps(OmegaConf.to_container(demo, resolve=True))  # nothing left unresolved
+
+
+def test_a_new_task_file_reruns_the_pipelines_prepare_stage(hydra_conf, tmp_path, monkeypatch):
+    from hebatron_nemo.pipeline.stages import fingerprints
+
+    monkeypatch.setenv("HEBATRON_WORK", str(tmp_path))
+    tasks = tmp_path / "tasks"
+    _write_task(tasks, "gsm8k_heb", _gsm_rows())
+    over = ["experiment=tiny_cpu", "data.decontamination.eval_tasks=[gsm8k_heb,arc_heb]",
+            f"data.decontamination.task_root={tasks}"]
+    before = fingerprints(hydra_conf("pipeline", over))
+    _write_task(tasks, "arc_heb", _arc_rows())
+    after = fingerprints(hydra_conf("pipeline", over))
+    changed = {s for s in before if before[s]["fingerprint"] != after[s]["fingerprint"]}
+    assert "prepare" in changed and "corpora" not in changed
