@@ -119,8 +119,9 @@ def test_all_selects_every_schema_but_the_generated_long_context_task():
 
 
 def test_every_shipped_schema_is_read_with_every_mapped_column(tmp_path):
-    """`[all]` over a task root holding one row per shipped schema: each task's test file (and a dev
-    file) is read, and a document holding any one mapped column's text is contaminated."""
+    """`[all]` over a task root holding one row per shipped schema: each task's test file (and, for one
+    task, its dev, train and validation files) is read, and a document holding any one mapped column's
+    text is contaminated."""
     root = tmp_path / "tasks"
     names = decontam.task_names(_dc(eval_tasks=["all"]))
     column_texts = {}
@@ -128,17 +129,21 @@ def test_every_shipped_schema_is_read_with_every_mapped_column(tmp_path):
         row, texts = _row_for(load_schema(name), i)
         _write_task(root, name, [row])
         column_texts[name] = texts
-    dev_row, dev_texts = _row_for(load_schema("arc_heb"), 99)
-    _write_task(root, "arc_heb", [dev_row], split="dev")
+    other_splits = ("dev", "train", "validation")
+    for k, split in enumerate(other_splits):
+        row, texts = _row_for(load_schema("arc_heb"), 90 + k)
+        _write_task(root, "arc_heb", [row], split=split)
+        column_texts[f"arc_heb {split}"] = texts
     dec = decontam.build_decontaminator(_dc(eval_tasks=["all"], task_root=str(root)), str(tmp_path))
     ident = dec.identity()
     files = [f["file"] for f in ident["files"]]
-    assert files == [f"{n}/test.jsonl" for n in names[:names.index("arc_heb") + 1]] + ["arc_heb/dev.jsonl"] + \
-        [f"{n}/test.jsonl" for n in names[names.index("arc_heb") + 1:]]
-    assert dec.eval_texts == len(names) + 1
+    at = names.index("arc_heb") + 1
+    assert files == [f"{n}/test.jsonl" for n in names[:at]] + [f"arc_heb/{s}.jsonl" for s in other_splits] + \
+        [f"{n}/test.jsonl" for n in names[at:]]
+    assert dec.eval_texts == len(names) + len(other_splits)
     assert all(len(f["sha256"]) == 64 for f in ident["files"])
     filler = " ".join(HEBREW[:3])
-    for name, texts in [*column_texts.items(), ("arc_heb dev", dev_texts)]:
+    for name, texts in column_texts.items():
         assert texts, name
         for text in texts:
             assert dec.is_contaminated(f"{filler} {text} {filler}"), (name, text)

@@ -28,13 +28,14 @@ from omegaconf import OmegaConf
 from hebatron_nemo.data.filters import Decontaminator, load_eval_texts, resolve_path
 from hebatron_nemo.errors import ConfigError
 from hebatron_nemo.eval.long_context import TASK as NEEDLE_TASK
+from hebatron_nemo.eval.tasks import SPLITS, find_split
 
 __all__ = ["GENERATED_TASKS", "TASK_SPLITS", "TaskFile", "build_decontaminator", "check_inputs",
            "eval_file_identity", "row_text", "task_files", "task_names", "task_texts"]
 
 # The splits read per task: the evaluator's (scored test, few-shot dev/train) and a validation file
 # when a release ships one: a model could memorize any of them.
-TASK_SPLITS = ("test", "dev", "train", "validation")
+TASK_SPLITS = (*SPLITS, "validation")
 
 
 # Tasks built from this registry's own prepared held-out split after prepare (the long-context needle
@@ -106,12 +107,10 @@ def task_files(dc, where: str = "data.decontamination", schema_dir: str | Path |
     out: list[TaskFile] = []
     missing = []
     for name in names:
-        test = root / name / "test.jsonl"
-        if not test.is_file():
-            missing.append(f"{name} (expected {test})")
+        if find_split(root / name, "test") is None:
+            missing.append(f"{name} (expected {root / name / 'test.jsonl'})")
             continue
-        out += [TaskFile(name, split, root / name / f"{split}.jsonl") for split in TASK_SPLITS
-                if (root / name / f"{split}.jsonl").is_file()]
+        out += [TaskFile(name, split, p) for split in TASK_SPLITS if (p := find_split(root / name, split))]
     if missing and strict:
         raise ConfigError(f"{where}: {len(missing)} evaluation task(s) selected by {where}.eval_tasks have no test "
                           f"file under {where}.task_root={root}: {'; '.join(missing)}. Put the task files there, "
