@@ -298,3 +298,22 @@ def test_a_new_task_file_reruns_the_pipelines_prepare_stage(hydra_conf, tmp_path
     after = fingerprints(hydra_conf("pipeline", over))
     changed = {s for s in before if before[s]["fingerprint"] != after[s]["fingerprint"]}
     assert "prepare" in changed and "corpora" not in changed
+
+
+def test_sft_preparation_reads_the_same_tasks(tmp_path):
+    from hebatron_nemo.config import SFTDataConfig
+    from hebatron_nemo.sft.prepare import build_decontaminator, plan_lines
+
+    tasks = tmp_path / "tasks"
+    _write_task(tasks, "gsm8k_heb", _gsm_rows())
+    sd = OmegaConf.merge(OmegaConf.structured(SFTDataConfig), {
+        "name": "t", "raw_dir": str(tmp_path), "output_dir": str(tmp_path / "out"), "total": 1,
+        "decontamination": {"eval_tasks": ["gsm8k_heb"], "task_root": str(tasks)},
+        "sources": {"chat": {"kind": "messages", "path": "chat.jsonl", "samples": 1}}})
+    assert "decontamination on" in plan_lines(sd)[0]
+    dec = build_decontaminator(sd)
+    assert [f["file"] for f in dec.identity()["files"]] == ["gsm8k_heb/test.jsonl"]
+    assert dec.is_contaminated("המשתמש שאל: " + GSM_Q)
+    sd.decontamination.task_root = str(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match=r"^sft_data.decontamination: 1 evaluation task.*sft_data.decontamination.enabled=false"):
+        build_decontaminator(sd)
