@@ -150,6 +150,24 @@ def test_every_shipped_schema_is_read_with_every_mapped_column(tmp_path):
     assert not dec.is_contaminated(" ".join(HEBREW))
 
 
+def test_row_text_is_the_rows_own_text_and_bad_task_rows_name_file_line_and_field(tmp_path):
+    from hebatron_nemo.errors import DataError
+    from hebatron_nemo.eval.tasks import load_task
+
+    copa = load_schema("copa_heb")
+    row = {"idx": 0, "premise": "הרצפה הייתה רטובה.", "choice1": "מישהו שפך מים.", "choice2": "השמש זרחה.",
+           "question": "cause", "label": 0}
+    (parsed,) = load_task(_write_task(tmp_path, "copa_heb", [row]), copa)
+    assert decontam.row_text(copa, parsed) == "הרצפה הייתה רטובה.\nמישהו שפך מים.\nהשמש זרחה."  # no template text
+    gsm = load_schema("gsm8k_heb")
+    (parsed,) = load_task(_write_task(tmp_path, "gsm8k_heb", _gsm_rows()[:1]), gsm)
+    assert decontam.row_text(gsm, parsed) == GSM_Q + "\n120 - 32 + 45 = 133\n#### 133"  # the working too
+    _write_task(tmp_path, "arc_heb", [*_arc_rows(), {"id": "a2", "question": ARC_Q, "answerKey": "A"}])
+    dc = _dc(eval_tasks=["arc_heb"], task_root=str(tmp_path))
+    with pytest.raises(DataError, match=r"arc_heb/test.jsonl:2 \[field 'choices.text'\]: missing field"):
+        decontam.build_decontaminator(dc, str(tmp_path))
+
+
 # ------------------------------------------------------------------------------ prepare end to end
 
 

@@ -136,12 +136,12 @@ def check_inputs(dc, raw_dir: str, where: str = "data.decontamination") -> None:
 
 def row_text(schema, row) -> str:
     """Everything a model could have memorized of one validated row (``hebatron_nemo.eval.tasks.Row``),
-    one field per line: context, question, extra fields, source, the row's own choices, the target."""
+    one field per line: context, question, extra fields, source, the row's own choices, the target.
+    A field with a value map is left out: its text is the schema's wording (COPA's "what was the
+    cause?"), the same in many rows, and would split the n-grams running from a premise into its choices."""
     f = row.fields
-    parts = [f[k] for k in ("context", "question") if k in f]
-    parts += [f[k] for k in schema.extra_fields]
-    if "source" in f:
-        parts.append(f["source"])
+    names = ["context", "question", *schema.extra_fields, "source"]
+    parts = [f[k] for k in names if k in f and k not in schema.value_maps]
     if schema.type == "multiple_choice":
         # a fixed label set (sentiment, NLI) is the same words in every row: not the row's text
         if not schema.choices:
