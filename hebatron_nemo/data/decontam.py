@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from hebatron_nemo.data.filters import Decontaminator, load_eval_texts, resolve_path
 from hebatron_nemo.errors import ConfigError
 from hebatron_nemo.eval.long_context import TASK as NEEDLE_TASK
-from hebatron_nemo.eval.tasks import SPLITS, find_split
+from hebatron_nemo.eval.tasks import SPLITS, available_tasks, find_split, load_schema, load_task, resolve_task_names
 
 __all__ = ["GENERATED_TASKS", "TASK_SPLITS", "TaskFile", "build_decontaminator", "check_inputs",
            "eval_file_identity", "row_text", "task_files", "task_names", "task_texts"]
@@ -65,8 +65,6 @@ def _opt_out(where: str) -> str:
 
 def task_names(dc, where: str = "data.decontamination", schema_dir: str | Path | None = None) -> list[str]:
     """The task names ``dc.eval_tasks`` selects, groups expanded (generated tasks left out of groups)."""
-    from hebatron_nemo.eval.tasks import available_tasks, resolve_task_names
-
     names = list(dc.eval_tasks or [])
     out: list[str] = []
     known = available_tasks(schema_dir)
@@ -153,8 +151,6 @@ def row_text(schema, row) -> str:
 
 def task_texts(files: list[TaskFile], schema_dir: str | Path | None = None) -> Iterator[str]:
     """One text per row of each file (``row_text``), each file read and validated by ``load_task``."""
-    from hebatron_nemo.eval.tasks import load_schema, load_task
-
     schemas: dict = {}
     for tf in files:
         schema = schemas.get(tf.task) or schemas.setdefault(tf.task, load_schema(tf.task, schema_dir))
