@@ -95,7 +95,11 @@ class DecontamConfig:
     # also drop 78 Hebrew and 264 English chapters that merely share formulaic phrases.
     ngram: int = 13  # words per n-gram
     min_overlap: int = 3  # a document with at least this many overlapping n-grams is dropped
-    eval_files: List[Dict[str, Any]] = field(default_factory=list)  # [{path, format, fields: [..]}]
+    # The evaluation tasks whose files (test, dev, train, validation) are decontaminated against: schema names
+    # of conf/eval_tasks, or groups (all, an average's name); [] opts out. hebatron_nemo/data/decontam.py
+    eval_tasks: List[str] = field(default_factory=lambda: ["all"])
+    task_root: Optional[str] = None  # the folder of <task>/test.jsonl; required while eval_tasks selects any
+    eval_files: List[Dict[str, Any]] = field(default_factory=list)  # more files: [{path, format, fields: [..]}]
 
 
 @dataclass

@@ -67,7 +67,9 @@ def prepare_config(tmp: Path, source_map: dict, tokenizer_dir: Path | None = Non
     base = OmegaConf.structured(PrepareConfig)
     cfg = {
         "paths": {"work": str(tmp)},
-        "data": {"name": "test", "raw_dir": str(tmp / "raw"), "output_dir": str(tmp / "out"), "sources": source_map},
+        # no evaluation task folders here: decontamination reads only the eval_files a test configures
+        "data": {"name": "test", "raw_dir": str(tmp / "raw"), "output_dir": str(tmp / "out"), "sources": source_map,
+                 "decontamination": {"eval_tasks": []}},
         "tokenizer": {"name": "test_bpe", "path": str(tokenizer_dir or tmp / "tok"),
                       "train": {"enabled": tokenizer_dir is None, "vocab_size": 400, "min_frequency": 1}},
         "progress": False,

@@ -81,6 +81,7 @@ REGISTRY = """
     name: broken
     raw_dir: {raw}
     output_dir: {out}
+    decontamination: {{eval_tasks: []}}
     sources:
       he_web: {{language: he, register: web, path: he.jsonl, licence: test}}
 """

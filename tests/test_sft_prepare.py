@@ -89,7 +89,7 @@ def _cfg(tmp: Path, tok_dir: Path, **sd) -> "OmegaConf":
     conf = {
         "name": "test", "raw_dir": str(tmp / "raw"), "output_dir": str(tmp / "out" / "prepared"), "total": 200,
         "seed": 7, "max_length": 200, "valid_fraction": 0.05, "max_valid": 3,
-        "decontamination": {"enabled": True, "ngram": 8, "min_overlap": 1,
+        "decontamination": {"enabled": True, "ngram": 8, "min_overlap": 1, "eval_tasks": [],
                             "eval_files": [{"path": "eval.jsonl", "format": "jsonl", "fields": ["question"]}]},
         "sources": {
             "chat": {"kind": "messages", "path": "chat.jsonl", "id_field": "id", "weight": 0.5,

@@ -127,12 +127,17 @@ def _ngram_keys(words: list[str], n: int) -> Iterable[int]:
 
 
 class Decontaminator:
-    """Finds training documents sharing word n-grams with evaluation texts."""
+    """Finds training documents sharing word n-grams with evaluation texts.
 
-    def __init__(self, eval_texts: Iterable[str], ngram: int, min_overlap: int = 1):
+    `sources` names where the texts came from (each task file or eval file with its sha256;
+    `hebatron_nemo.data.decontam.build_decontaminator`); `identity()` records it in manifests."""
+
+    def __init__(self, eval_texts: Iterable[str], ngram: int, min_overlap: int = 1,
+                 sources: list[dict] | None = None):
         if ngram < 1 or min_overlap < 1:
             raise ConfigError("data.decontamination.ngram and min_overlap must be >= 1")
         self.ngram, self.min_overlap = ngram, min_overlap
+        self.sources = list(sources or [])
         self.keys: set[int] = set()
         self.eval_texts = 0
         for text in eval_texts:
@@ -153,7 +158,7 @@ class Decontaminator:
     def identity(self) -> dict:
         digest = hashlib.sha256(np.array(sorted(self.keys), dtype=np.uint64).tobytes()).hexdigest()[:16]
         return {"ngram": self.ngram, "min_overlap": self.min_overlap, "eval_texts": self.eval_texts,
-                "ngrams": len(self.keys), "hash": digest}
+                "ngrams": len(self.keys), "hash": digest, "files": self.sources}
 
 
 def load_eval_texts(eval_files: list, raw_dir: str) -> Iterable[str]:

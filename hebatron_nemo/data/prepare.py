@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from hebatron_nemo import __version__
 from hebatron_nemo.data import registry
-from hebatron_nemo.data.filters import REASONS, Decontaminator, DocumentFilter, FilterReport, load_eval_texts
+from hebatron_nemo.data.filters import REASONS, Decontaminator, DocumentFilter, FilterReport
 from hebatron_nemo.data.indexed import AtomicIndexedWriter, length_histogram, optimal_dtype
 from hebatron_nemo.utils.hashing import stable_hash
 from hebatron_nemo.utils.io import read_json, write_json_atomic
@@ -213,11 +213,10 @@ def validate_passthrough(ctx_cfg, name: str) -> dict:
 
 
 def build_decontaminator(cfg) -> Decontaminator | None:
-    dc = cfg.data.decontamination
-    if not dc.enabled or not dc.eval_files:
-        return None
-    files = [OmegaConf.to_container(f) for f in dc.eval_files]
-    return Decontaminator(load_eval_texts(files, str(cfg.data.raw_dir)), dc.ngram, dc.min_overlap)
+    """`data.decontamination`'s task files and eval files as one decontaminator (hebatron_nemo.data.decontam)."""
+    from hebatron_nemo.data import decontam
+
+    return decontam.build_decontaminator(cfg.data.decontamination, str(cfg.data.raw_dir))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The corpus registry (`conf/data/<name>.yaml`): validation and lookups by name.
 
 Validation runs before any file is read: an unknown source in a blend, an unknown format or role, a
-missing path, or a bad hold-out fraction fails here with the source and field named.
+missing path, a bad hold-out fraction, or a missing evaluation task file that decontamination needs
+fails here with the source (or key) and field named.
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ def validate_registry(data_cfg, check_paths: bool = True, only: Iterable[str] | 
             exists = bool(glob.glob(path)) if any(c in path for c in "*?[") else Path(path).exists()
             if not exists:
                 raise ConfigError(f"{key}.path: {path!r} does not exist")
+    if check_paths and "decontamination" in data_cfg:
+        from hebatron_nemo.data.decontam import check_inputs
+
+        check_inputs(data_cfg.decontamination, str(data_cfg.raw_dir))  # a missing eval task file fails here
 
 
 def require_sources(data_cfg, names: Iterable[str], what: str = "blend") -> None:

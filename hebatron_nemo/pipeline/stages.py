@@ -144,13 +144,13 @@ def _sft_source_files(cfg) -> dict:
     from hebatron_nemo.sft.sources import source_path
 
     if cfg.sft_data.derive:
-        return {"derive": str(cfg.sft_data.derive)}
+        return {"derive": str(cfg.sft_data.derive), **_eval_task_files(cfg.sft_data.decontamination, "sft_data")}
     rows = {}
     for name in cfg.sft_data.sources:
         p = Path(source_path(cfg.sft_data, name).split("::")[0])
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.exists() else []
         rows[name] = _stat_files(files[:20000])
-    return {"sft_raw": rows}
+    return {"sft_raw": rows, **_eval_task_files(cfg.sft_data.decontamination, "sft_data")}
 
 
 def _sft(cfg, log):
@@ -334,7 +334,16 @@ def _source_files(cfg) -> dict:
         else:
             files = [path] if path.exists() else []
         out[name] = _stat_files(files[:20000])
-    return {"raw": out}
+    return {"raw": out, **_eval_task_files(cfg.data.decontamination, "data")}
+
+
+def _eval_task_files(dc, group: str) -> dict:
+    """The evaluation task files a decontaminator reads (none: nothing, so fingerprints stay as they were):
+    adding a task reruns the stage. A missing one is the stage's own error to raise, with the fix."""
+    from hebatron_nemo.data.decontam import task_files
+
+    files = [tf.path for tf in task_files(dc, f"{group}.decontamination", strict=False)]
+    return {"eval_tasks": _stat_files(files)} if files else {}
 
 
 def _arms(cfg) -> dict:

@@ -100,6 +100,10 @@ def validate_sft_registry(sd, check_paths: bool = True) -> None:
 
             if not (glob.glob(path) if any(c in path for c in "*?[") else Path(path).exists()):
                 raise ConfigError(f"{key}.path: {path!r} does not exist")
+    if check_paths:
+        from hebatron_nemo.data.decontam import check_inputs
+
+        check_inputs(sd.decontamination, str(sd.raw_dir), where="sft_data.decontamination")
     fixed = sum(int(s.samples) for s in sd.sources.values() if s.samples is not None)
     if weighted and sd.total is None:
         raise ConfigError(f"sft_data.total must be set when sources have weights ({', '.join(weighted)})")
@@ -149,7 +153,8 @@ def plan_lines(sd) -> list[str]:
 
 
 def _decon_enabled(sd) -> bool:
-    return bool(sd.decontamination.enabled and sd.decontamination.eval_files)
+    dc = sd.decontamination
+    return bool(dc.enabled and (dc.eval_files or dc.eval_tasks))
 
 
 def _files_of(path: str, fmt: str) -> list[Path]:
@@ -175,12 +180,15 @@ def tokenizer_identity(tokenizer) -> dict:
 
 def inputs_fingerprint(cfg, tokenizer) -> str:
     """A hash of everything the prepared dataset depends on: the registry's settings (not its output
-    folder), the tokenizer and template, and the size/mtime of every input and eval file."""
+    folder), the tokenizer and template, and the size/mtime of every input file, eval file and eval task file."""
+    from hebatron_nemo.data.decontam import task_files
+
     sd = cfg.sft_data
     conf = OmegaConf.to_container(sd, resolve=True)
     conf.pop("output_dir", None)
     files = {n: _stat_rows(_files_of(source_path(sd, n), s.format)) for n, s in sd.sources.items()}
     evals = [_stat_rows([Path(_resolve(f["path"], sd))]) for f in conf["decontamination"]["eval_files"]]
+    evals.append(_stat_rows([tf.path for tf in task_files(sd.decontamination, "sft_data.decontamination")]))
     return stable_hash({"version": FORMAT_VERSION, "config": conf, "tokenizer": tokenizer_identity(tokenizer),
                         "files": files, "eval_files": evals})
 
@@ -191,14 +199,11 @@ def _resolve(path: str, sd) -> str:
 
 
 def build_decontaminator(sd):
-    """The pretraining decontaminator (word n-grams of the eval files) with this registry's settings."""
-    from hebatron_nemo.data.filters import Decontaminator, load_eval_texts
+    """The pretraining decontaminator (word n-grams of the eval task files and eval files) with this
+    registry's settings (hebatron_nemo.data.decontam)."""
+    from hebatron_nemo.data import decontam
 
-    if not _decon_enabled(sd):
-        return None
-    dc = sd.decontamination
-    files = [OmegaConf.to_container(f, resolve=True) if not isinstance(f, dict) else f for f in dc.eval_files]
-    return Decontaminator(load_eval_texts(files, str(sd.raw_dir)), dc.ngram, dc.min_overlap)
+    return decontam.build_decontaminator(sd.decontamination, str(sd.raw_dir), where="sft_data.decontamination")
 
 
 def conversation_text(messages: list[dict]) -> str:
