@@ -360,6 +360,7 @@ def _registry(sources: dict, tmp_path: Path):
     (tmp_path / "a.jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
     return OmegaConf.merge(OmegaConf.structured(DataConfig), {
         "name": "t", "raw_dir": str(tmp_path), "output_dir": str(tmp_path / "out"),
+        "decontamination": {"eval_tasks": []},  # no evaluation task folders here
         "sources": {name: {"register": "test", "path": "a.jsonl", "licence": "test", **src}
                     for name, src in sources.items()}})
 
