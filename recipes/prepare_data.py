@@ -3,8 +3,8 @@
     python recipes/prepare_data.py data=demo                      # every source of the registry
     python recipes/prepare_data.py data=demo sources=[he_tanakh]  # one source
     python recipes/prepare_data.py data=demo dry_run=true         # validate inputs, write nothing
-    python recipes/prepare_data.py data=mine shard=3/8            # one shard of each source
-    python recipes/prepare_data.py data=mine shard=0/8 merge_only=true
+    python recipes/prepare_data.py data=mine tasks=64 workers=64   # 64 tasks per source, 64 at once
+    python recipes/prepare_data.py data=mine tasks=512 cluster=<profile>  # each stage a Slurm job array
 """
 
 import hydra
@@ -22,7 +22,7 @@ def main(cfg) -> None:
 
     with clean_errors():
         manifests = prepare(cfg)
-        if not cfg.dry_run:
+        if not cfg.dry_run and "submitted" not in manifests:
             print_prepare_summary(cfg, manifests)
 
 

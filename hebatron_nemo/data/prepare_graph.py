@@ -453,9 +453,12 @@ def _task_logs_to_files():
         logger.enable("datatrove.utils.logging")
 
 
-def submit_slurm(graph: Graph, cluster, workers: int, python_env: str | None, log: Callable = print) -> list[dict]:
+def submit_slurm(graph: Graph, cluster, workers: int, python_env: str | None, log: Callable = print,
+                 mem_per_cpu_gb: int = 2) -> list[dict]:
     """Every stage as a Slurm job array (datatrove's SlurmPipelineExecutor), each after the previous one;
     stages whose tasks are all complete are not submitted. Returns one record per stage."""
+    import subprocess
+
     from datatrove.executor.slurm import SlurmPipelineExecutor
 
     env_lines = [f"export {k}={json.dumps(str(v))}" for k, v in dict(cluster.env or {}).items()]
@@ -474,26 +477,40 @@ def submit_slurm(graph: Graph, cluster, workers: int, python_env: str | None, lo
         srun_args = {"container-image": c.image, "container-workdir": c.workdir or repo_dir}
         if c.get("mounts"):
             srun_args["container-mounts"] = ",".join(c.mounts)
+    partition = str(cluster.partition) if cluster.partition else _default_partition()
     previous = None
     records = []
     invalidate_downstream(graph)
     for stage, (steps, tasks) in graph.pipelines.items():
         ex = SlurmPipelineExecutor(
-            steps, tasks=tasks, time=str(cluster.time), partition=str(cluster.partition or ""),
-            cpus_per_task=int(cluster.cpus_per_task or 1), mem_per_cpu_gb=2, workers=int(workers),
+            steps, tasks=tasks, time=str(cluster.time), partition=partition,
+            cpus_per_task=1, mem_per_cpu_gb=int(mem_per_cpu_gb), workers=int(workers),
             job_name=f"heb-prepare-{stage}", qos=str(cluster.qos or ""), env_command="\n".join(env_lines),
             sbatch_args=sbatch, depends=previous, logging_dir=str(graph.work / "logs" / stage),
             slurm_logs_folder=str(graph.work / "logs" / stage / "slurm"), skip_completed=True,
             requeue_signals=None, mail_type="NONE", srun_args=srun_args or None)
         todo = len(ex.get_incomplete_ranks(range(tasks)))
-        ex.launch_job() if previous is None or todo else None
-        if todo == 0:
-            ex.job_id = -1
+        try:
+            ex.launch_job()  # datatrove skips it (job_id -1) when every task is complete
+        except subprocess.CalledProcessError as e:
+            raise ConfigError(f"sbatch refused the {stage} stage's job array (its message is above; the script is "
+                              f"{graph.work / 'logs' / stage / 'launch_script.slurm'}): exit code {e.returncode}") from None
         records.append({"stage": stage, "tasks": tasks, "to_run": todo,
                         "job_id": None if ex.job_id in (None, -1) else str(ex.job_id)})
         log(f"  {stage:<9} {tasks:>4} task(s): " + (f"{todo} submitted as job {ex.job_id}" if todo else "done already"))
         previous = ex
     return records
+
+
+def _default_partition() -> str:
+    """The cluster's default partition (`sinfo` marks it with `*`): datatrove always writes --partition."""
+    import subprocess
+
+    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, check=True).stdout.split()
+    default = [p[:-1] for p in out if p.endswith("*")]
+    if not default:
+        raise ConfigError("the cluster has no default partition: set cluster.partition")
+    return default[0]
 
 
 def remove_work(work: Path) -> None:

@@ -17,6 +17,8 @@ set -euo pipefail
 DIR=${HEBATRON_SLURM_DIR:-/tmp/hebatron-slurm}
 PORT=${HEBATRON_SLURM_PORT:-16817}
 CPUS=${HEBATRON_SLURM_CPUS:-2}
+# the node's memory, so jobs that ask for memory (--mem, --mem-per-cpu: datatrove's arrays) can run
+MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 # the node is this machine's short hostname: job scripts find the rendezvous host by node name
 NODE=$(hostname -s)
 CONF=$DIR/slurm.conf
@@ -57,7 +59,7 @@ ReturnToService=2
 KillWait=10
 MinJobAge=600
 SlurmdTimeout=60
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=local Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 }
