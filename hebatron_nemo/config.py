@@ -171,6 +171,7 @@ class PrepareConfig:
     dry_run: bool = False  # validate the registry and inputs, print the plan of work, write nothing
     overwrite: bool = False  # redo outputs whose manifest already matches the inputs
     keep_work: bool = False  # keep the stage graph's intermediate files (<output_dir>/.prepare/) after success
+    stop_after: Optional[str] = None  # run the graph up to this stage (clean|buckets|cluster|tokenize) and stop
     cluster: Optional[ClusterConfig] = None  # `cluster=<profile>`: run the stage graph as Slurm job arrays
     progress: bool = True  # progress bars
 

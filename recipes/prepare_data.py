@@ -22,7 +22,7 @@ def main(cfg) -> None:
 
     with clean_errors():
         manifests = prepare(cfg)
-        if not cfg.dry_run and "submitted" not in manifests:
+        if not cfg.dry_run and "submitted" not in manifests and "stopped_after" not in manifests:
             print_prepare_summary(cfg, manifests)
 
 

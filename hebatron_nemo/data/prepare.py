@@ -14,7 +14,7 @@ interrupted run resumes from the graph's finished tasks.
 from __future__ import annotations
 
 import hashlib
-import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -450,15 +450,17 @@ def prepare(cfg, log: Callable = print) -> dict:
                                "exact_dedup": OmegaConf.to_container(data.exact_dedup),
                                "near_dedup": OmegaConf.to_container(data.near_dedup), "version": MANIFEST_VERSION})
     done = {n: read_json(c.out_dir / "manifest.json") for n, c in ctxs.items()}
+    work = Path(str(data.output_dir)) / ".prepare" / fingerprint[:16]
     if not cfg.overwrite and all(m and m.get("fingerprint") == fingerprint for m in done.values()):
         for n in tokenized:
             log(f"  {n}: up to date")
+        if work.exists() and not cfg.get("keep_work", False):  # a Slurm run's work, merged since
+            shutil.rmtree(work, ignore_errors=True)
         return {**manifests, **done}
     from functools import partial
 
     from hebatron_nemo.data import prepare_graph as g
 
-    work = Path(str(data.output_dir)) / ".prepare" / fingerprint[:16]
     if cfg.overwrite and work.exists():
         g.remove_work(work)
     layout = g.TaskLayout(tuple(tokenized), tasks)
@@ -469,15 +471,19 @@ def prepare(cfg, log: Callable = print) -> dict:
                           bool(data.exact_dedup.enabled), data.near_dedup, OmegaConf.to_container(data.signals),
                           {"tokenizer_path": str(tokenizer.path), "eod_token": tok.eod_token, "add_bos": tok.add_bos,
                            "append_eod": tok.append_eod}, int(cfg.batch_docs), merge)
+    stop_after = cfg.get("stop_after")
     log(f"prepare graph: {len(tokenized)} source(s) x {tasks} task(s) in {work}")
     if on_slurm:
         import sys
 
-        records = g.submit_slurm(graph, cfg.cluster, int(cfg.workers), sys.prefix, log)
+        records = g.submit_slurm(graph, cfg.cluster, int(cfg.workers), sys.prefix, log, stop_after=stop_after)
         log("submitted: rerun this command after the jobs end to resubmit unfinished tasks; the manifests appear "
             f"when the merge stage has run (logs: {work / 'logs'})")
         return {**manifests, "submitted": records}
-    g.run_local(graph, int(cfg.workers), log)
+    g.run_local(graph, int(cfg.workers), log, stop_after=stop_after)
+    if stop_after:
+        log(f"stopped after the {stop_after} stage; its files are in {work}")
+        return {**manifests, "stopped_after": stop_after}
     for n, c in ctxs.items():
         manifests[n] = read_json(c.out_dir / "manifest.json")
     if not cfg.get("keep_work", False):

@@ -364,7 +364,17 @@ def build_graph(work: Path, layout: TaskLayout, rules: dict, decontaminator, exa
     return Graph(work=work, layout=layout, pipelines={s: pipelines[s] for s in STAGES if s in pipelines}, merge=merge)
 
 
-def run_local(graph: Graph, workers: int, log: Callable = print) -> None:
+def stages_until(graph: Graph, stop_after: str | None) -> list[str]:
+    """The graph's stages, up to and including `stop_after` (all of them when None)."""
+    names = list(graph.pipelines)
+    if stop_after is None:
+        return names
+    if stop_after not in names:
+        raise ConfigError(f"stop_after={stop_after!r}: the graph's stages are {names}")
+    return names[: names.index(stop_after) + 1]
+
+
+def run_local(graph: Graph, workers: int, log: Callable = print, stop_after: str | None = None) -> None:
     """Every stage on this machine, `workers` tasks at once; finished tasks are skipped. Each task's log
     is in `<work>/logs/<stage>/logs/task_<rank>.log`; the console gets one line per stage (and the
     tasks' warnings)."""
@@ -373,9 +383,11 @@ def run_local(graph: Graph, workers: int, log: Callable = print) -> None:
     # imported (and its start-up warnings silenced) once here, not in every forked task
     import megatron.core.datasets.indexed_dataset  # noqa: F401
 
+    stages = stages_until(graph, stop_after)
     invalidate_downstream(graph)
     with _task_logs_to_files():
-        for stage, (steps, tasks) in graph.pipelines.items():
+        for stage in stages:
+            steps, tasks = graph.pipelines[stage]
             ex = LocalPipelineExecutor(steps, tasks=tasks, workers=max(1, min(int(workers), tasks)),
                                        logging_dir=str(graph.work / "logs" / stage), skip_completed=True,
                                        start_method="fork")
@@ -454,7 +466,7 @@ def _task_logs_to_files():
 
 
 def submit_slurm(graph: Graph, cluster, workers: int, python_env: str | None, log: Callable = print,
-                 mem_per_cpu_gb: int = 2) -> list[dict]:
+                 mem_per_cpu_gb: int = 2, stop_after: str | None = None) -> list[dict]:
     """Every stage as a Slurm job array (datatrove's SlurmPipelineExecutor), each after the previous one;
     stages whose tasks are all complete are not submitted. Returns one record per stage."""
     import subprocess
@@ -481,7 +493,8 @@ def submit_slurm(graph: Graph, cluster, workers: int, python_env: str | None, lo
     previous = None
     records = []
     invalidate_downstream(graph)
-    for stage, (steps, tasks) in graph.pipelines.items():
+    for stage in stages_until(graph, stop_after):
+        steps, tasks = graph.pipelines[stage]
         ex = SlurmPipelineExecutor(
             steps, tasks=tasks, time=str(cluster.time), partition=partition,
             cpus_per_task=1, mem_per_cpu_gb=int(mem_per_cpu_gb), workers=int(workers),
