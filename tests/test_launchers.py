@@ -158,7 +158,7 @@ def cluster_chain(tmp_path_factory):
 def test_cluster_run_dry_run_writes_chain_json_with_every_job(cluster_chain):
     chain = cluster_chain["chain"]
     jobs = {j["name"]: j for j in chain["jobs"]}
-    assert list(jobs) == ["prepare_shards", "prepare", "plan", "parity", "cpt_seq8k", "export_formal", "eval_formal",
+    assert list(jobs) == ["prepare", "plan", "parity", "cpt_seq8k", "export_formal", "eval_formal",
                           "export_colloquial", "eval_colloquial", "cpt_seq64k", "export_long_context",
                           "eval_long_context", "prepare_sft", "sft", "export_chat", "eval_chat", "report"]
     names = list(jobs)
@@ -167,9 +167,9 @@ def test_cluster_run_dry_run_writes_chain_json_with_every_job(cluster_chain):
         assert all(names.index(a) < k for a in j["after"]), j
         assert j["argv"][:2] == ["recipes/pipeline.py", "experiment=hebatron_h100x64"]
         assert f"pipeline.only=[{j['stage']}]" in j["argv"] and not any(a.startswith("cluster") for a in j["argv"])
-    assert jobs["prepare_shards"]["array"] == 64 and jobs["prepare_shards"]["marker"] is None
-    assert "pipeline.shard=${SLURM_ARRAY_TASK_ID}/64" in jobs["prepare_shards"]["argv"]
-    assert jobs["prepare"]["after"] == ["prepare_shards"] and "pipeline.merge_only=true" in jobs["prepare"]["argv"]
+    # prepare is one CPU job running the datatrove graph on its node (64 tasks per source, 64 at once)
+    assert jobs["prepare"]["array"] is None and jobs["prepare"]["after"] == [] and jobs["prepare"]["gpus_per_node"] == 0
+    assert jobs["prepare"]["notes"] == ["prepare: 64 task(s) per source, 64 at once on one node"]
     assert jobs["prepare"]["marker"].endswith("/pipeline/prepare-hebatron.done.json")
     assert jobs["plan"]["gpus_per_node"] == 0 and jobs["plan"]["after"] == ["prepare"]
     assert jobs["cpt_seq8k"]["after"] == ["plan", "parity"] and jobs["cpt_seq64k"]["after"] == ["cpt_seq8k"]
@@ -280,7 +280,7 @@ def test_resubmitting_leaves_out_what_is_done(tmp_path):
     graph = _graph(tmp_path, *CLUSTER_RUN, "cluster.max_restarts=40")
     cluster = _resolved_cluster(graph.cfg)
     first, _ = render_chain(graph, cluster)
-    assert first[0].name == "prepare_shards"
+    assert first[0].name == "prepare"
     out = tmp_path / "done.txt"
     out.write_text("x")
     for stage in ("prepare", "plan", "parity"):  # in order, as the jobs write them
