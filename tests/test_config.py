@@ -153,7 +153,7 @@ def test_help_explains_the_recipe():
     assert proc.stdout.startswith(intro), proc.stdout[:300]
     assert HYDRA_DEFAULT_HELP not in proc.stdout
     usage = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("python recipes/")]
-    assert any("shard=" in line for line in usage) and all(line.startswith("python recipes/prepare_data.py")
+    assert any("tasks=" in line for line in usage) and all(line.startswith("python recipes/prepare_data.py")
                                                            for line in usage)
     assert "data: demo" in proc.stdout  # $CONFIG: the composed config follows the text
 

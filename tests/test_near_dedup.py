@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 import pyarrow.parquet as pq
+import pytest
 
 from corpus import prepare_config, source, write_jsonl
 
@@ -47,6 +48,7 @@ def _reordered(rng: random.Random, paras: list[str]) -> list[str]:
     return [paras[i] for i in order]
 
 
+@pytest.mark.slow  # the whole graph on 156 documents, 3 tasks per source (~12 s)
 def test_planted_near_duplicates_are_removed_across_tasks_and_sources(tmp_path):
     rng = random.Random(7)
     vocab = _vocabulary(rng)

@@ -132,6 +132,7 @@ def _docs_by_id(out_dir: Path, m: dict) -> dict[str, list[int]]:
     return docs
 
 
+@pytest.mark.slow  # four prepare runs (~12 s)
 def test_more_tasks_give_the_same_documents(corpus):
     """tasks=3 splits each source into three tasks (ordinal mod 3): without deduplication, the same
     documents, token ids, splits and report as one task (only the order, task by task, differs); with
