@@ -227,7 +227,8 @@ def test_the_cluster_chain_runs_on_slurm_and_a_resubmission_submits_nothing(slur
             f"sft_data.raw_dir={sft_raw}", "sft_data.total=40",
             f"tokenizer.path={tok}", "megatron_bridge.dry_run=true", "pipeline.prepare.tasks=2",
             "curriculum.max_epochs=1000000000", "build_caches=false", "data.near_dedup.enabled=false",
-            "data.decontamination.enabled=false", f"megatron_bridge.hf_model_dir={tmp_path / 'no_base_model'}"]
+            "data.decontamination.enabled=false", "sft_data.decontamination.enabled=false",
+            f"megatron_bridge.hf_model_dir={tmp_path / 'no_base_model'}"]
     env = {**os.environ, "HEBATRON_WORK": str(work)}
     proc = _chain(args, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
