@@ -394,6 +394,36 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def summarize(runs: list[dict], workers: list[int]) -> dict:
+    """Per worker count: the fastest run of each tool, the ratios ours/Megatron."""
+    def best_run(tool, w):  # the fastest repeat (wall), whose CPU seconds and cores are reported with it
+        done = [r for r in runs if r["tool"] == tool and r["workers"] == w]
+        return min(done, key=lambda r: r["wall_s"]) if done else None
+
+    def least(tool, w, key):
+        vals = [r[key] for r in runs if r["tool"] == tool and r["workers"] == w and r[key] is not None]
+        return min(vals) if vals else None
+
+    summary = {}
+    for w in workers:
+        m, o = best_run("megatron", w), best_run("hebatron", w)
+        mc, oc = least("megatron", w, "cpu_s"), least("hebatron", w, "cpu_s")
+        ms, os_ = least("megatron", w, "startup_wall_s"), least("hebatron", w, "startup_wall_s")
+        summary[f"workers_{w}"] = {
+            "megatron_tokens_per_s": m["tokens_per_s"], "hebatron_tokens_per_s": o["tokens_per_s"],
+            "megatron_wall_s": m["wall_s"], "hebatron_wall_s": o["wall_s"],
+            "megatron_cpu_s": m["cpu_s"], "hebatron_cpu_s": o["cpu_s"],
+            "megatron_cores_used": m["cores_used"], "hebatron_cores_used": o["cores_used"],
+            "ratio_ours_over_megatron": round(m["wall_s"] / o["wall_s"], 3),
+            "ratio_cpu": round(mc / oc, 3),  # least CPU seconds of each: the steadier number under load
+            "ratio_without_startup": round((m["wall_s"] - ms) / (o["wall_s"] - os_), 3),
+        }
+        mm = best_run("hebatron-mcore-merge", w)
+        if mm is not None:
+            summary[f"workers_{w}"]["ratio_with_megatron_core_merge"] = round(m["wall_s"] / mm["wall_s"], 3)
+    return summary
+
+
 def benchmark(args, tmp: Path) -> dict:
     checkout = args.megatron_lm
     tokenizer = args.tokenizer
@@ -451,26 +481,7 @@ def benchmark(args, tmp: Path) -> dict:
     reference = {(runs[0]["bin_sha256"], runs[0]["idx_sha256"])}
     identical = all((r["bin_sha256"], r["idx_sha256"]) in reference for r in runs)
 
-    def best(tool, w, key):  # fastest repeat
-        vals = [r[key] for r in runs if r["tool"] == tool and r["workers"] == w and r[key] is not None]
-        return min(vals) if vals else None
-
-    summary = {}
-    for w in args.workers:
-        m, o = best("megatron", w, "wall_s"), best("hebatron", w, "wall_s")
-        mc, oc = best("megatron", w, "cpu_s"), best("hebatron", w, "cpu_s")
-        ms, os_ = best("megatron", w, "startup_wall_s"), best("hebatron", w, "startup_wall_s")
-        summary[f"workers_{w}"] = {
-            "megatron_tokens_per_s": round(tokens / m), "hebatron_tokens_per_s": round(tokens / o),
-            "megatron_wall_s": m, "hebatron_wall_s": o, "megatron_cpu_s": mc, "hebatron_cpu_s": oc,
-            "megatron_cores_used": round(mc / m, 2), "hebatron_cores_used": round(oc / o, 2),
-            "ratio_ours_over_megatron": round(m / o, 3),
-            "ratio_cpu": round(mc / oc, 3),
-            "ratio_without_startup": round((m - ms) / (o - os_), 3),
-        }
-        mm = best("hebatron-mcore-merge", w, "wall_s")
-        if mm is not None:
-            summary[f"workers_{w}"]["ratio_with_megatron_core_merge"] = round(m / mm, 3)
+    summary = summarize(runs, args.workers)
     from hebatron_nemo.data.tokenizer import LocalTokenizer
 
     lt = LocalTokenizer(str(tokenizer))
@@ -493,6 +504,7 @@ def benchmark(args, tmp: Path) -> dict:
                 "workers of datatrove's LocalPipelineExecutor (start_method fork), one tokenizer thread per "
                 "task, merge in task order (numpy; hebatron-mcore-merge: megatron-core add_index)",
         "runs": runs, "summary": summary, "identical": identical, "tokens_per_word": tpw,
+        **({"note": args.note} if args.note else {}),
     }
 
 
@@ -557,6 +569,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=2, help="runs per tool and worker count (the best is summarized)")
+    p.add_argument("--note", default=None, help="a remark stored in the JSON result (e.g. what else ran)")
     p.add_argument("--no-megatron-core-merge", dest="megatron_core_merge", action="store_false",
                    help="skip the extra run of ours with megatron-core's add_index as the merge")
     p.add_argument("--min-mb", type=float, default=50.0, help="least JSONL size of the corpus")

@@ -173,6 +173,11 @@ def test_a_rerun_skips_completed_tasks_and_merges_again(tmp_path, tokenizer):
     assert pair_sha(tmp_path / "out") == sha
     again = {p.name: p.stat().st_mtime_ns for p in shard.iterdir()}
     assert {k for k in stamps if again[k] != stamps[k]} == {"00001.bin", "00001.idx"}
+    # other settings over completed tasks are an error, not a dataset of mixed tokenizations
+    from hebatron_nemo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="append_eod"):
+        tokenize_shards(*args, append_eod=False)
     # a completed task whose shard was deleted is an error, not a silently shorter dataset
     os.unlink(shard / "00002.bin")
     with pytest.raises(Exception, match="00002.bin"):

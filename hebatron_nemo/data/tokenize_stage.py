@@ -81,6 +81,13 @@ class TokenizeToIndexed(PipelineStep):
         self.batch_docs = batch_docs
         self.splits = _splits()
 
+    def settings(self) -> dict:
+        """What the tokens depend on besides the text: a rerun that skips completed tasks checks it."""
+        from hebatron_nemo.utils.hashing import sha256_file
+
+        return {"tokenizer_json_sha256": sha256_file(Path(self.tokenizer) / "tokenizer.json"),
+                "eod_token": self.eod_token, "add_bos": self.add_bos, "append_eod": self.append_eod}
+
     def _load_tokenizer(self):
         from hebatron_nemo.data.tokenizer import LocalTokenizer, set_tokenizer_threads
 
@@ -114,7 +121,7 @@ class TokenizeToIndexed(PipelineStep):
                 w.commit()
             committed = True
             write_json_atomic(manifest, {
-                "rank": rank, "tokenizer": tok.identity(), "dtype": dtype.name,
+                "rank": rank, "tokenizer": tok.identity(), "settings": self.settings(), "dtype": dtype.name,
                 "splits": {s: {"documents": w.documents, "tokens": w.tokens} for s, w in writers.items()}})
         finally:
             if not committed:
@@ -240,11 +247,15 @@ def tokenize_shards(input_files: list[str], text_key: str, out_prefix: str, toke
     if incomplete:
         raise DataError(f"tasks {incomplete} did not complete (see {logging_dir}/logs)", path=logging_dir)
     counts: dict[str, list[dict]] = {}
+    settings = step.settings()
     for rank in range(len(files)):
         path = manifest_path(output_folder, rank)
         if not os.path.exists(path):
             raise DataError(f"task {rank} is marked completed but wrote no manifest", path=path)
         rec = json.loads(Path(path).read_text(encoding="utf-8"))
+        if rec.get("settings") != settings:
+            raise ConfigError(f"task {rank} of {logging_dir} was tokenized with {rec.get('settings')}, not "
+                              f"{settings}: use a new logging_dir (completed tasks are not redone)")
         for split, c in rec["splits"].items():
             counts.setdefault(split, []).append({"rank": rank, **c})
     out = {}
