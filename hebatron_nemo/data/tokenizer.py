@@ -202,6 +202,7 @@ class ChunkMemoEncoder:
         self._safe: set[str] = set()  # characters checked against the tokenizer's pre-tokenizer
         self._unsafe: set[str] = set()
         self._known = re.compile("[^\\s\\S]")  # matches characters in either set (none yet)
+        self._fast = None  # `_fast_pretokenizer(self._safe)`, rebuilt as characters are added
         self._leads: set[str] = set()
         self._reset()
 
@@ -273,6 +274,7 @@ class ChunkMemoEncoder:
             for c in unknown:
                 (self._safe if self._same_pretokens(c) else self._unsafe).add(c)
             self._known = re.compile("[" + "".join(map(re.escape, sorted(self._safe | self._unsafe))) + "]+")
+            self._fast = _fast_pretokenizer(self._safe, self._pretok)
         unsafe = self._unsafe
         whole = [j for j, ch in enumerate(chunks) if not unsafe.isdisjoint(ch)] if unsafe else []
         # A chunk that starts at a split point (" " + letter or digit) may follow any other: those are
@@ -283,7 +285,7 @@ class ChunkMemoEncoder:
         skip.update(lead)
         rest = [j for j in range(len(chunks)) if j not in skip] if skip else list(range(len(chunks)))
         rest_chunks = [chunks[j] for j in rest] if skip else chunks
-        findall = self._pretok.findall
+        findall = self._fast.findall if self._fast is not None else self._pretok.findall
         lead_pieces = [findall(chunks[j]) for j in lead]
         rest_pieces = findall("".join(rest_chunks))
         pieces = list(chain.from_iterable(lead_pieces))
@@ -319,6 +321,30 @@ class ChunkMemoEncoder:
             if ours != theirs:
                 return False
         return True
+
+
+def _fast_pretokenizer(chars: set[str], pretok) -> re.Pattern | None:
+    """The GPT-2 pattern for text made only of `chars`, in Python's `re` (about a third faster than
+    the `regex` module here): `\\p{L}`, `\\p{N}` and `\\s` become explicit classes of the characters of
+    `chars` that `regex` puts in each (the same classes as the tokenizer's for every character of `chars`:
+    those passed `_same_pretokens`). Only valid on text whose characters are all in `chars`; None
+    when `pretok` is not the GPT-2 pattern (a test swaps it) or `chars` is empty."""
+    import regex
+
+    if pretok is None or pretok.pattern != GPT2_PRETOKENIZE or not chars:
+        return None
+    classes = {"L": [], "N": [], "S": []}
+    for c in sorted(chars):
+        for k, probe in (("L", r"\p{L}"), ("N", r"\p{N}"), ("S", r"\s")):
+            if regex.fullmatch(probe, c):
+                classes[k].append(re.escape(c))
+                break
+    # an empty class would be `[]` (invalid): `(?!x)x` never matches
+    L, N, S = ("[" + "".join(v) + "]" if v else "(?!x)x" for v in classes.values())
+    lns = classes["L"] + classes["N"] + classes["S"]
+    other = "[^" + "".join(lns) + "]" if lns else "[\\s\\S]"
+    no_s = "[^" + "".join(classes["S"]) + "]" if classes["S"] else "[\\s\\S]"
+    return re.compile(f"'s|'t|'re|'ve|'m|'ll|'d| ?{L}+| ?{N}+| ?{other}+|{S}+(?!{no_s})|{S}+")
 
 
 def set_tokenizer_threads(workers: int) -> None:
