@@ -251,3 +251,43 @@ def test_index_reader_and_writer_round_trip_megatron_core(tmp_path, tokenizer):
     (tmp_path / "bad.idx").write_bytes(b"MMIDIDX\x00")
     with pytest.raises(DataError, match="bad.idx.*header"):
         read_index(str(tmp_path / "bad"))
+
+
+def test_parquet_text_reader_gives_datatrove_documents(tmp_path):
+    """The column reader yields what datatrove's ParquetReader yields for text, id, split and file_path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datatrove.pipeline.readers import ParquetReader
+
+    from hebatron_nemo.data.tokenize_stage import ParquetTextReader
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"text": ["a b", "", "שלום", None, "c"], "id": ["x", "y", None, "w", "v"],
+                             "split": ["train", "valid", "test", "train", None], "other": [1, 2, 3, 4, 5]}),
+                   tmp_path / "in" / "f.parquet")
+    pq.write_table(pa.table({"text": ["only text", "more"]}), tmp_path / "in" / "g.parquet")
+
+    def read(cls):
+        return [(d.text, d.id, d.metadata.get("split"), d.metadata["file_path"])
+                for d in cls(str(tmp_path / "in"), batch_size=2).run(None, 0, 1)]
+
+    ours = read(ParquetTextReader)
+    assert ours == read(ParquetReader)
+    assert [o[1] for o in ours] == ["x", None, "v", "g.parquet/0", "g.parquet/1"]
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "in" / "h.parquet")
+    from hebatron_nemo.errors import DataError
+
+    with pytest.raises(DataError, match=r"h.parquet \[field 'text'\]"):
+        read(ParquetTextReader)
+
+
+def test_tokenize_shards_routes_a_split_column(tmp_path, tokenizer):
+    from hebatron_nemo.data.tokenize_stage import tokenize_shards
+
+    rows = [dict(d, split="valid" if i % 4 == 1 else "train") for i, d in enumerate(sample_docs())]
+    files = write_parquet_shards(tmp_path / "in", rows, 2)
+    out = tokenize_shards(files, "text", str(tmp_path / "m"), str(tokenizer), 2, str(tmp_path / "logs"))
+    assert sorted(out) == ["train", "valid"] and out["valid"]["prefix"] == str(tmp_path / "m.valid")
+    for split in ("train", "valid"):
+        ref = reference_pair(tokenizer, [r["text"] for r in rows if r["split"] == split], tmp_path / f"ref-{split}")
+        assert pair_sha(out[split]["prefix"]) == pair_sha(ref)
