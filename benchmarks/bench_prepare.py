@@ -18,7 +18,10 @@ Run by a developer, not CI (it needs a Megatron-LM checkout and takes several mi
 3. checks that our `.bin` and `.idx` are byte-identical to Megatron's (sha256);
 4. reports tokens per (whitespace) word on the corpus for the tokenizer (from the `.idx`) and for
    Mistral's Tekken (`mistral_common/data/tekken_240718.json`, encoded without BOS/EOS);
-5. prints a table and writes a JSON result (`--out`, default benchmarks/results/bench_prepare.json),
+5. near-dedup at two corpus sizes 10x apart (`benchmarks/near_dedup_scale.py`, `--near-dedup-docs`): each
+   stage of the prepare graph as its own process, wall time and peak RSS, with tasks growing with the
+   corpus; and (`--old-checkout`) the in-process preparer it replaced, on the same corpora;
+6. prints a table and writes a JSON result (`--out`, default benchmarks/results/bench_prepare.json),
    with the load averages in it: on a shared machine the wall ratios are noisy, the CPU seconds less so.
 
 `--record` also runs Megatron's tool on the small deterministic sample of
@@ -49,7 +52,8 @@ tokenizer folder, `tokenizer(text).input_ids` per document; it writes `P_text_do
 Usage (from the repository root, with the environment's python; the child processes import this
 checkout's `hebatron_nemo`):
 
-    PYTHONPATH=.:tests python benchmarks/bench_prepare.py --megatron-lm /tmp/Megatron-LM --repeats 2
+    PYTHONPATH=.:tests python benchmarks/bench_prepare.py --megatron-lm /tmp/Megatron-LM --repeats 2 \
+        --old-checkout /tmp/old_prepare    # git worktree add /tmp/old_prepare 532e15a
     PYTHONPATH=.:tests python benchmarks/bench_prepare.py --megatron-lm /tmp/Megatron-LM --record
 
 Timings are of whole processes (start-up included) on whatever else the machine is doing: the CPU
@@ -578,6 +582,11 @@ def main(argv=None) -> None:
                    help="also write tests/data/megatron_preprocess_sha256.json from Megatron's tool")
     p.add_argument("--record-only", action="store_true", help="only --record")
     p.add_argument("--record-out", type=Path, default=TESTS / "data" / "megatron_preprocess_sha256.json")
+    p.add_argument("--near-dedup-docs", type=int, default=5000,
+                   help="sections (2)/(3): documents of the smaller near-dedup corpus (the other has 10x); 0 skips")
+    p.add_argument("--old-checkout", type=Path, default=None,
+                   help="section (3): a worktree of the commit before the datatrove graph (git worktree add "
+                        "/tmp/old_prepare 532e15a), whose in-process prepare runs on the same corpora")
     args = p.parse_args(argv)
     args.megatron_lm = args.megatron_lm.resolve()
     args.tokenizer = args.tokenizer.resolve()
@@ -593,9 +602,18 @@ def main(argv=None) -> None:
         if args.record_only:
             return
         res = benchmark(args, tmp)
+        if args.near_dedup_docs:
+            import near_dedup_scale
+
+            nd_args = ["--docs", str(args.near_dedup_docs)]
+            if args.old_checkout:
+                nd_args += ["--old-checkout", str(args.old_checkout.resolve())]
+            res["near_dedup"] = near_dedup_scale.main(nd_args)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
         print_table(res)
+        if "near_dedup" in res:
+            near_dedup_scale.print_table(res["near_dedup"])
         print(f"\nwrote {args.out}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
