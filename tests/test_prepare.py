@@ -298,14 +298,14 @@ KILL_SCRIPT = textwrap.dedent("""
     from hebatron_nemo.data import prepare as P
     from hebatron_nemo.data.tokenizer import LocalTokenizer
     calls = 0
-    original = LocalTokenizer.encode_documents
+    original = LocalTokenizer.encode_flat
     def dying(self, texts):
         global calls
         calls += 1
         if calls == {die_at}:
             os.kill(os.getpid(), signal.SIGKILL)
         return original(self, texts)
-    LocalTokenizer.encode_documents = dying
+    LocalTokenizer.encode_flat = dying
     cfg = prepare_config(__import__("pathlib").Path({tmp!r}), {{"he_news": source("he.jsonl")}}, batch_docs=16)
     P.prepare(cfg, log=lambda *a: None)
 """)
