@@ -129,7 +129,7 @@ def run_old(old: Path, conf: Path, tok: Path, env: dict) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=5000, help="documents in the small corpus (the large has 10x)")
-    ap.add_argument("--docs-per-task", type=int, default=2500)
+    ap.add_argument("--docs-per-task", type=int, default=1500, help="documents per task (both corpora alike)")
     ap.add_argument("--old-checkout", type=Path, help="a worktree of the commit before the graph (section 3)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args(argv)
@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
         raw, conf = tmp / f"raw{k}", tmp / f"conf{k}"
         corpus = write_corpus(raw, docs, seed=k)
         write_registry(conf, raw, tmp / f"out{k}")
-        tasks = max(1, docs // 2 // args.docs_per_task)  # per source
+        tasks = max(1, -(-docs // 2 // args.docs_per_task))  # per source: the same documents per task
         print(f"corpus {k}: {docs:,} documents ({corpus['bytes'] / 2**20:.1f} MiB), {tasks} task(s) per source",
               flush=True)
         graph = run_graph(REPO, conf, tok, tasks, env, train_tokenizer=(k == 0))

@@ -36,9 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from hebatron_nemo.errors import ConfigError
-
 from hebatron_nemo.data.prepare import SPLITS
+from hebatron_nemo.errors import ConfigError
 
 STAGES = ("clean", "buckets", "cluster", "tokenize", "merge")
 
@@ -242,9 +241,9 @@ def make_steps():
         name = "document table"
         type = "💽 - WRITER"
 
-        def __init__(self, folder: str, eod_tokens: int):
+        def __init__(self, folder: str):
             super().__init__()
-            self.folder, self.eod_tokens = folder, eod_tokens
+            self.folder = folder
 
         def run(self, data, rank: int = 0, world_size: int = 1):
             from hebatron_nemo.data.prepare import DOC_COLUMNS, _write_table
@@ -348,7 +347,7 @@ def build_graph(work: Path, layout: TaskLayout, rules: dict, decontaminator, exa
     if mh:
         tokenize.append(CountedMinhashFilter(w("minhash", "remove"), w("reports", "near_dup")))
     tokenize += [TokenizeToIndexed(output_folder=w("tokens"), batch_docs=batch_docs, **tokenizer_args),
-                 DocumentTable(w("tokens"), 0)]
+                 DocumentTable(w("tokens"))]
     pipelines = {"clean": (clean, layout.world_size), "tokenize": (tokenize, layout.world_size)}
     if mh:
         per = int(near_dedup.tasks_per_bucket)
