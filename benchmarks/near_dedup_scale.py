@@ -132,6 +132,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--docs-per-task", type=int, default=1500, help="documents per task (both corpora alike)")
     ap.add_argument("--old-checkout", type=Path, help="a worktree of the commit before the graph (section 3)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--out", type=Path, help="also write the results here (JSON)")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="near_dedup_scale-"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HEBATRON_WORK": str(tmp / "work")}
@@ -156,6 +157,8 @@ def main(argv=None) -> dict:
         results["sizes"].append(rec)
     results["load_after"] = os.getloadavg()
     print_table(results)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
     if not args.keep:
         import shutil
 

@@ -395,17 +395,41 @@ def run_local(graph: Graph, workers: int, log: Callable = print, stop_after: str
             if todo == 0:
                 log(f"  {stage:<9} {tasks:>4} task(s): done already")
                 continue
-            if ex.workers == 1:
-                # What LocalPipelineExecutor.run does for one worker, minus its multiprocess Manager: a
-                # killed prepare would leave that server process behind, holding the terminal's pipes
-                from copy import deepcopy
-
-                for rank in ex.get_incomplete_ranks(range(tasks)):
-                    ex.pipeline = deepcopy(steps)
-                    ex._run_for_rank(rank)
-            else:
-                ex.run()
+            _run_tasks(ex, steps, ex.get_incomplete_ranks(range(tasks)), ex.workers)
             log(f"  {stage:<9} {tasks:>4} task(s): {todo} ran in {time.time() - t0:.1f}s")
+
+
+def _run_tasks(ex, steps: list, ranks: list[int], workers: int) -> None:
+    """The tasks of a stage. With one worker, in this process, one after another, through datatrove's
+    per-task runner (`_run_for_rank`: its log, stats and completion mark): what
+    `LocalPipelineExecutor.run` does for one worker, minus its multiprocess Manager, whose server process
+    would outlive a killed prepare holding the terminal's pipes. Between tasks the freed heap goes back
+    to the system, so a stage's peak is its largest task, not the sum of what its tasks left behind.
+    With more, datatrove's executor (a process pool)."""
+    if workers > 1:
+        ex.run()
+        return
+    import gc
+    from copy import deepcopy
+
+    for rank in ranks:
+        ex.pipeline = deepcopy(steps)
+        ex._run_for_rank(rank)
+        ex.pipeline = None
+        gc.collect()
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    """glibc's malloc_trim: return freed heap pages to the system (no-op elsewhere)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
 
 
 def _completions(graph: Graph, stage: str) -> Path:
