@@ -311,7 +311,8 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("die_at", [3, pytest.param(8, marks=pytest.mark.slow)])  # a prepare subprocess each
+@pytest.mark.slow  # a prepare subprocess each (~8 s)
+@pytest.mark.parametrize("die_at", [3, 8])
 def test_killed_run_leaves_no_complete_looking_output(corpus, die_at):
     """SIGKILL in the middle of tokenizing (3) or of the last batch before the merge (8): no `.bin/.idx`
     pair and no manifest under a final name; a rerun completes."""
