@@ -295,7 +295,7 @@ def test_resubmitting_leaves_out_what_is_done(tmp_path):
     write_marker(Path(row["marker"]), "plan", row["fingerprint"], row["inputs"], [str(out)], 1.0)
     graph = _graph(tmp_path, *CLUSTER_RUN, "cluster.max_restarts=40")
     rerun, _ = render_chain(graph, cluster)
-    assert rerun[0].name == "cpt_seq8k" and len(rerun) == len(first) - 4
+    assert rerun[0].name == "cpt_seq8k" and len(rerun) == len(first) - 3  # all but prepare, plan, parity
 
 
 def test_local_backend_renders_the_same_graph_it_runs(tmp_path):
