@@ -25,7 +25,9 @@ def prepare_cluster_sources(tmp: Path) -> Path:
 
 
 def cluster_overrides(tmp: Path, data: Path) -> list[str]:
-    return [f"paths.work={tmp}", f"data.output_dir={data}", "curriculum.max_epochs=1000000000", "build_caches=false"]
+    # no evaluation task folders on this machine: the cluster registries' task decontamination is opted out
+    return [f"paths.work={tmp}", f"data.output_dir={data}", "curriculum.max_epochs=1000000000", "build_caches=false",
+            "data.decontamination.eval_tasks=[]", "sft_data.decontamination.eval_tasks=[]"]
 
 
 def compose_experiment(name: str, overrides: list[str], recipe: str = "cpt"):
