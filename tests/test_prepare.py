@@ -259,6 +259,24 @@ def test_holdout_is_stable_and_disjoint(corpus):
     assert all(holdout_split(d, h) == "valid" for d in ids["valid"])
 
 
+def test_manifest_token_counts_match_the_bin_with_bos(corpus):
+    """With `tokenizer.add_bos` each document carries BOS and EOD: the manifest's token counts (and its
+    length histogram) are what the `.bin` holds, not the documents' text tokens."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    tmp, sources = corpus
+    prepare(prepare_config(tmp, {"he_news": sources["he_news"]}), log=_quiet)  # trains the tokenizer
+    m = prepare(prepare_config(tmp, {"he_news": sources["he_news"]}, tmp / "tok",
+                               **{"tokenizer.add_bos": True, "data.output_dir": str(tmp / "bos")}), log=_quiet)["he_news"]
+    for split in SPLITS:
+        if not m["splits"][split]["prefix"]:
+            continue
+        ds = IndexedDataset(_split(tmp / "bos", m, split))
+        assert m["splits"][split]["tokens"] == int(ds.sequence_lengths.sum())
+        assert sum(m["splits"][split]["length_histogram"]["tokens"]) == int(ds.sequence_lengths.sum())
+        assert ds[0][0] == 1 and ds[0][-1] == 2  # <s> ... </s>
+
+
 def test_big_vocabulary_writes_int32(tmp_path):
     """Nemotron's 131,072-token vocabulary needs int32 token ids in the .bin (megatron-core's rule)."""
     from tokenizers import Tokenizer, models, pre_tokenizers

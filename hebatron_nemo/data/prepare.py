@@ -230,7 +230,6 @@ def merge_source(ctx: SourceContext, ranks: list[int], work: Path, fingerprint: 
     except when a held-out split is short of `holdout.min_docs` (a small source): then the documents
     are copied one by one to their topped-up split."""
     from hebatron_nemo.data.prepare_graph import read_json_reports
-    from hebatron_nemo.data.tokenize_stage import merge_indexed
 
     out = ctx.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -249,11 +248,11 @@ def merge_source(ctx: SourceContext, ranks: list[int], work: Path, fingerprint: 
     report.kept_docs = sum(counts.values())
     if report.seen_docs == 0:
         raise DataError(f"source {ctx.name!r} has no documents", path=ctx.path)
-    eod = 1 if ctx.tokenizer.append_eod else 0
+    special = ctx.tokenizer.extra_tokens()  # BOS and EOD: in the .bin, not in a document's n_tokens
     holdout = ctx.src.holdout
     short = any(f > 0 and counts[s] < holdout.min_docs for s, f in (("valid", holdout.valid), ("test", holdout.test)))
-    splits_out = (_merge_topped_up(ctx, ranks, work, tables, eod) if short
-                  else _merge_in_task_order(ctx, ranks, work, tables, eod, merge_indexed))
+    splits_out = (_merge_topped_up(ctx, ranks, work, tables, special) if short
+                  else _merge_in_task_order(ctx, ranks, work, tables, special))
     report.kept_chars = sum(v.pop("_chars_kept") for v in splits_out.values())
     ident = ctx.identity()
     src = ctx.src
@@ -283,14 +282,16 @@ def _table_rows(path: Path) -> int:
 
 
 def _split_record(prefix: str | None, n_docs: int, lengths: np.ndarray, chars: int, words: int,
-                  tokens_no_eod: int) -> dict:
+                  tokens_in_text: int) -> dict:
     return {"prefix": prefix, "documents": int(n_docs), "tokens": int(lengths.sum()), "characters": int(chars),
-            "words": int(words), "tokens_per_word": float(tokens_no_eod / max(1, words)),
+            "words": int(words), "tokens_per_word": float(tokens_in_text / max(1, words)),
             "length_histogram": length_histogram(lengths), "_chars_kept": int(chars)}
 
 
-def _merge_in_task_order(ctx, ranks, work: Path, tables: dict, eod: int, merge_indexed) -> dict:
+def _merge_in_task_order(ctx, ranks, work: Path, tables: dict, special: int) -> dict:
     import pyarrow.parquet as pq
+
+    from hebatron_nemo.data.tokenize_stage import merge_indexed
 
     splits_out = {}
     for s in SPLITS:
@@ -307,7 +308,7 @@ def _merge_in_task_order(ctx, ranks, work: Path, tables: dict, eod: int, merge_i
             writer = writer or pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table)
             n_tok = table.column("n_tokens").to_numpy()
-            lengths.append(n_tok + eod)
+            lengths.append(n_tok + special)
             chars += int(table.column("n_chars").to_numpy().sum())
             words += int(table.column("n_words").to_numpy().sum())
             toks += int(n_tok.sum())
@@ -325,7 +326,7 @@ def _merge_in_task_order(ctx, ranks, work: Path, tables: dict, eod: int, merge_i
     return splits_out
 
 
-def _merge_topped_up(ctx, ranks, work: Path, tables: dict, eod: int) -> dict:
+def _merge_topped_up(ctx, ranks, work: Path, tables: dict, special: int) -> dict:
     """The small-source path: every document of the source in memory, moved to its topped-up split."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -365,7 +366,7 @@ def _merge_topped_up(ctx, ranks, work: Path, tables: dict, eod: int) -> dict:
                 (ctx.out_dir / f"{s}{ext}").unlink(missing_ok=True)
         _write_table(ctx.out_dir / f"{s}.signals.parquet", {c: cols[c][sel].tolist() for c in DOC_COLUMNS})
         n_tok = cols["n_tokens"][sel]
-        splits_out[s] = _split_record(s if len(sel) else None, len(sel), n_tok + eod, int(cols["n_chars"][sel].sum()),
+        splits_out[s] = _split_record(s if len(sel) else None, len(sel), n_tok + special, int(cols["n_chars"][sel].sum()),
                                       int(cols["n_words"][sel].sum()), int(n_tok.sum()))
     return splits_out
 
@@ -454,15 +455,15 @@ def prepare(cfg, log: Callable = print) -> dict:
     if not cfg.overwrite and all(m and m.get("fingerprint") == fingerprint for m in done.values()):
         for n in tokenized:
             log(f"  {n}: up to date")
-        if work.exists() and not cfg.get("keep_work", False):  # a Slurm run's work, merged since
+        if not cfg.get("keep_work", False):  # a Slurm run's work, merged since
             shutil.rmtree(work, ignore_errors=True)
         return {**manifests, **done}
     from functools import partial
 
     from hebatron_nemo.data import prepare_graph as g
 
-    if cfg.overwrite and work.exists():
-        g.remove_work(work)
+    if cfg.overwrite:
+        shutil.rmtree(work, ignore_errors=True)
     layout = g.TaskLayout(tuple(tokenized), tasks)
     extra = {"sources": tokenized, "tasks": tasks}
     merge = partial(_merge_one, ctxs=ctxs, layout=layout, work=work, fingerprint=fingerprint, extra=extra)
@@ -487,7 +488,7 @@ def prepare(cfg, log: Callable = print) -> dict:
     for n, c in ctxs.items():
         manifests[n] = read_json(c.out_dir / "manifest.json")
     if not cfg.get("keep_work", False):
-        g.remove_work(work)
+        shutil.rmtree(work, ignore_errors=True)
     return manifests
 
 

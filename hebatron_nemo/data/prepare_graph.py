@@ -547,10 +547,6 @@ def _default_partition() -> str:
     return default[0]
 
 
-def remove_work(work: Path) -> None:
-    shutil.rmtree(work, ignore_errors=True)
-
-
 def read_json_reports(folder: Path, ranks) -> list[dict]:
     out = []
     for r in ranks:
@@ -561,5 +557,5 @@ def read_json_reports(folder: Path, ranks) -> list[dict]:
     return out
 
 
-__all__ = ["STAGES", "TaskLayout", "Graph", "build_graph", "run_local", "submit_slurm", "remove_work",
+__all__ = ["STAGES", "TaskLayout", "Graph", "build_graph", "run_local", "submit_slurm",
            "read_json_reports", "clean_schema", "make_steps"]
